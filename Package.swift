@@ -1,0 +1,76 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "loupe",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "loupe", targets: ["loupe"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+    ],
+    targets: [
+        // C shim over libbpf; includes bpf/shared/loupe_datapath.h so both sides share one struct layout.
+        .target(
+            name: "CLoupeBPF",
+            path: "Sources/CLoupeBPF",
+            linkerSettings: [.linkedLibrary("bpf"), .linkedLibrary("elf"), .linkedLibrary("z")]
+        ),
+        .target(name: "LoupeBPF", dependencies: ["CLoupeBPF"]),
+        .target(name: "LoupeFlow"),
+        .target(name: "LoupePolicy", dependencies: [.product(name: "Yams", package: "Yams")]),
+        .target(name: "LoupeProtocols"),
+        .target(
+            name: "LoupeProxy",
+            dependencies: [
+                "LoupeFlow", "LoupePolicy", "LoupeProtocols",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "LoupeLab",
+            dependencies: ["LoupePolicy", .product(name: "Yams", package: "Yams")]
+        ),
+        .target(
+            name: "LoupeAgent",
+            dependencies: [
+                "LoupeBPF", "LoupeFlow", "LoupePolicy", "LoupeProxy",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(
+            name: "loupe",
+            dependencies: [
+                "LoupeAgent", "LoupeLab", "LoupeFlow", "LoupePolicy", "LoupeBPF",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(name: "LoupeFlowTests", dependencies: ["LoupeFlow"]),
+        .testTarget(name: "LoupePolicyTests", dependencies: ["LoupePolicy"]),
+        .testTarget(name: "LoupeProtocolsTests", dependencies: ["LoupeProtocols"]),
+        .testTarget(name: "LoupeBPFTests", dependencies: ["LoupeBPF", "CLoupeBPF"]),
+        .testTarget(
+            name: "LoupeProxyTests",
+            dependencies: [
+                "LoupeProxy", "LoupeFlow",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
+        ),
+    ],
+    swiftLanguageModes: [.v5]
+)

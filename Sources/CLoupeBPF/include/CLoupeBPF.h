@@ -1,0 +1,32 @@
+/* C shim over libbpf for Swift: LIBBPF_OPTS-style structs do not import, so the calls that
+ * need them live here. Everything else (maps, fds) Swift calls through <bpf/bpf.h> directly. */
+#ifndef CLOUPEBPF_H
+#define CLOUPEBPF_H
+
+#include <stdint.h>
+#include <bpf/libbpf.h>
+#include <bpf/bpf.h>
+/* One struct layout for both sides: the header the BPF programs include. */
+#include "../../../bpf/shared/loupe_datapath.h"
+
+/* Opens OBJECT_PATH with maps pinned under PIN_ROOT (reusing pins that exist), sets the
+ * listener address global, loads it. Returns NULL and sets errno on failure. */
+struct bpf_object *loupe_object_load(const char *object_path, const char *pin_root, char *errbuf, size_t errlen);
+
+/* Attaches PROG_FD to the tc ingress hook of IFINDEX (creating clsact when missing), replacing
+ * a filter of ours already there. Returns 0 or -errno. */
+int loupe_tc_attach_ingress(int ifindex, int prog_fd);
+
+/* Removes our filter from IFINDEX's tc ingress hook. Returns 0 or -errno. */
+int loupe_tc_detach_ingress(int ifindex);
+
+/* BPF_PROG_TEST_RUN of a tc program on PACKET with skb->ifindex = IFINDEX. Returns 0 or -errno. */
+int loupe_prog_test_run_skb(int prog_fd, const void *packet, uint32_t size, uint32_t ifindex, uint32_t *retval, uint32_t *mark);
+
+/* 1 when PATH is a mounted bpffs, 0 otherwise. */
+int loupe_is_bpffs(const char *path);
+
+/* Silences libbpf's stderr logging (or restores it). */
+void loupe_libbpf_quiet(int quiet);
+
+#endif

@@ -1,0 +1,44 @@
+import Foundation
+import Logging
+import LoupeFlow
+import LoupePolicy
+import LoupeProxy
+import NIOPosix
+import ServiceLifecycle
+
+/// The node agent: datapath, proxy and local API as services of one `ServiceGroup`
+/// (array order is start order; SIGTERM/SIGINT shut them down in reverse: API, proxy, datapath).
+public struct Agent {
+    public var configuration: AgentConfiguration
+    public var logger: Logger
+
+    public init(configuration: AgentConfiguration, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.proxy.threads))
+        let flows = FlowStore(capacity: configuration.flowCapacity)
+        let initial = (try? String(contentsOfFile: configuration.inventoryPath, encoding: .utf8))
+            .flatMap { try? InventoryLoader.parse($0, file: configuration.inventoryPath) } ?? Inventory()
+        let environment = ProxyEnvironment(inventory: initial, flows: flows, configuration: configuration.proxy)
+        let datapath = DatapathService(configuration: configuration, environment: environment, logger: logger)
+        let proxy = ProxyService(group: group, environment: environment, logger: logger)
+        let api = FlowAPIService(group: group, path: configuration.socketPath, environment: environment,
+                                 datapathCounters: { datapath.counters() }, logger: logger)
+        let services = ServiceGroup(
+            configuration: .init(services: [.init(service: datapath, serviceName: "datapath"),
+                                            .init(service: proxy, serviceName: "proxy"),
+                                            .init(service: api, serviceName: "api")],
+                                 gracefulShutdownSignals: [.sigterm, .sigint],
+                                 logger: logger))
+        do {
+            try await services.run()
+        } catch {
+            try? await group.shutdownGracefully()
+            throw error
+        }
+        try await group.shutdownGracefully()
+    }
+}

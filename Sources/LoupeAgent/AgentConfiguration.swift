@@ -1,0 +1,24 @@
+import LoupeProxy
+
+/// Everything the agent needs to run, with the defaults of a lab node. Loading (flags) lives
+/// in the CLI.
+public struct AgentConfiguration: Sendable {
+    /// The inventory (Kubernetes YAML) the agent follows; re-read when it changes.
+    public var inventoryPath: String = "/run/loupe/lab/inventory.yaml"
+    /// Compiled `bpf/tc_from_pod.bpf.c`.
+    public var bpfObjectPath: String = "bpf/.output/tc_from_pod.bpf.o"
+    public var pinRoot: String = "/sys/fs/bpf/loupe"
+    /// The local API (flows, status) as a unix socket.
+    public var socketPath: String = "/run/loupe/loupe.sock"
+    /// How often the inventory file is checked for changes.
+    public var inventoryPollMilliseconds: Int = 250
+    /// Flows kept in memory for `loupe observe --last`.
+    public var flowCapacity: Int = 65_536
+    /// Install the `fwmark → local table` routing rules (needed for bpf_sk_assign delivery).
+    public var installRoutingRules: Bool = true
+    /// Remove pins on clean shutdown (a crash leaves them for the next agent to reuse).
+    public var unpinOnShutdown: Bool = true
+    public var proxy = ProxyConfiguration()
+
+    public init() {}
+}

@@ -1,0 +1,153 @@
+import CLoupeBPF
+import Glibc
+
+/// Outcome counters of `loupe_from_pod`, in the order of `enum loupe_counter`.
+public enum DatapathCounter: UInt32, CaseIterable, Sendable {
+    case unmanaged = 0, notTCP, notSelected, assignedEstablished, assignedListener
+    case proxyAbsentPass, proxyAbsentDrop, noSocketPass, assignFailed
+
+    /// Metric-style name, e.g. `assigned_listener`.
+    public var name: String {
+        switch self {
+        case .unmanaged: "unmanaged"
+        case .notTCP: "not_tcp"
+        case .notSelected: "not_selected"
+        case .assignedEstablished: "assigned_established"
+        case .assignedListener: "assigned_listener"
+        case .proxyAbsentPass: "proxy_absent_pass"
+        case .proxyAbsentDrop: "proxy_absent_drop"
+        case .noSocketPass: "no_socket_pass"
+        case .assignFailed: "assign_failed"
+        }
+    }
+}
+
+/// A redirect rule as the tc program sees it.
+public struct RedirectEntry: Hashable, Sendable {
+    public enum Match: Hashable, Sendable {
+        /// Packets leaving the pod behind `ifindex` to `port` (the pod's Egress rule).
+        case egress(ifindex: UInt32)
+        /// Packets from any managed pod to `address:port` (the destination pod's Ingress rule).
+        case ingress(address: [UInt8])
+    }
+    public var match: Match
+    public var port: UInt16
+    public var proxyPort: UInt16
+    public var enforce: Bool
+
+    public init(match: Match, port: UInt16, proxyPort: UInt16, enforce: Bool = false) {
+        self.match = match
+        self.port = port
+        self.proxyPort = proxyPort
+        self.enforce = enforce
+    }
+
+    var key: loupe_redirect_key {
+        var k = loupe_redirect_key()
+        k.port = port
+        k.proto = UInt8(IPPROTO_TCP)
+        switch match {
+        case .egress(let ifindex):
+            k.ifindex = ifindex
+            k.family = 4 // egress rules are installed for both families; see Datapath.setRedirects
+        case .ingress(let address):
+            k.family = address.count == 4 ? 4 : 6
+            withUnsafeMutableBytes(of: &k.addr) { buf in
+                for (i, b) in address.prefix(16).enumerated() { buf[i] = b }
+            }
+        }
+        return k
+    }
+
+    var value: loupe_redirect_value {
+        var v = loupe_redirect_value()
+        v.proxy_port = proxyPort
+        v.flags = (enforce ? UInt8(LOUPE_REDIRECT_ENFORCE) : 0) | (isIngress ? UInt8(LOUPE_REDIRECT_INGRESS) : 0)
+        return v
+    }
+
+    var isIngress: Bool { if case .ingress = match { true } else { false } }
+}
+
+/// The tc datapath: the `loupe_from_pod` program, its maps, and the veths it is attached to.
+/// Closing detaches from every veth; pins are removed by `close(unpin: true)`.
+public final class Datapath {
+    public static let defaultPinRoot = "/sys/fs/bpf/loupe"
+
+    private let object: BPFObject
+    private let programFD: Int32
+    public let endpoints: BPFMap
+    public let redirects: BPFMap
+    public let counters: BPFMap
+    public private(set) var attached: Set<Int32> = []
+
+    public init(objectPath: String, pinRoot: String = Datapath.defaultPinRoot) throws {
+        object = try BPFObject(path: objectPath, pinRoot: pinRoot)
+        programFD = try object.programFD("loupe_from_pod")
+        endpoints = try object.map("loupe_endpoints")
+        redirects = try object.map("loupe_redirects")
+        counters = try object.map("loupe_counters")
+    }
+
+    public var programFileDescriptor: Int32 { programFD }
+
+    public func attach(ifindex: Int32) throws {
+        let rc = loupe_tc_attach_ingress(ifindex, programFD)
+        if rc != 0 { throw BPFError("attach tc ingress on ifindex \(ifindex)", errno: rc) }
+        attached.insert(ifindex)
+    }
+
+    public func detach(ifindex: Int32) {
+        _ = loupe_tc_detach_ingress(ifindex)
+        attached.remove(ifindex)
+    }
+
+    /// Makes the endpoint map equal to `ids` (ifindex → endpoint id).
+    public func setEndpoints(_ ids: [UInt32: UInt32]) throws {
+        for key in endpoints.keys(UInt32.self) where ids[key] == nil { endpoints.delete(key) }
+        for (ifindex, id) in ids {
+            var ep = loupe_endpoint()
+            ep.id = id
+            try endpoints.update(ifindex, ep)
+        }
+    }
+
+    /// Makes the redirect map equal to `entries`. Egress entries are written for IPv4 and IPv6.
+    public func setRedirects(_ entries: [RedirectEntry]) throws {
+        var wanted: [(loupe_redirect_key, loupe_redirect_value)] = []
+        for e in entries {
+            var k = e.key
+            wanted.append((k, e.value))
+            if case .egress = e.match {
+                k.family = 6
+                wanted.append((k, e.value))
+            }
+        }
+        let wantedKeys = Set(wanted.map { RedirectKeyBytes($0.0) })
+        for key in redirects.keys(loupe_redirect_key.self) where !wantedKeys.contains(RedirectKeyBytes(key)) {
+            redirects.delete(key)
+        }
+        for (k, v) in wanted { try redirects.update(k, v) }
+    }
+
+    public func readCounters() -> [DatapathCounter: UInt64] {
+        var out: [DatapathCounter: UInt64] = [:]
+        for c in DatapathCounter.allCases { out[c] = counters.perCPUSum(index: c.rawValue) }
+        return out
+    }
+
+    /// Detaches from every veth and closes; with `unpin`, removes the pinned maps too.
+    public func close(unpin: Bool) {
+        for ifindex in attached { detach(ifindex: ifindex) }
+        if unpin { object.unpinAll() }
+        object.close()
+    }
+}
+
+/// Hashable bytes of a redirect key (the C struct is not Hashable).
+struct RedirectKeyBytes: Hashable {
+    let bytes: [UInt8]
+    init(_ key: loupe_redirect_key) {
+        bytes = withUnsafeBytes(of: key) { Array($0) }
+    }
+}

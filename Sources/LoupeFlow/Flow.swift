@@ -1,0 +1,180 @@
+/// One observed event, shaped like Hubble's `flow.Flow` so that its JSON is what
+/// `hubble observe -o json` prints. Field names follow Hubble's JSON exactly (they are a contract).
+public struct Flow: Codable, Sendable, Equatable {
+    public var time: String
+    public var uuid: String
+    public var verdict: Verdict
+    public var dropReasonDesc: String?
+    public var ip: IPInfo
+    public var l4: Layer4
+    public var source: Endpoint
+    public var destination: Endpoint
+    public var type: FlowType
+    public var nodeName: String
+    public var destinationNames: [String]?
+    public var l7: Layer7?
+    public var isReply: Bool
+    public var trafficDirection: TrafficDirection
+    public var summary: String
+
+    enum CodingKeys: String, CodingKey {
+        case time, uuid, verdict
+        case dropReasonDesc = "drop_reason_desc"
+        case ip = "IP"
+        case l4, source, destination
+        case type = "Type"
+        case nodeName = "node_name"
+        case destinationNames = "destination_names"
+        case l7
+        case isReply = "is_reply"
+        case trafficDirection = "traffic_direction"
+        case summary = "Summary"
+    }
+
+    public init(time: String, uuid: String, verdict: Verdict, dropReasonDesc: String? = nil, ip: IPInfo, l4: Layer4,
+                source: Endpoint, destination: Endpoint, type: FlowType, nodeName: String,
+                destinationNames: [String]? = nil, l7: Layer7? = nil, isReply: Bool,
+                trafficDirection: TrafficDirection, summary: String) {
+        self.time = time
+        self.uuid = uuid
+        self.verdict = verdict
+        self.dropReasonDesc = dropReasonDesc
+        self.ip = ip
+        self.l4 = l4
+        self.source = source
+        self.destination = destination
+        self.type = type
+        self.nodeName = nodeName
+        self.destinationNames = destinationNames
+        self.l7 = l7
+        self.isReply = isReply
+        self.trafficDirection = trafficDirection
+        self.summary = summary
+    }
+}
+
+public enum Verdict: String, Codable, Sendable, CaseIterable {
+    case forwarded = "FORWARDED", dropped = "DROPPED", error = "ERROR", audit = "AUDIT"
+}
+
+public enum FlowType: String, Codable, Sendable { case l3l4 = "L3_L4", l7 = "L7" }
+
+public enum TrafficDirection: String, Codable, Sendable { case ingress = "INGRESS", egress = "EGRESS" }
+
+public struct IPInfo: Codable, Sendable, Equatable {
+    public var source: String
+    public var destination: String
+    public var ipVersion: String
+
+    public init(source: String, destination: String) {
+        self.source = source
+        self.destination = destination
+        self.ipVersion = destination.contains(":") ? "IPv6" : "IPv4"
+    }
+}
+
+public struct Layer4: Codable, Sendable, Equatable {
+    public struct Ports: Codable, Sendable, Equatable {
+        public var sourcePort: Int
+        public var destinationPort: Int
+        enum CodingKeys: String, CodingKey { case sourcePort = "source_port", destinationPort = "destination_port" }
+        public init(sourcePort: Int, destinationPort: Int) {
+            self.sourcePort = sourcePort
+            self.destinationPort = destinationPort
+        }
+    }
+    public var tcp: Ports?
+    public var udp: Ports?
+    enum CodingKeys: String, CodingKey { case tcp = "TCP", udp = "UDP" }
+    public init(tcp: Ports? = nil, udp: Ports? = nil) {
+        self.tcp = tcp
+        self.udp = udp
+    }
+    public var ports: Ports? { tcp ?? udp }
+}
+
+public struct Endpoint: Codable, Sendable, Equatable {
+    public var id: UInt32?
+    public var identity: UInt32
+    public var namespace: String?
+    public var labels: [String]
+    public var podName: String?
+    public var workloads: [Workload]?
+
+    public struct Workload: Codable, Sendable, Equatable {
+        public var name: String
+        public var kind: String
+        public init(name: String, kind: String) {
+            self.name = name
+            self.kind = kind
+        }
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case id = "ID", identity, namespace, labels
+        case podName = "pod_name"
+        case workloads
+    }
+
+    public init(id: UInt32?, identity: UInt32, namespace: String?, labels: [String], podName: String?, workloads: [Workload]? = nil) {
+        self.id = id
+        self.identity = identity
+        self.namespace = namespace
+        self.labels = labels
+        self.podName = podName
+        self.workloads = workloads
+    }
+}
+
+public struct Layer7: Codable, Sendable, Equatable {
+    public enum Kind: String, Codable, Sendable { case request = "REQUEST", response = "RESPONSE", sample = "SAMPLE" }
+    public var type: Kind
+    /// Nanoseconds, as a string: Hubble's JSON prints uint64 as a string.
+    public var latencyNs: String?
+    public var http: HTTP?
+
+    enum CodingKeys: String, CodingKey { case type, latencyNs = "latency_ns", http }
+
+    public init(type: Kind, latencyNs: UInt64? = nil, http: HTTP? = nil) {
+        self.type = type
+        self.latencyNs = latencyNs.map { String($0) }
+        self.http = http
+    }
+}
+
+public struct HTTP: Codable, Sendable, Equatable {
+    public struct Header: Codable, Sendable, Equatable {
+        public var key: String
+        public var value: String
+        public init(key: String, value: String) {
+            self.key = key
+            self.value = value
+        }
+    }
+    public var code: Int?
+    public var method: String
+    public var url: String
+    public var `protocol`: String
+    public var headers: [Header]
+
+    public init(code: Int? = nil, method: String, url: String, protocol: String, headers: [Header]) {
+        self.code = code
+        self.method = method
+        self.url = url
+        self.protocol = `protocol`
+        self.headers = headers
+    }
+}
+
+/// One line of `hubble observe -o json`: `{"flow":{…},"node_name":"…","time":"…"}`.
+public struct FlowRecord: Codable, Sendable, Equatable {
+    public var flow: Flow
+    public var nodeName: String
+    public var time: String
+    enum CodingKeys: String, CodingKey { case flow, nodeName = "node_name", time }
+    public init(flow: Flow) {
+        self.flow = flow
+        self.nodeName = flow.nodeName
+        self.time = flow.time
+    }
+}

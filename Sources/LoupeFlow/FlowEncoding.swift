@@ -1,0 +1,61 @@
+import Foundation
+
+/// JSON lines and compact text, as `hubble observe -o json` and `hubble observe` print them.
+public enum FlowEncoding {
+    /// One JSON line (no trailing newline) for `record`.
+    public static func jsonLine(_ record: FlowRecord) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.withoutEscapingSlashes]
+        guard let data = try? encoder.encode(record) else { return "{}" }
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    public static func decode(jsonLine: String) throws -> FlowRecord {
+        try JSONDecoder().decode(FlowRecord.self, from: Data(jsonLine.utf8))
+    }
+
+    /// `Nov 24 22:45:32.123: default/xwing:45240 (ID:26450) -> empire/deathstar:80 (ID:9313) http-request FORWARDED (HTTP/1.1 GET http://…)`
+    public static func compact(_ flow: Flow) -> String {
+        let ports = flow.l4.ports
+        var src = endpoint(flow.source, ip: flow.ip.source, port: ports?.sourcePort)
+        var dst = endpoint(flow.destination, ip: flow.ip.destination, port: ports?.destinationPort)
+        var arrow = "->"
+        if flow.isReply {
+            swap(&src, &dst)
+            arrow = "<-"
+        }
+        return "\(FlowTime.compact(flow.time)): \(src) \(arrow) \(dst) \(eventName(flow)) \(flow.verdict.rawValue) (\(flow.summary))"
+    }
+
+    /// `hubble observe -o table` style columns.
+    public static func tableRow(_ flow: Flow) -> String {
+        let ports = flow.l4.ports
+        let src = endpoint(flow.source, ip: flow.ip.source, port: ports?.sourcePort)
+        let dst = endpoint(flow.destination, ip: flow.ip.destination, port: ports?.destinationPort)
+        return [FlowTime.compact(flow.time), flow.nodeName, src, dst, eventName(flow), flow.verdict.rawValue, flow.summary]
+            .joined(separator: "\t")
+    }
+
+    public static let tableHeader = ["TIMESTAMP", "NODE", "SOURCE", "DESTINATION", "TYPE", "VERDICT", "SUMMARY"].joined(separator: "\t")
+
+    static func eventName(_ flow: Flow) -> String {
+        if let l7 = flow.l7 {
+            let proto = l7.http != nil ? "http" : "l7"
+            switch l7.type {
+            case .request: return "\(proto)-request"
+            case .response: return "\(proto)-response"
+            case .sample: return "\(proto)-sample"
+            }
+        }
+        return "to-proxy"
+    }
+
+    static func endpoint(_ e: Endpoint, ip: String, port: Int?) -> String {
+        let portSuffix = port.map { ":\($0)" } ?? ""
+        if let ns = e.namespace, let pod = e.podName {
+            return "\(ns)/\(pod)\(portSuffix) (ID:\(e.identity))"
+        }
+        let host = ip.contains(":") ? "[\(ip)]" : ip
+        return e.identity == 2 ? "\(host)\(portSuffix) (world)" : "\(host)\(portSuffix) (ID:\(e.identity))"
+    }
+}

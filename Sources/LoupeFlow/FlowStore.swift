@@ -1,0 +1,81 @@
+import Synchronization
+
+/// The agent's bounded in-memory flow log: the newest `capacity` flows, and live subscribers.
+/// A subscriber's callback runs on the appending thread and must not block; a subscriber that
+/// cannot keep up drops flows itself and counts them as lost events.
+public final class FlowStore: Sendable {
+    public typealias Subscriber = @Sendable (FlowRecord) -> Void
+
+    private struct State {
+        var ring: [FlowRecord?]
+        var next = 0
+        var total: UInt64 = 0
+        var subscribers: [UInt64: Subscriber] = [:]
+        var nextSubscriberID: UInt64 = 1
+        var lost: [String: UInt64] = [:]
+    }
+
+    private let state: Mutex<State>
+    public let capacity: Int
+
+    public init(capacity: Int = 65_536) {
+        self.capacity = max(1, capacity)
+        self.state = Mutex(State(ring: Array(repeating: nil, count: max(1, capacity))))
+    }
+
+    public func append(_ flow: Flow) {
+        let record = FlowRecord(flow: flow)
+        let subscribers = state.withLock { s -> [Subscriber] in
+            s.ring[s.next] = record
+            s.next = (s.next + 1) % capacity
+            s.total += 1
+            return Array(s.subscribers.values)
+        }
+        for sub in subscribers { sub(record) }
+    }
+
+    /// The newest `n` flows that satisfy `matching`, oldest first.
+    public func last(_ n: Int, matching: (Flow) -> Bool = { _ in true }) -> [FlowRecord] {
+        state.withLock { Self.newest(n, in: $0, capacity: capacity, matching: matching) }
+    }
+
+    /// Atomically takes the newest `n` matching flows and subscribes to everything after them.
+    public func subscribe(last n: Int, matching: (Flow) -> Bool = { _ in true },
+                          _ subscriber: @escaping Subscriber) -> (id: UInt64, backlog: [FlowRecord]) {
+        // Holding the lock across both steps means no flow falls between backlog and live stream.
+        state.withLock { s in
+            let backlog = Self.newest(n, in: s, capacity: capacity, matching: matching)
+            let id = s.nextSubscriberID
+            s.nextSubscriberID += 1
+            s.subscribers[id] = subscriber
+            return (id, backlog)
+        }
+    }
+
+    private static func newest(_ n: Int, in s: State, capacity: Int, matching: (Flow) -> Bool) -> [FlowRecord] {
+        guard n > 0 else { return [] }
+        var out: [FlowRecord] = []
+        var i = s.next
+        for _ in 0..<min(Int(s.total), capacity) {
+            i = (i - 1 + capacity) % capacity
+            if let r = s.ring[i], matching(r.flow) {
+                out.append(r)
+                if out.count == n { break }
+            }
+        }
+        return out.reversed()
+    }
+
+    public func unsubscribe(_ id: UInt64) {
+        _ = state.withLock { $0.subscribers.removeValue(forKey: id) }
+    }
+
+    /// Counts flows a consumer could not take (Hubble's lost events, by source).
+    public func countLost(source: String, _ n: UInt64 = 1) {
+        state.withLock { $0.lost[source, default: 0] += n }
+    }
+
+    public var totalFlows: UInt64 { state.withLock { $0.total } }
+    public var lostEvents: [String: UInt64] { state.withLock { $0.lost } }
+    public var subscriberCount: Int { state.withLock { $0.subscribers.count } }
+}

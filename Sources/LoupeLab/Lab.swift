@@ -1,0 +1,298 @@
+import Foundation
+import LoupePolicy
+
+/// `loupe lab up|down|exec`: builds the netns lab from an inventory and tears it down.
+/// `up` reconciles: pods whose spec did not change keep their netns, address and processes
+/// (so re-running it with an edited annotation only rewrites the resolved inventory); leftovers
+/// of a crashed run (netns and processes without state) are removed first.
+public struct Lab {
+    public var stateDirectory: String
+    public var log: (String) -> Void
+
+    public init(stateDirectory: String = LabNetwork.stateDirectory, log: @escaping (String) -> Void = { print($0) }) {
+        self.stateDirectory = stateDirectory
+        self.log = log
+    }
+
+    var resolvedPath: String { stateDirectory + "/inventory.yaml" }
+    var pidDirectory: String { stateDirectory + "/pids" }
+    var logDirectory: String { stateDirectory + "/logs" }
+    var podsDirectory: String { stateDirectory + "/pods" }
+
+    // MARK: up
+
+    @discardableResult
+    public func up(file: String) throws -> Inventory {
+        let text = try String(contentsOfFile: file, encoding: .utf8)
+        var wanted = try InventoryLoader.parse(text, file: file)
+        let previous = try? loadResolved()
+        let fm = FileManager.default
+        for d in [stateDirectory, pidDirectory, logDirectory, podsDirectory] {
+            try fm.createDirectory(atPath: d, withIntermediateDirectories: true)
+        }
+        let existing = Set(try listNetns())
+        if previous == nil || !existing.contains(LabNetwork.nodeNetns) {
+            // No usable state: whatever carries our prefix is a crashed run's leftover.
+            try removeEverything(quiet: true)
+            for d in [stateDirectory, pidDirectory, logDirectory, podsDirectory] {
+                try fm.createDirectory(atPath: d, withIntermediateDirectories: true)
+            }
+        }
+        let old = (previous != nil && existing.contains(LabNetwork.nodeNetns)) ? previous! : Inventory()
+        if old.pods.isEmpty && old.labHosts.isEmpty { try makeNode() }
+
+        // Pods: keep unchanged ones, replace changed ones, remove gone ones.
+        var used = Set<Int>()
+        var keep: [String: Pod] = [:]
+        for pod in old.pods {
+            let same = wanted.pods.first { $0.qualifiedName == pod.qualifiedName && $0.containers == pod.containers }
+            let netns = LabNetwork.podNetns(namespace: pod.namespace, name: pod.name)
+            if same != nil, existing.contains(netns), let ip = pod.ips.first, let n = LabNetwork.hostNumber(ip) {
+                keep[pod.qualifiedName] = pod
+                used.insert(n)
+            } else {
+                try removePod(pod)
+            }
+        }
+        for i in wanted.pods.indices {
+            let name = wanted.pods[i].qualifiedName
+            if let kept = keep[name] {
+                wanted.pods[i].ips = kept.ips
+                wanted.pods[i].hostInterface = kept.hostInterface
+                continue
+            }
+            var n = 10
+            while used.contains(n) { n += 1 }
+            used.insert(n)
+            try makePod(&wanted.pods[i], number: n)
+        }
+
+        // LabHosts share the world netns; it is rebuilt when the set of hosts changes.
+        if old.labHosts.map({ [$0.name] + $0.command }) != wanted.labHosts.map({ [$0.name] + $0.command }) || !existing.contains(LabNetwork.worldNetns) {
+            try removeWorld(old.labHosts)
+            if !wanted.labHosts.isEmpty { try makeWorld(&wanted.labHosts) }
+        } else {
+            for i in wanted.labHosts.indices { wanted.labHosts[i].ips = old.labHosts[i].ips }
+        }
+        try writeResolved(wanted)
+        for pod in wanted.pods where keep[pod.qualifiedName] == nil { try startContainers(of: pod) }
+        log("lab up: \(wanted.pods.count) pods, \(wanted.labHosts.count) lab hosts; inventory at \(resolvedPath)")
+        return wanted
+    }
+
+    // MARK: down
+
+    public func down() throws {
+        try removeEverything(quiet: false)
+        log("lab down: removed")
+    }
+
+    /// Stops every process in our netns, deletes our netns and state. Safe on a crashed run.
+    func removeEverything(quiet: Bool) throws {
+        killRecordedProcesses()
+        for ns in try listNetns() where ns == LabNetwork.nodeNetns || ns == LabNetwork.worldNetns || ns.hasPrefix(LabNetwork.podNetnsPrefix) {
+            killProcesses(inNetns: ns)
+            try Shell.run(["ip", "netns", "delete", ns], allowFailure: true)
+            if !quiet { log("removed netns \(ns)") }
+        }
+        try? FileManager.default.removeItem(atPath: stateDirectory)
+    }
+
+    // MARK: exec
+
+    /// argv that runs `command` inside `target` (`node`, `world`, or `NAMESPACE/POD`).
+    public func execArgv(target: String, command: [String]) throws -> [String] {
+        let netns: String
+        switch target {
+        case "node": netns = LabNetwork.nodeNetns
+        case "world": netns = LabNetwork.worldNetns
+        default:
+            let parts = target.split(separator: "/", maxSplits: 1).map(String.init)
+            let (ns, pod) = parts.count == 2 ? (parts[0], parts[1]) : ("default", parts[0])
+            let inv = try loadResolved()
+            guard inv.pods.contains(where: { $0.namespace == ns && $0.name == pod }) else {
+                throw LabError("no pod \(ns)/\(pod) in the lab (see \(resolvedPath))")
+            }
+            netns = LabNetwork.podNetns(namespace: ns, name: pod)
+        }
+        return ["nsenter", "--net=/var/run/netns/\(netns)", "--"] + command
+    }
+
+    public func loadResolved() throws -> Inventory {
+        guard let text = try? String(contentsOfFile: resolvedPath, encoding: .utf8) else {
+            throw LabError("the lab is not up (no \(resolvedPath)); run `loupe lab up -f FILE`")
+        }
+        return try InventoryLoader.parse(text, file: resolvedPath)
+    }
+
+    // MARK: building blocks
+
+    private func ip(_ args: String...) throws { try Shell.run(["ip"] + args) }
+    private func inNetns(_ netns: String, _ argv: [String]) throws { try Shell.run(["ip", "netns", "exec", netns] + argv) }
+
+    private func makeNode() throws {
+        let n = LabNetwork.nodeNetns
+        try ip("netns", "add", n)
+        try ip("-n", n, "link", "set", "lo", "up")
+        try inNetns(n, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
+                        "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"])
+        // The node's own address (source of the proxy's upstream connections) lives on lo:
+        // the dummy driver is not available on every kernel.
+        try ip("-n", n, "addr", "add", LabNetwork.nodeIPv4 + "/32", "dev", "lo")
+        try ip("-n", n, "-6", "addr", "add", LabNetwork.nodeIPv6 + "/128", "dev", "lo", "nodad")
+    }
+
+    private func mac(netns: String, dev: String) throws -> String {
+        let out = try Shell.run(["ip", "-n", netns, "-o", "link", "show", dev])
+        guard let r = out.range(of: "link/ether ") else { throw LabError("no MAC on \(dev) in \(netns)") }
+        return String(out[r.upperBound...].prefix(17))
+    }
+
+    /// A veth between the node and `netns`, with static neighbours both ways (no ARP/ND) and
+    /// host routes on the node: the same shape as Cilium's per-pod lxc devices.
+    private func wire(netns: String, hostVeth: String, v4: [String], v6: [String]) throws {
+        let node = LabNetwork.nodeNetns
+        try ip("netns", "add", netns)
+        try inNetns(netns, ["sysctl", "-q", "-w", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"])
+        try ip("-n", netns, "link", "set", "lo", "up")
+        try ip("-n", node, "link", "add", hostVeth, "type", "veth", "peer", "name", "eth0", "netns", netns)
+        try inNetns(node, ["sysctl", "-q", "-w", "net.ipv6.conf.\(hostVeth).accept_dad=0"])
+        try ip("-n", node, "link", "set", hostVeth, "up")
+        try ip("-n", netns, "link", "set", "eth0", "up")
+        try ip("-n", node, "-6", "addr", "add", LabNetwork.gatewayIPv6 + "/64", "dev", hostVeth, "nodad")
+        let hostMAC = try mac(netns: node, dev: hostVeth)
+        let podMAC = try mac(netns: netns, dev: "eth0")
+        try ip("-n", netns, "neigh", "replace", LabNetwork.gatewayIPv4, "lladdr", hostMAC, "dev", "eth0", "nud", "permanent")
+        try ip("-n", netns, "-6", "neigh", "replace", LabNetwork.gatewayIPv6, "lladdr", hostMAC, "dev", "eth0", "nud", "permanent")
+        try ip("-n", netns, "route", "add", LabNetwork.gatewayIPv4, "dev", "eth0", "scope", "link")
+        try ip("-n", netns, "route", "add", "default", "via", LabNetwork.gatewayIPv4, "dev", "eth0")
+        try ip("-n", netns, "-6", "route", "add", "default", "via", LabNetwork.gatewayIPv6, "dev", "eth0")
+        for a in v4 {
+            try ip("-n", netns, "addr", "add", a + "/32", "dev", "eth0")
+            try ip("-n", node, "route", "replace", a + "/32", "dev", hostVeth)
+            try ip("-n", node, "neigh", "replace", a, "lladdr", podMAC, "dev", hostVeth, "nud", "permanent")
+        }
+        for a in v6 {
+            try ip("-n", netns, "-6", "addr", "add", a + "/128", "dev", "eth0", "nodad")
+            try ip("-n", node, "-6", "route", "replace", a + "/128", "dev", hostVeth)
+            try ip("-n", node, "-6", "neigh", "replace", a, "lladdr", podMAC, "dev", hostVeth, "nud", "permanent")
+        }
+    }
+
+    private func makePod(_ pod: inout Pod, number n: Int) throws {
+        let netns = LabNetwork.podNetns(namespace: pod.namespace, name: pod.name)
+        let veth = LabNetwork.hostVeth(namespace: pod.namespace, name: pod.name)
+        pod.ips = [LabNetwork.podIPv4(n), LabNetwork.podIPv6(n)]
+        pod.hostInterface = veth
+        try wire(netns: netns, hostVeth: veth, v4: [pod.ips[0]], v6: [pod.ips[1]])
+        log("pod \(pod.qualifiedName): netns \(netns), \(pod.ips.joined(separator: ", ")), node veth \(veth)")
+    }
+
+    private func removePod(_ pod: Pod) throws {
+        let netns = LabNetwork.podNetns(namespace: pod.namespace, name: pod.name)
+        killRecordedProcesses(prefix: fileStem(pod))
+        killProcesses(inNetns: netns)
+        try Shell.run(["ip", "netns", "delete", netns], allowFailure: true)
+        log("pod \(pod.qualifiedName): removed")
+    }
+
+    private func makeWorld(_ hosts: inout [LabHost]) throws {
+        var v4: [String] = [], v6: [String] = []
+        for i in hosts.indices {
+            hosts[i].ips = [LabNetwork.worldIPv4(10 + i), LabNetwork.worldIPv6(10 + i)]
+            v4.append(hosts[i].ips[0])
+            v6.append(hosts[i].ips[1])
+        }
+        try wire(netns: LabNetwork.worldNetns, hostVeth: LabNetwork.worldVeth, v4: v4, v6: v6)
+        for host in hosts where !host.command.isEmpty {
+            let stem = "world_" + host.name
+            let dir = podsDirectory + "/" + stem
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            try Shell.spawnDetached(
+                ["nsenter", "--net=/var/run/netns/\(LabNetwork.worldNetns)", "--"] + host.command,
+                log: logDirectory + "/\(stem).log", pidFile: pidDirectory + "/\(stem).pid", cwd: dir,
+                environment: ["LOUPE_HOST_IP": host.ips[0], "LOUPE_HOST_IPV6": host.ips[1], "LOUPE_HOST_NAME": host.name])
+            log("lab host \(host.name): \(host.ips.joined(separator: ", ")): \(host.command.joined(separator: " "))")
+        }
+    }
+
+    private func removeWorld(_ hosts: [LabHost]) throws {
+        killRecordedProcesses(prefix: "world_")
+        killProcesses(inNetns: LabNetwork.worldNetns)
+        try Shell.run(["ip", "netns", "delete", LabNetwork.worldNetns], allowFailure: true)
+    }
+
+    private func fileStem(_ pod: Pod) -> String { "\(pod.namespace)_\(pod.name)" }
+
+    private func startContainers(of pod: Pod) throws {
+        let netns = LabNetwork.podNetns(namespace: pod.namespace, name: pod.name)
+        let dir = podsDirectory + "/" + fileStem(pod)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        for c in pod.containers where !c.argv.isEmpty {
+            let stem = "\(fileStem(pod))_\(c.name)"
+            try Shell.spawnDetached(["nsenter", "--net=/var/run/netns/\(netns)", "--"] + c.argv,
+                                    log: logDirectory + "/\(stem).log", pidFile: pidDirectory + "/\(stem).pid", cwd: dir,
+                                    environment: ["LOUPE_POD_IP": pod.ips.first ?? "", "LOUPE_POD_NAME": pod.name,
+                                                  "LOUPE_POD_NAMESPACE": pod.namespace])
+            log("pod \(pod.qualifiedName): started \(c.name): \(c.argv.joined(separator: " "))")
+        }
+    }
+
+    private func writeResolved(_ inv: Inventory) throws {
+        let tmp = resolvedPath + ".tmp"
+        try InventoryLoader.render(inv).write(toFile: tmp, atomically: false, encoding: .utf8)
+        guard rename(tmp, resolvedPath) == 0 else { throw LabError("cannot write \(resolvedPath)") }
+    }
+
+    private func listNetns() throws -> [String] {
+        try Shell.run(["ip", "netns", "list"]).split(separator: "\n").compactMap { $0.split(separator: " ").first.map(String.init) }
+    }
+
+    /// Processes we started, by the PIDs they recorded.
+    private func killRecordedProcesses(prefix: String = "") {
+        let fm = FileManager.default
+        guard let files = try? fm.contentsOfDirectory(atPath: pidDirectory) else { return }
+        for f in files where f.hasPrefix(prefix) && f.hasSuffix(".pid") {
+            let path = pidDirectory + "/" + f
+            if let s = try? String(contentsOfFile: path, encoding: .utf8), let pid = Int32(s.trimmingCharacters(in: .whitespacesAndNewlines)),
+               runsInOurNetns(pid) {
+                terminate(pid: pid)
+            }
+            try? fm.removeItem(atPath: path)
+        }
+    }
+
+    /// Everything still running inside a netns of ours (children a crashed run left behind).
+    private func killProcesses(inNetns netns: String) {
+        guard let out = try? Shell.run(["ip", "netns", "pids", netns], allowFailure: true) else { return }
+        for pid in out.split(separator: "\n").compactMap({ Int32($0) }) { terminate(pid: pid) }
+    }
+
+    /// A recorded PID may have been reused after a reboot: only a process inside one of the
+    /// lab's netns is ours.
+    private func runsInOurNetns(_ pid: Int32) -> Bool {
+        var st = stat()
+        guard stat("/proc/\(pid)/ns/net", &st) == 0 else { return false }
+        let names = (try? listNetns()) ?? []
+        for ns in names where ns == LabNetwork.nodeNetns || ns == LabNetwork.worldNetns || ns.hasPrefix(LabNetwork.podNetnsPrefix) {
+            var nst = stat()
+            if stat("/var/run/netns/\(ns)", &nst) == 0 && nst.st_ino == st.st_ino && nst.st_dev == st.st_dev { return true }
+        }
+        return false
+    }
+
+    private func terminate(pid: Int32) {
+        guard pid > 1 else { return }
+        kill(pid, SIGTERM)
+        for _ in 0..<20 {
+            if kill(pid, 0) != 0 { return }
+            usleep(50_000)
+        }
+        kill(pid, SIGKILL)
+    }
+}
+
+public struct LabError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ d: String) { description = d }
+}

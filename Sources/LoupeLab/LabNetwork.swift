@@ -1,0 +1,45 @@
+/// Names and addresses of the lab: one node netns with no uplink, one netns per pod with a veth
+/// to the node, and a world netns behind the node for LabHosts.
+public enum LabNetwork {
+    public static let nodeNetns = "loupe-node"
+    public static let worldNetns = "loupe-world"
+    public static let podNetnsPrefix = "loupe-pod-"
+    public static let worldVeth = "lxcworld"
+    public static let stateDirectory = "/run/loupe/lab"
+    public static var resolvedInventoryPath: String { stateDirectory + "/inventory.yaml" }
+    /// Node address used as the source of the proxy's upstream connections.
+    public static let nodeIPv4 = "198.18.0.1"
+    public static let nodeIPv6 = "2001:db8:18::1"
+    /// Gateway the pods route through (a static neighbour; nobody owns it).
+    public static let gatewayIPv4 = "169.254.1.1"
+    public static let gatewayIPv6 = "fe80::1"
+
+    /// Pod netns names are derived from the pod, short and stable.
+    public static func podNetns(namespace: String, name: String) -> String {
+        podNetnsPrefix + shortHash("\(namespace)/\(name)")
+    }
+
+    /// Node-side veth of a pod (≤ 15 characters, as Cilium's lxc…).
+    public static func hostVeth(namespace: String, name: String) -> String {
+        "lxc" + shortHash("\(namespace)/\(name)")
+    }
+
+    public static func podIPv4(_ n: Int) -> String { "198.18.\(n / 256).\(n % 256)" }
+    public static func podIPv6(_ n: Int) -> String { "2001:db8:18::\(String(n, radix: 16))" }
+    public static func worldIPv4(_ n: Int) -> String { "198.19.\(n / 256).\(n % 256)" }
+    public static func worldIPv6(_ n: Int) -> String { "2001:db8:19::\(String(n, radix: 16))" }
+
+    /// Host number of a lab address (inverse of podIPv4/worldIPv4).
+    static func hostNumber(_ ipv4: String) -> Int? {
+        let p = ipv4.split(separator: ".").compactMap { Int($0) }
+        guard p.count == 4 else { return nil }
+        return p[2] * 256 + p[3]
+    }
+
+    static func shortHash(_ s: String) -> String {
+        var h: UInt32 = 2166136261
+        for b in s.utf8 { h = (h ^ UInt32(b)) &* 16777619 }
+        let hex = String(h, radix: 16)
+        return String(repeating: "0", count: 8 - hex.count) + hex
+    }
+}

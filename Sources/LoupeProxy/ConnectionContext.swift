@@ -1,0 +1,54 @@
+import LoupeFlow
+import LoupePolicy
+
+/// Who is talking to whom on one proxied connection, resolved once at accept time.
+public struct ConnectionContext: Sendable {
+    public var clientIP: String
+    public var clientPort: Int
+    /// The original destination: the accepted socket's local address.
+    public var serverIP: String
+    public var serverPort: Int
+    public var source: Endpoint
+    public var destination: Endpoint
+    public var direction: TrafficDirection
+    public var rule: VisibilityRule?
+    public var nodeName: String
+
+    public init(clientIP: String, clientPort: Int, serverIP: String, serverPort: Int,
+                inventory: Inventory, plan: RedirectPlan, nodeName: String) {
+        self.clientIP = clientIP
+        self.clientPort = clientPort
+        self.serverIP = serverIP
+        self.serverPort = serverPort
+        self.source = Endpoint(inventory.identity(ofIP: clientIP))
+        self.destination = Endpoint(inventory.identity(ofIP: serverIP))
+        self.rule = plan.rule(clientIP: clientIP, serverIP: serverIP, port: UInt16(clamping: serverPort))
+        self.direction = rule?.direction == .ingress ? .ingress : .egress
+        self.nodeName = nodeName
+    }
+
+    /// The `host[:port]` used in URLs when the request carries no Host header.
+    public var authorityFallback: String {
+        let host = serverIP.contains(":") ? "[\(serverIP)]" : serverIP
+        return serverPort == 80 ? host : "\(host):\(serverPort)"
+    }
+
+    /// A flow of this connection; `reply` flows go server → client.
+    public func flow(verdict: Verdict, type: FlowType, l7: Layer7?, reply: Bool, summary: String,
+                     dropReason: String? = nil) -> Flow {
+        let ip = reply ? IPInfo(source: serverIP, destination: clientIP) : IPInfo(source: clientIP, destination: serverIP)
+        let ports = reply ? Layer4.Ports(sourcePort: serverPort, destinationPort: clientPort)
+                          : Layer4.Ports(sourcePort: clientPort, destinationPort: serverPort)
+        return Flow(time: FlowTime.nowRFC3339(), uuid: FlowUUID.make(), verdict: verdict, dropReasonDesc: dropReason,
+                    ip: ip, l4: Layer4(tcp: ports), source: reply ? destination : source,
+                    destination: reply ? source : destination, type: type, nodeName: nodeName, l7: l7,
+                    isReply: reply, trafficDirection: direction, summary: summary)
+    }
+}
+
+extension Endpoint {
+    init(_ id: EndpointIdentity) {
+        self.init(id: id.id == 0 ? nil : id.id, identity: id.identity, namespace: id.namespace, labels: id.labels,
+                  podName: id.podName, workloads: id.workload.map { [Workload(name: $0, kind: "Deployment")] })
+    }
+}

@@ -1,0 +1,73 @@
+import LoupeProtocols
+import NIOCore
+
+/// Step 2 on the downstream side: buffers the client's first bytes until `ProtocolDetector`
+/// decides, then hands them (on removal) to the pipeline the connection installed.
+final class DetectHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+
+    private unowned let connection: ProxyConnection
+    private var buffered: ByteBuffer?
+    private var decided = false
+
+    init(connection: ProxyConnection) { self.connection = connection }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = unwrapInboundIn(data)
+        if decided {
+            context.fireChannelRead(data)
+            return
+        }
+        if buffered == nil { buffered = bytes } else { buffered!.writeBuffer(&bytes) }
+        let decision = ProtocolDetector.detect(buffered!.readableBytesView)
+        if decision != .needMore {
+            decided = true
+            connection.detected(decision)
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        if let b = buffered, b.readableBytes > 0 {
+            buffered = nil
+            context.fireChannelRead(wrapInboundOut(b))
+            context.fireChannelReadComplete()
+        }
+    }
+}
+
+/// Upstream side before detection: holds what the server sends first (and stops reading after
+/// it) so a server-first protocol is recognised as opaque; hands the bytes on when removed.
+final class UpstreamGate: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundIn = NIOAny
+
+    private unowned let connection: ProxyConnection
+    private var buffered: ByteBuffer?
+    private var pendingRead = false
+
+    init(connection: ProxyConnection) { self.connection = connection }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = unwrapInboundIn(data)
+        if buffered == nil { buffered = bytes } else { buffered!.writeBuffer(&bytes) }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if buffered != nil { connection.upstreamSpokeFirst() }
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if buffered != nil { pendingRead = true } else { context.read() }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        if let b = buffered {
+            buffered = nil
+            context.fireChannelRead(wrapInboundOut(b))
+            context.fireChannelReadComplete()
+        }
+        if pendingRead { context.read() }
+    }
+}

@@ -1,0 +1,220 @@
+import LoupeFlow
+import NIOCore
+import NIOHTTP1
+
+extension HTTP1Intercept {
+    /// Downstream (client) side: parsed requests go upstream part by part, never buffered whole;
+    /// reads pause while the upstream socket is not writable. Malformed input gets a 400.
+    final class DownstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
+        typealias InboundIn = HTTPServerRequestPart
+        typealias OutboundIn = HTTPServerResponsePart
+        typealias OutboundOut = HTTPServerResponsePart
+
+        unowned let connection: ProxyConnection
+        var partner: UpstreamHandler?
+        var context: ChannelHandlerContext?
+        private var pendingRead = false
+        private var rejected = false
+
+        init(connection: ProxyConnection) { self.connection = connection }
+
+        func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+        func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            guard !rejected else { return }
+            switch unwrapInboundIn(data) {
+            case .head(let head):
+                let c = connection.context
+                let upgrade = head.headers.contains(name: "upgrade")
+                let action = connection.http.requestHead(
+                    method: head.method.rawValue, uri: head.uri, host: head.headers.first(name: "host"),
+                    fallbackAuthority: c.authorityFallback, version: Self.versionString(head.version),
+                    upgrade: upgrade, nowNanos: monotonicNanos())
+                switch action {
+                case .forward(let exchange):
+                    connection.environment.record(c.flow(
+                        verdict: .forwarded, type: .l7,
+                        l7: Layer7(type: .request, latencyNs: 0, http: HTTP(
+                            method: exchange.method, url: Redaction.url(exchange.url), protocol: exchange.version,
+                            headers: Redaction.headers(head.headers.map { ($0.name, $0.value) }))),
+                        reply: false, summary: "\(exchange.version) \(exchange.method) \(Redaction.url(exchange.url))"))
+                    partner?.write(.head(head))
+                }
+            case .body(let buffer):
+                partner?.write(.body(.byteBuffer(buffer)))
+            case .end(let trailers):
+                partner?.write(.end(trailers))
+            }
+        }
+
+        func channelReadComplete(context: ChannelHandlerContext) {
+            partner?.context?.flush()
+        }
+
+        func channelWritabilityChanged(context: ChannelHandlerContext) {
+            if context.channel.isWritable { partner?.resumeRead() }
+            context.fireChannelWritabilityChanged()
+        }
+
+        func resumeRead() {
+            if pendingRead, let context {
+                pendingRead = false
+                context.read()
+            }
+        }
+
+        func read(context: ChannelHandlerContext) {
+            if partner?.context?.channel.isWritable ?? false { context.read() } else { pendingRead = true }
+        }
+
+        /// Writes a response part toward the client (from the upstream side).
+        func write(_ part: HTTPServerResponsePart) {
+            guard let context, !rejected else { return }
+            connection.lastWriteToClient = context.write(wrapOutboundOut(part))
+        }
+
+        func errorCaught(context: ChannelHandlerContext, error: Error) {
+            guard let parserError = error as? HTTPParserError else {
+                connection.close()
+                return
+            }
+            reject(context: context, reason: Self.describe(parserError))
+        }
+
+        /// 400 with the reason, an ERROR flow naming it, then close: the client's framing can
+        /// no longer be trusted, so the connection cannot be reused.
+        private func reject(context: ChannelHandlerContext, reason: String) {
+            guard !rejected else { return }
+            rejected = true
+            connection.environment.count("http_requests_rejected")
+            let c = connection.context
+            connection.environment.record(c.flow(
+                verdict: .error, type: .l7,
+                l7: Layer7(type: .response, latencyNs: 0,
+                           http: HTTP(code: 400, method: "", url: "", protocol: "HTTP/1.1", headers: [])),
+                reply: true, summary: "HTTP/1.1 400 malformed request rejected: \(reason)"))
+            var body = context.channel.allocator.buffer(capacity: 64)
+            body.writeString("Bad Request: \(reason)\r\n")
+            var headers = HTTPHeaders()
+            headers.add(name: "content-type", value: "text/plain")
+            headers.add(name: "content-length", value: String(body.readableBytes))
+            headers.add(name: "connection", value: "close")
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .badRequest, headers: headers))), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in self.connection.close() }
+        }
+
+        static func versionString(_ v: HTTPVersion) -> String { "HTTP/\(v.major).\(v.minor)" }
+
+        static func describe(_ e: HTTPParserError) -> String {
+            switch e {
+            case .headerOverflow: return "header block exceeds the limit"
+            case .unexpectedContentLength: return "both Content-Length and Transfer-Encoding"
+            case .invalidConstant, .invalidMethod: return "malformed request line"
+            case .invalidVersion: return "malformed HTTP version"
+            case .invalidURL: return "malformed request target"
+            case .invalidHeaderToken: return "malformed header"
+            case .invalidContentLength: return "malformed Content-Length"
+            case .invalidChunkSize: return "malformed chunk size"
+            case .lfExpected, .invalidCharactersUsed: return "malformed line ending or characters"
+            default: return "malformed request (\(e))"
+            }
+        }
+    }
+
+    /// Upstream (server) side: responses go back to the client part by part, each final response
+    /// paired with its request for the RESPONSE flow.
+    final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
+        typealias InboundIn = HTTPClientResponsePart
+        typealias OutboundIn = HTTPClientRequestPart
+        typealias OutboundOut = HTTPClientRequestPart
+
+        unowned let connection: ProxyConnection
+        weak var partner: DownstreamHandler?
+        var context: ChannelHandlerContext?
+        private var pendingRead = false
+        private var tunnelAfterEnd = false
+
+        init(connection: ProxyConnection) { self.connection = connection }
+
+        func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+        func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+        func write(_ part: HTTPClientRequestPart) {
+            guard let context else { return }
+            connection.lastWriteToServer = context.write(wrapOutboundOut(part))
+        }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            switch unwrapInboundIn(data) {
+            case .head(let head):
+                let code = Int(head.status.code)
+                let c = connection.context
+                switch connection.http.responseHead(code: code, nowNanos: monotonicNanos()) {
+                case .forward(let e, let latency, _):
+                    record(e, head: head, latency: latency, context: c)
+                case .forwardThenTunnel(let e, let latency, _):
+                    record(e, head: head, latency: latency, context: c)
+                    tunnelAfterEnd = true
+                case .informational:
+                    break
+                case .unsolicited:
+                    connection.environment.count("http_unsolicited_responses")
+                }
+                partner?.write(.head(head))
+                if tunnelAfterEnd, connection.http.outstanding == 0, let partner, head.status == .switchingProtocols {
+                    // 101 has no body: the decoder stops at the head; switch now.
+                    partner.context?.flush()
+                    tunnelAfterEnd = false
+                    connection.switchToTunnel(downstreamHTTP: partner, upstreamHTTP: self)
+                }
+            case .body(let buffer):
+                partner?.write(.body(.byteBuffer(buffer)))
+            case .end(let trailers):
+                partner?.write(.end(trailers))
+                if tunnelAfterEnd, let partner {
+                    partner.context?.flush()
+                    tunnelAfterEnd = false
+                    connection.switchToTunnel(downstreamHTTP: partner, upstreamHTTP: self)
+                }
+            }
+        }
+
+        private func record(_ e: Exchange, head: HTTPResponseHead, latency: UInt64, context c: ConnectionContext) {
+            let code = Int(head.status.code)
+            let ms = latency / 1_000_000
+            connection.environment.record(c.flow(
+                verdict: .forwarded, type: .l7,
+                l7: Layer7(type: .response, latencyNs: latency, http: HTTP(
+                    code: code, method: e.method, url: Redaction.url(e.url), protocol: e.version,
+                    headers: Redaction.headers(head.headers.map { ($0.name, $0.value) }))),
+                reply: true, summary: "\(e.version) \(code) \(ms)ms (\(e.method) \(Redaction.url(e.url)))"))
+        }
+
+        func channelReadComplete(context: ChannelHandlerContext) {
+            partner?.context?.flush()
+        }
+
+        func channelWritabilityChanged(context: ChannelHandlerContext) {
+            if context.channel.isWritable { partner?.resumeRead() }
+            context.fireChannelWritabilityChanged()
+        }
+
+        func resumeRead() {
+            if pendingRead, let context {
+                pendingRead = false
+                context.read()
+            }
+        }
+
+        func read(context: ChannelHandlerContext) {
+            if partner?.context?.channel.isWritable ?? false { context.read() } else { pendingRead = true }
+        }
+
+        func errorCaught(context: ChannelHandlerContext, error: Error) {
+            connection.environment.count("upstream_errors")
+            connection.close()
+        }
+    }
+}

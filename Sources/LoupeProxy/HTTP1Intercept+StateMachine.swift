@@ -1,0 +1,83 @@
+/// HTTP/1.1 interception of one connection.
+public enum HTTP1Intercept {}
+
+extension HTTP1Intercept {
+    /// A request seen on the connection, waiting for its response.
+    public struct Exchange: Sendable, Equatable {
+        public var method: String
+        public var url: String
+        public var version: String
+        public var startNanos: UInt64
+        /// The request asked to leave HTTP (Upgrade header or CONNECT).
+        public var wantsTunnel: Bool
+    }
+
+    /// Pure bookkeeping of an intercepted HTTP/1.1 connection: pairs responses with requests
+    /// (pipelining keeps order), tells when to record which flow, and when the connection stops
+    /// being HTTP. No I/O: `HTTP1Intercept.DownstreamHandler`/`UpstreamHandler` act on the results.
+    public struct StateMachine: Sendable {
+        public enum RequestAction: Equatable, Sendable {
+            /// Forward the request and record its REQUEST flow.
+            case forward(Exchange)
+        }
+
+        public enum ResponseAction: Equatable, Sendable {
+            /// Forward the response and record its RESPONSE flow.
+            case forward(Exchange, latencyNanos: UInt64, code: Int)
+            /// 1xx: forward, the request still waits for its final response.
+            case informational(code: Int)
+            /// The request's tunnel was accepted (101, or 2xx to CONNECT): after this response
+            /// both directions are opaque bytes.
+            case forwardThenTunnel(Exchange, latencyNanos: UInt64, code: Int)
+            /// A response nobody asked for: protocol violation by the server.
+            case unsolicited(code: Int)
+        }
+
+        private var pending: [Exchange] = []
+        public private(set) var requests = 0
+        public private(set) var responses = 0
+
+        public init() {}
+
+        public var outstanding: Int { pending.count }
+
+        public mutating func requestHead(method: String, uri: String, host: String?, fallbackAuthority: String,
+                                         version: String, upgrade: Bool, nowNanos: UInt64) -> RequestAction {
+            let url: String
+            if uri.hasPrefix("http://") || uri.hasPrefix("https://") {
+                url = uri // absolute-form (a proxy request)
+            } else if method == "CONNECT" {
+                url = "http://\(uri)"
+            } else {
+                url = "http://\(host ?? fallbackAuthority)\(uri.hasPrefix("/") ? uri : "/" + uri)"
+            }
+            let e = Exchange(method: method, url: url, version: version, startNanos: nowNanos,
+                             wantsTunnel: upgrade || method == "CONNECT")
+            pending.append(e)
+            requests += 1
+            return .forward(e)
+        }
+
+        public mutating func responseHead(code: Int, nowNanos: UInt64) -> ResponseAction {
+            guard let first = pending.first else { return .unsolicited(code: code) }
+            if (100..<200).contains(code) && code != 101 { return .informational(code: code) }
+            pending.removeFirst()
+            responses += 1
+            let latency = nowNanos >= first.startNanos ? nowNanos - first.startNanos : 0
+            let tunnels = first.wantsTunnel && (code == 101 || (first.method == "CONNECT" && (200..<300).contains(code)))
+            return tunnels ? .forwardThenTunnel(first, latencyNanos: latency, code: code)
+                           : .forward(first, latencyNanos: latency, code: code)
+        }
+    }
+}
+
+/// Monotonic nanoseconds for latencies.
+public func monotonicNanos() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

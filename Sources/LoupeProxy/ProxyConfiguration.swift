@@ -1,0 +1,17 @@
+/// Settings of the transparent proxy, with documented defaults.
+public struct ProxyConfiguration: Sendable {
+    /// Port of the transparent listener (0.0.0.0 and [::]); the tc program assigns to it.
+    public var port: Int = 15001
+    /// SO_MARK of upstream sockets (Cilium's from-proxy mark): never matches the redirect mark.
+    public var upstreamMark: Int32 = 0xb00
+    /// Largest request/response header block accepted (bytes); larger gets 400.
+    public var maxHeaderBytes: Int = 64 * 1024
+    /// Upstream connect timeout.
+    public var connectTimeoutMilliseconds: Int64 = 5000
+    /// Name of this node in flows.
+    public var nodeName: String = "loupe-node"
+    /// Event-loop threads.
+    public var threads: Int = 1
+
+    public init() {}
+}

@@ -1,0 +1,202 @@
+import LoupeFlow
+import LoupeProtocols
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// One proxied connection: downstream (the pod's socket, accepted) and upstream (our socket to
+/// the original destination). Steps, top-down:
+///   1. connect upstream (marked, so it is never redirected again), reads held until then;
+///   2. detect the protocol on the client's first bytes (a server that speaks first → opaque);
+///   3. HTTP/1 → `HTTP1Intercept` handlers on both sides; anything else → `RelayHandler` pair;
+///   4. on close, the opaque connection's L3_L4 flow.
+/// All state lives on the downstream channel's event loop; the upstream uses the same loop.
+final class ProxyConnection {
+    enum Mode { case connecting, detecting, http1, opaque, closed }
+
+    let downstream: Channel
+    var upstream: Channel?
+    let environment: ProxyEnvironment
+    let context: ConnectionContext
+    var mode: Mode = .connecting
+    var http = HTTP1Intercept.StateMachine()
+    var bytesFromClient: UInt64 = 0
+    var bytesFromServer: UInt64 = 0
+    private var detectHandler: DetectHandler?
+    private var gate: UpstreamGate?
+
+    init(downstream: Channel, environment: ProxyEnvironment) {
+        self.downstream = downstream
+        self.environment = environment
+        let snap = environment.snapshot
+        let local = downstream.localAddress
+        let remote = downstream.remoteAddress
+        context = ConnectionContext(clientIP: remote?.ipAddress ?? "?", clientPort: remote?.port ?? 0,
+                                    serverIP: local?.ipAddress ?? "?", serverPort: local?.port ?? 0,
+                                    inventory: snap.inventory, plan: snap.plan,
+                                    nodeName: environment.configuration.nodeName)
+    }
+
+    /// Step 1. Called from the child channel initializer.
+    func start() {
+        environment.count("connections_accepted")
+        let detect = DetectHandler(connection: self)
+        detectHandler = detect
+        try? downstream.pipeline.syncOperations.addHandler(detect)
+        downstream.closeFuture.whenComplete { _ in self.downstreamClosed() }
+
+        guard let target = downstream.localAddress else { downstream.close(promise: nil); return }
+        let gate = UpstreamGate(connection: self)
+        self.gate = gate
+        let cfg = environment.configuration
+        ClientBootstrap(group: downstream.eventLoop)
+            .channelOption(ChannelOptions.Types.SocketOption(level: 1, name: 36), value: Int(cfg.upstreamMark)) // SO_MARK
+            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .connectTimeout(.milliseconds(cfg.connectTimeoutMilliseconds))
+            .channelInitializer { ch in ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(gate) } }
+            .connect(to: target)
+            .whenComplete { result in
+                switch result {
+                case .success(let ch): self.upstreamConnected(ch)
+                case .failure(let error): self.upstreamFailed(error)
+                }
+            }
+    }
+
+    private func upstreamConnected(_ channel: Channel) {
+        guard mode == .connecting else { channel.close(promise: nil); return }
+        upstream = channel
+        mode = .detecting
+        channel.closeFuture.whenComplete { _ in self.upstreamClosed() }
+        downstream.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
+    }
+
+    private func upstreamFailed(_ error: Error) {
+        environment.count("upstream_connect_errors")
+        if mode == .connecting {
+            mode = .closed
+            environment.record(context.flow(verdict: .error, type: .l3l4, l7: nil, reply: false,
+                                            summary: "TCP upstream connect to \(context.authorityFallback) failed: \(error)"))
+        }
+        downstream.close(promise: nil)
+    }
+
+    /// Step 2 result: the client's first bytes decided the protocol.
+    func detected(_ decision: ProtocolDetector.Decision) {
+        guard mode == .detecting, let upstream, let detectHandler, let gate else { return }
+        let ds = downstream.pipeline.syncOperations
+        let us = upstream.pipeline.syncOperations
+        do {
+            switch decision {
+            case .http1:
+                mode = .http1
+                environment.count("connections_http1")
+                let limits = { () -> NIOHTTPDecoderLimitConfiguration in
+                    var l = NIOHTTPDecoderLimitConfiguration()
+                    l.maxHeaderListSize = self.environment.configuration.maxHeaderBytes
+                    l.maxHeaderFieldSize = self.environment.configuration.maxHeaderBytes
+                    return l
+                }()
+                let down = HTTP1Intercept.DownstreamHandler(connection: self)
+                let up = HTTP1Intercept.UpstreamHandler(connection: self)
+                down.partner = up
+                up.partner = down
+                try ds.addHandlers([
+                    ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes,
+                                                            informationalResponseStrategy: .drop,
+                                                            limitConfiguration: limits)),
+                    HTTPResponseEncoder(),
+                    down,
+                ], position: .after(detectHandler))
+                try us.addHandlers([
+                    HTTPRequestEncoder(),
+                    ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes,
+                                                             informationalResponseStrategy: .forward,
+                                                             limitConfiguration: limits)),
+                    up,
+                ], position: .after(gate))
+            default:
+                mode = .opaque
+                environment.count("connections_opaque")
+                let (a, b) = RelayHandler.pair(connection: self)
+                try ds.addHandler(a, position: .after(detectHandler))
+                try us.addHandler(b, position: .after(gate))
+            }
+        } catch {
+            downstream.close(promise: nil)
+            return
+        }
+        // Removing the one-shot handlers hands their buffered bytes to what was just installed.
+        ds.removeHandler(detectHandler, promise: nil)
+        us.removeHandler(gate, promise: nil)
+        self.detectHandler = nil
+        self.gate = nil
+    }
+
+    /// A server that speaks before the client is not HTTP: relay it.
+    func upstreamSpokeFirst() {
+        if mode == .detecting { detected(.opaque) }
+    }
+
+    /// The HTTP exchange asked for a tunnel (101 Switching Protocols, CONNECT 2xx): from now on
+    /// both directions are relayed as opaque bytes. Codecs are removed after the relay is in
+    /// place so their leftover bytes flow into it.
+    func switchToTunnel(downstreamHTTP: ChannelHandler, upstreamHTTP: ChannelHandler) {
+        guard mode == .http1, let upstream else { return }
+        mode = .opaque
+        environment.count("connections_tunneled")
+        let ds = downstream.pipeline.syncOperations
+        let us = upstream.pipeline.syncOperations
+        let (a, b) = RelayHandler.pair(connection: self)
+        do {
+            try ds.addHandler(a)
+            try us.addHandler(b)
+            let downstreamHandlers = [try ds.context(handlerType: ByteToMessageHandler<HTTPRequestDecoder>.self),
+                                      try ds.context(handlerType: HTTPResponseEncoder.self),
+                                      try ds.context(handler: downstreamHTTP)]
+            let upstreamHandlers = [try us.context(handlerType: ByteToMessageHandler<HTTPResponseDecoder>.self),
+                                    try us.context(handlerType: HTTPRequestEncoder.self),
+                                    try us.context(handler: upstreamHTTP)]
+            for c in downstreamHandlers { ds.removeHandler(context: c, promise: nil) }
+            for c in upstreamHandlers { us.removeHandler(context: c, promise: nil) }
+        } catch {
+            close()
+        }
+        downstream.read()
+        upstream.read()
+    }
+
+    func close() {
+        downstream.close(promise: nil)
+        upstream?.close(promise: nil)
+    }
+
+    /// The last write queued toward each side: a peer's close waits for it, so no tail is lost.
+    var lastWriteToClient: EventLoopFuture<Void>?
+    var lastWriteToServer: EventLoopFuture<Void>?
+
+    private func downstreamClosed() {
+        if let upstream {
+            (lastWriteToServer ?? upstream.eventLoop.makeSucceededVoidFuture()).whenComplete { _ in upstream.close(promise: nil) }
+        }
+        finish()
+    }
+
+    private func upstreamClosed() {
+        let ds = downstream
+        (lastWriteToClient ?? ds.eventLoop.makeSucceededVoidFuture()).whenComplete { _ in ds.close(promise: nil) }
+        finish()
+    }
+
+    private var finished = false
+    private func finish() {
+        guard !finished else { return }
+        finished = true
+        if mode == .opaque {
+            environment.record(context.flow(
+                verdict: .forwarded, type: .l3l4, l7: nil, reply: false,
+                summary: "TCP opaque connection closed: \(bytesFromClient) bytes from client, \(bytesFromServer) bytes from server"))
+        }
+        mode = .closed
+    }
+}

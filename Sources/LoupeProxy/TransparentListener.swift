@@ -1,0 +1,59 @@
+import Logging
+import NIOCore
+import NIOPosix
+
+/// The proxy's transparent TCP listeners (0.0.0.0:port and [::]:port, IP_TRANSPARENT), which
+/// the tc program assigns redirected connections to. Each accepted connection becomes a
+/// `ProxyConnection` whose original destination is the socket's local address.
+public final class TransparentListener {
+    private let group: EventLoopGroup
+    private let environment: ProxyEnvironment
+    private let logger: Logger
+    private var channels: [Channel] = []
+
+    public init(group: EventLoopGroup, environment: ProxyEnvironment, logger: Logger) {
+        self.group = group
+        self.environment = environment
+        self.logger = logger
+    }
+
+    /// Binds both listeners; IPv6 is skipped (and logged) when the node has no IPv6.
+    public func bind() async throws {
+        let port = environment.configuration.port
+        let v4 = try await bootstrap(v6: false).bind(host: "0.0.0.0", port: port).get()
+        channels.append(v4)
+        do {
+            channels.append(try await bootstrap(v6: true).bind(host: "::", port: port).get())
+        } catch {
+            logger.warning("IPv6 transparent listener not bound: \(error)")
+        }
+        logger.info("transparent listener on 0.0.0.0:\(port) and [::]:\(port)")
+    }
+
+    public func close() async {
+        for c in channels { try? await c.close() }
+        channels.removeAll()
+    }
+
+    public var closeFutures: [EventLoopFuture<Void>] { channels.map(\.closeFuture) }
+
+    private func bootstrap(v6: Bool) -> ServerBootstrap {
+        let env = environment
+        var b = ServerBootstrap(group: group)
+            .serverChannelOption(ChannelOptions.backlog, value: 4096)
+            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(ChannelOptions.autoRead, value: false)
+            .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+        if v6 {
+            b = b.serverChannelOption(ChannelOptions.Types.SocketOption(level: 41, name: 26), value: 1) // IPV6_V6ONLY
+                .serverChannelOption(ChannelOptions.Types.SocketOption(level: 41, name: 75), value: 1) // IPV6_TRANSPARENT
+        } else {
+            b = b.serverChannelOption(ChannelOptions.Types.SocketOption(level: 0, name: 19), value: 1) // IP_TRANSPARENT
+        }
+        return b.childChannelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture {
+                ProxyConnection(downstream: channel, environment: env).start()
+            }
+        }
+    }
+}

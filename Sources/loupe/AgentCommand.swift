@@ -1,0 +1,80 @@
+import ArgumentParser
+import Foundation
+import Logging
+import LoupeAgent
+import LoupeLab
+
+/// `loupe agent`: datapath + proxy + local API on this node (or in the lab's node netns).
+struct AgentCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "agent", abstract: "Run the node agent.")
+
+    @Flag(help: "Run inside the lab's node netns on the lab's resolved inventory.") var lab = false
+    @Option(help: "Inventory file (Kubernetes YAML) to follow.") var inventory: String?
+    @Option(help: "Compiled tc program (bpf/.output/tc_from_pod.bpf.o).") var bpfObject: String?
+    @Option(help: "Transparent proxy port.") var proxyPort: Int = 15001
+    @Option(help: "Local API socket.") var socket: String = defaultServerPath
+    @Option(help: "Node name in flows.") var nodeName: String = "loupe-node"
+    @Option(help: "Proxy event-loop threads.") var threads: Int = 1
+    @Option(help: "Largest HTTP header block accepted, bytes.") var maxHeaderBytes: Int = 64 * 1024
+    @Flag(help: "Log at debug level.") var debug = false
+
+    func run() async throws {
+        try requireRoot()
+        if lab && !inNetns(LabNetwork.nodeNetns) {
+            // Re-enter ourselves in the node netns before any thread exists: every socket,
+            // netlink call and tc attachment of the agent then happens there.
+            guard FileManager.default.fileExists(atPath: "/var/run/netns/\(LabNetwork.nodeNetns)") else {
+                FileHandle.standardError.write(Data("loupe agent --lab: the lab is not up (run `loupe lab up -f FILE`)\n".utf8))
+                throw ExitCode(1)
+            }
+            var argv = ["nsenter", "--net=/var/run/netns/\(LabNetwork.nodeNetns)", "--", selfExecutable()]
+            argv += Array(CommandLine.arguments.dropFirst())
+            execvpOrFail(argv)
+        }
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = debug ? .debug : .info
+            return h
+        }
+        var cfg = AgentConfiguration()
+        cfg.inventoryPath = inventory ?? LabNetwork.resolvedInventoryPath
+        cfg.bpfObjectPath = bpfObject ?? defaultBPFObject()
+        cfg.socketPath = socket
+        cfg.proxy.port = proxyPort
+        cfg.proxy.nodeName = nodeName
+        cfg.proxy.threads = threads
+        cfg.proxy.maxHeaderBytes = maxHeaderBytes
+        let logger = Logger(label: "loupe.agent")
+        do {
+            try await Agent(configuration: cfg, logger: logger).run()
+        } catch {
+            logger.error("agent stopped: \(error)")
+            throw ExitCode(1)
+        }
+    }
+
+    private func inNetns(_ name: String) -> Bool {
+        var a = stat(), b = stat()
+        guard stat("/proc/self/ns/net", &a) == 0, stat("/var/run/netns/\(name)", &b) == 0 else { return false }
+        return a.st_ino == b.st_ino && a.st_dev == b.st_dev
+    }
+
+    private func selfExecutable() -> String {
+        (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+    }
+
+    /// `LOUPE_BPF_OBJECT`, else `bpf/.output/` in the current directory, else beside the checkout
+    /// the binary was built in (`.build/<config>/loupe` → `bpf/.output/`).
+    private func defaultBPFObject() -> String {
+        if let env = ProcessInfo.processInfo.environment["LOUPE_BPF_OBJECT"] { return env }
+        let rel = "bpf/.output/tc_from_pod.bpf.o"
+        if FileManager.default.fileExists(atPath: rel) { return rel }
+        var dir = URL(fileURLWithPath: selfExecutable()).deletingLastPathComponent()
+        for _ in 0..<4 {
+            let candidate = dir.appendingPathComponent(rel).path
+            if FileManager.default.fileExists(atPath: candidate) { return candidate }
+            dir = dir.deletingLastPathComponent()
+        }
+        return rel
+    }
+}

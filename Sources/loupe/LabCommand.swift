@@ -1,0 +1,74 @@
+import ArgumentParser
+import Foundation
+import LoupeLab
+
+/// `loupe lab up|down|exec`: the netns lab that stands in for a node with pods.
+struct LabCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "lab", abstract: "Build, enter and remove the netns lab.",
+        subcommands: [Up.self, Down.self, Exec.self])
+
+    struct Up: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create (or update) the lab from an inventory file.")
+        @Option(name: [.short, .customLong("file")], help: "Inventory: v1 Namespace, v1 Pod, loupe.io/v1alpha1 LabHost.")
+        var file: String
+
+        func run() throws {
+            try requireRoot()
+            do { try Lab().up(file: file) } catch {
+                FileHandle.standardError.write(Data("loupe lab up: \(error)\n".utf8))
+                throw ExitCode(1)
+            }
+        }
+    }
+
+    struct Down: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Stop the lab's processes and remove everything it made.")
+        func run() throws {
+            try requireRoot()
+            try Lab().down()
+            // The lab's agent pins its maps here; a crashed agent leaves them behind.
+            removePins(in: "/sys/fs/bpf/loupe")
+        }
+    }
+
+    struct Exec: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Run a command inside a pod's netns (NAMESPACE/POD), or `node`/`world`.")
+        @Argument(help: "NAMESPACE/POD, node or world.") var target: String
+        @Argument(parsing: .captureForPassthrough, help: "The command (after --).") var command: [String] = []
+
+        func run() throws {
+            var cmd = command
+            if cmd.first == "--" { cmd.removeFirst() }
+            guard !cmd.isEmpty else { throw ValidationError("missing command: loupe lab exec \(target) -- CMD…") }
+            let argv: [String]
+            do { argv = try Lab().execArgv(target: target, command: cmd) } catch {
+                FileHandle.standardError.write(Data("loupe lab exec: \(error)\n".utf8))
+                throw ExitCode(1)
+            }
+            execvpOrFail(argv)
+        }
+    }
+}
+
+func requireRoot() throws {
+    if geteuid() != 0 {
+        FileHandle.standardError.write(Data("loupe: this command needs root (network namespaces, BPF)\n".utf8))
+        throw ExitCode(1)
+    }
+}
+
+func execvpOrFail(_ argv: [String]) -> Never {
+    var cargs = argv.map { strdup($0) }
+    cargs.append(nil)
+    execvp(argv[0], &cargs)
+    FileHandle.standardError.write(Data("loupe: exec \(argv[0]): \(String(cString: strerror(errno)))\n".utf8))
+    exit(127)
+}
+
+func removePins(in dir: String) {
+    guard let names = try? FileManager.default.contentsOfDirectory(atPath: dir) else { return }
+    for n in names { unlink(dir + "/" + n) }
+    rmdir(dir)
+}

@@ -1,0 +1,9 @@
+import ArgumentParser
+
+@main
+struct Loupe: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "loupe",
+        abstract: "Transparent L7 visibility proxy for Kubernetes nodes: HTTP flows without sidecars.",
+        subcommands: [AgentCommand.self, ObserveCommand.self, StatusCommand.self, LabCommand.self])
+}

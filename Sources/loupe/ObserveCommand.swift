@@ -1,0 +1,72 @@
+import ArgumentParser
+import Foundation
+import LoupeFlow
+
+/// `loupe observe`: the flow log, with `hubble observe`'s flags.
+struct ObserveCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "observe",
+        abstract: "Print flows recorded by the agent (like `hubble observe`).")
+
+    enum Output: String, ExpressibleByArgument, CaseIterable { case compact, json, jsonpb, table, dict }
+
+    @Flag(name: [.short, .long], help: "Keep printing new flows.") var follow = false
+    @Option(help: "Print the last N matching flows first (default 20; 0 with --follow).") var last: Int?
+    @Option(name: [.short, .long], help: "Output: compact, json, table.") var output: Output = .compact
+    @Option(help: "Agent socket.") var server: String = defaultServerPath
+    @Option(help: "Flows from or to this namespace.") var namespace: [String] = []
+    @Option(help: "Flows from or to this pod ([namespace/]pod-name prefix).") var pod: [String] = []
+    @Option(help: "Flows from this pod (the client).") var fromPod: [String] = []
+    @Option(help: "Flows to this pod (the server).") var toPod: [String] = []
+    @Option(help: "Protocol: http, tcp.") var `protocol`: [String] = []
+    @Option(help: "Verdict: FORWARDED, DROPPED, ERROR, AUDIT.") var verdict: [String] = []
+    @Option(help: "HTTP status code, or a prefix like 5+.") var httpStatus: [String] = []
+    @Option(help: "HTTP method.") var httpMethod: [String] = []
+    @Option(help: "HTTP path regular expression.") var httpPath: [String] = []
+
+    func run() throws {
+        var filter = FlowFilter()
+        filter.namespaces = namespace
+        filter.pods = pod
+        filter.fromPods = fromPod
+        filter.toPods = toPod
+        filter.protocols = `protocol`
+        filter.httpStatuses = httpStatus
+        filter.httpMethods = httpMethod
+        filter.httpPaths = httpPath
+        do {
+            filter.verdicts = try FlowFilter(dictionary: verdict.isEmpty ? [:] : ["verdict": verdict]).verdicts
+            try filter.prepare()
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        let request: [String: Any] = ["flows": ["last": last ?? (follow ? 0 : 20), "follow": follow, "filter": filter.asDictionary]]
+        if output == .table { print(FlowEncoding.tableHeader) }
+        setvbuf(stdout, nil, _IOLBF, 0)
+        var failure: String?
+        do {
+            try APIClient(path: server).request(request) { line in
+                if line.hasPrefix("{\"error\"") {
+                    failure = line
+                    return false
+                }
+                switch output {
+                case .json, .jsonpb:
+                    print(line)
+                case .compact, .dict:
+                    if let r = try? FlowEncoding.decode(jsonLine: line) { print(FlowEncoding.compact(r.flow)) }
+                case .table:
+                    if let r = try? FlowEncoding.decode(jsonLine: line) { print(FlowEncoding.tableRow(r.flow)) }
+                }
+                return true
+            }
+        } catch {
+            FileHandle.standardError.write(Data("loupe observe: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+        if let failure {
+            FileHandle.standardError.write(Data("loupe observe: agent refused the request: \(failure)\n".utf8))
+            throw ExitCode(2)
+        }
+    }
+}

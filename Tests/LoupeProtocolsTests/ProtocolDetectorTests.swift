@@ -1,0 +1,24 @@
+import LoupeProtocols
+import Testing
+
+@Suite struct ProtocolDetectorTests {
+    @Test func everyPrefixOfAnHTTPRequestLineIsNeedMoreThenHTTP1() {
+        let line = Array("POST /v1/request-landing HTTP/1.1\r\n".utf8)
+        for n in 1...5 { #expect(ProtocolDetector.detect(line.prefix(n)) == .needMore, "prefix \(n)") }
+        #expect(ProtocolDetector.detect(line) == .http1)
+    }
+
+    @Test func http2PrefaceIsRecognisedOnlyWhenComplete() {
+        let preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
+        for n in 1..<preface.count { #expect(ProtocolDetector.detect(preface.prefix(n)) == .needMore) }
+        #expect(ProtocolDetector.detect(preface) == .http2)
+    }
+
+    @Test func tlsRecordAndBinaryAreNotHTTP() {
+        #expect(ProtocolDetector.detect([0x16, 0x03, 0x01, 0x02, 0x00]) == .tls)
+        #expect(ProtocolDetector.detect([0x00, 0x01, 0x02]) == .opaque)
+        #expect(ProtocolDetector.detect(Array("SSH-2.0-OpenSSH\r\n".utf8)) == .opaque)
+        #expect(ProtocolDetector.detect(Array("GETX / HTTP/1.1".utf8)) == .opaque)
+        #expect(ProtocolDetector.detect(Array("get / HTTP/1.1".utf8)) == .opaque)
+    }
+}

@@ -1,0 +1,55 @@
+/* Structs and constants shared by the BPF programs and the Swift C target (CLoupeBPF).
+ * Keep this header free of BPF-only helpers: userspace includes it too. */
+#ifndef LOUPE_DATAPATH_H
+#define LOUPE_DATAPATH_H
+
+#include <linux/types.h>
+
+/* skb->mark bits that route a packet to the local table (ip rule fwmark 0x200/0xf00 lookup 2004). */
+#define LOUPE_MARK_TO_PROXY      0x200
+#define LOUPE_MARK_MASK          0xf00
+/* Mark carried by the proxy's upstream sockets; must not match LOUPE_MARK_TO_PROXY/MASK. */
+#define LOUPE_MARK_FROM_PROXY    0xb00
+#define LOUPE_ROUTE_TABLE        2004
+
+/* A managed pod, keyed by the ifindex of its node-side veth. */
+struct loupe_endpoint {
+    __u32 id;       /* endpoint id shown in flows */
+    __u32 flags;    /* reserved */
+};
+
+/* Redirect rule key. Egress rules: ifindex = the pod's veth, addr all-zero.
+ * Ingress rules (applied at the client's veth): ifindex = 0, addr = the server pod's address. */
+struct loupe_redirect_key {
+    __u32 ifindex;
+    __u8  addr[16];   /* IPv4 in the first 4 bytes */
+    __u16 port;       /* host byte order */
+    __u8  family;     /* 4 or 6 */
+    __u8  proto;      /* IPPROTO_TCP */
+};
+
+#define LOUPE_REDIRECT_ENFORCE   0x1  /* fail closed when the proxy is absent */
+#define LOUPE_REDIRECT_INGRESS   0x2  /* the rule came from the server's Ingress annotation */
+
+struct loupe_redirect_value {
+    __u16 proxy_port;
+    __u8  flags;
+    __u8  pad;
+    __u32 reserved;
+};
+
+/* Per-outcome counters (per-CPU array index). Names in Swift: DatapathCounter. */
+enum loupe_counter {
+    LOUPE_CNT_UNMANAGED = 0,       /* packet from a veth that is not a managed endpoint: pass */
+    LOUPE_CNT_NOT_TCP,             /* not TCP (or not IP): pass */
+    LOUPE_CNT_NOT_SELECTED,        /* no redirect rule for this port: pass */
+    LOUPE_CNT_ASSIGNED_ESTABLISHED,/* selected, proxy socket of the connection found: assigned */
+    LOUPE_CNT_ASSIGNED_LISTENER,   /* selected SYN, proxy listener found: assigned */
+    LOUPE_CNT_PROXY_ABSENT_PASS,   /* selected SYN, no proxy listener, visibility only: pass (fail open) */
+    LOUPE_CNT_PROXY_ABSENT_DROP,   /* selected SYN, no proxy listener, enforced: drop (fail closed) */
+    LOUPE_CNT_NO_SOCKET_PASS,      /* selected non-SYN packet of a connection the proxy does not own: pass */
+    LOUPE_CNT_ASSIGN_FAILED,       /* bpf_sk_assign refused: drop (the client retransmits) */
+    LOUPE_CNT_MAX,
+};
+
+#endif

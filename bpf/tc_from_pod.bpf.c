@@ -1,0 +1,110 @@
+// SPDX-License-Identifier: GPL-2.0
+/* tc ingress on a pod's node-side veth: steer selected TCP connections into the Loupe proxy.
+ *
+ * For each packet from the pod: is the pod managed? does a redirect rule select this
+ * destination port (the pod's Egress rule, or the destination pod's Ingress rule)? If so,
+ * hand the packet to the proxy's socket of this connection, or on a SYN to the proxy's
+ * listener, with bpf_sk_assign, and mark it so the node routes it locally. Everything else
+ * passes untouched. Every outcome is counted in loupe_counters. */
+#include "lib/parse.h"
+#include "lib/maps.h"
+
+#define TC_ACT_OK   0
+#define TC_ACT_SHOT 2
+
+/* Set at load: the proxy listens on this loopback address family-wise (0.0.0.0/[::] listeners
+ * are found by a lookup of 127.0.0.1 / ::1). */
+const volatile __u32 loupe_listener_v4 = 0x0100007f; /* 127.0.0.1, network order */
+
+static __always_inline struct loupe_redirect_value *loupe_find_rule(struct __sk_buff *skb, struct loupe_packet *p)
+{
+    struct loupe_redirect_key key = {};
+    struct loupe_redirect_value *rule;
+
+    key.ifindex = skb->ifindex;
+    key.port = p->dport;
+    key.family = p->family;
+    key.proto = p->proto;
+    rule = bpf_map_lookup_elem(&loupe_redirects, &key);
+    if (rule)
+        return rule;
+    key.ifindex = 0;
+    __builtin_memcpy(key.addr, p->daddr, 16);
+    return bpf_map_lookup_elem(&loupe_redirects, &key);
+}
+
+static __always_inline int loupe_assign(struct __sk_buff *skb, struct bpf_sock *sk, __u32 counter)
+{
+    long err = bpf_sk_assign(skb, sk, 0);
+    bpf_sk_release(sk);
+    if (err) {
+        loupe_count(LOUPE_CNT_ASSIGN_FAILED);
+        return TC_ACT_SHOT;
+    }
+    skb->mark = (skb->mark & ~LOUPE_MARK_MASK) | LOUPE_MARK_TO_PROXY;
+    loupe_count(counter);
+    return TC_ACT_OK;
+}
+
+SEC("tc")
+int loupe_from_pod(struct __sk_buff *skb)
+{
+    struct loupe_packet p = {};
+    struct loupe_redirect_value *rule;
+    struct bpf_sock *sk;
+    __u32 ifindex = skb->ifindex;
+    __u32 tuple_len;
+
+    if (!bpf_map_lookup_elem(&loupe_endpoints, &ifindex)) {
+        loupe_count(LOUPE_CNT_UNMANAGED);
+        return TC_ACT_OK;
+    }
+    if (loupe_parse_tcp(skb, &p) < 0) {
+        loupe_count(LOUPE_CNT_NOT_TCP);
+        return TC_ACT_OK;
+    }
+    rule = loupe_find_rule(skb, &p);
+    if (!rule) {
+        loupe_count(LOUPE_CNT_NOT_SELECTED);
+        return TC_ACT_OK;
+    }
+
+    tuple_len = p.family == 4 ? sizeof(p.tuple.ipv4) : sizeof(p.tuple.ipv6);
+    /* 1. The connection's own proxy socket (established, or a pending request socket). */
+    sk = bpf_skc_lookup_tcp(skb, &p.tuple, tuple_len, BPF_F_CURRENT_NETNS, 0);
+    if (sk) {
+        if (sk->state != BPF_TCP_LISTEN)
+            return loupe_assign(skb, sk, LOUPE_CNT_ASSIGNED_ESTABLISHED);
+        bpf_sk_release(sk);
+    }
+    if (!p.syn) {
+        loupe_count(LOUPE_CNT_NO_SOCKET_PASS);
+        return TC_ACT_OK;
+    }
+    /* 2. A new connection: the proxy's listener. */
+    struct bpf_sock_tuple ln = {};
+    if (p.family == 4) {
+        ln.ipv4.daddr = loupe_listener_v4;
+        ln.ipv4.dport = bpf_htons(rule->proxy_port);
+    } else {
+        ln.ipv6.daddr[3] = bpf_htonl(1);
+        ln.ipv6.dport = bpf_htons(rule->proxy_port);
+    }
+    sk = bpf_skc_lookup_tcp(skb, &ln, tuple_len, BPF_F_CURRENT_NETNS, 0);
+    if (!sk) {
+        if (rule->flags & LOUPE_REDIRECT_ENFORCE) {
+            loupe_count(LOUPE_CNT_PROXY_ABSENT_DROP);
+            return TC_ACT_SHOT;
+        }
+        loupe_count(LOUPE_CNT_PROXY_ABSENT_PASS);
+        return TC_ACT_OK;
+    }
+    if (sk->state != BPF_TCP_LISTEN) {
+        bpf_sk_release(sk);
+        loupe_count(LOUPE_CNT_PROXY_ABSENT_PASS);
+        return TC_ACT_OK;
+    }
+    return loupe_assign(skb, sk, LOUPE_CNT_ASSIGNED_LISTENER);
+}
+
+char _license[] SEC("license") = "GPL";

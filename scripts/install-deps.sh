@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs what building and testing Loupe needs on a fresh Debian machine (idempotent, quiet
+# when everything is there already).
+set -euo pipefail
+APT_PKGS=(libbpf-dev libelf-dev zlib1g-dev bpftool iproute2 util-linux curl wrk nginx-light linux-libc-dev procps)
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+python3 -c 'import pytest' 2>/dev/null || pip install -q pytest
