@@ -48,7 +48,7 @@ struct bpf_object *loupe_object_load(const char *object_path, const char *pin_ro
     return obj;
 }
 
-int loupe_tc_attach_ingress(int ifindex, int prog_fd)
+int loupe_tc_attach_ingress(int ifindex, int prog_fd, int *created_qdisc)
 {
     LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = BPF_TC_INGRESS);
     LIBBPF_OPTS(bpf_tc_opts, opts, .prog_fd = prog_fd, .handle = LOUPE_TC_HANDLE,
@@ -56,14 +56,20 @@ int loupe_tc_attach_ingress(int ifindex, int prog_fd)
     int err = bpf_tc_hook_create(&hook);
     if (err && err != -EEXIST)
         return err;
+    *created_qdisc = err == 0;
     return bpf_tc_attach(&hook, &opts);
 }
 
-int loupe_tc_detach_ingress(int ifindex)
+int loupe_tc_detach_ingress(int ifindex, int destroy_qdisc)
 {
     LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = BPF_TC_INGRESS);
     LIBBPF_OPTS(bpf_tc_opts, opts, .handle = LOUPE_TC_HANDLE, .priority = LOUPE_TC_PRIORITY);
-    return bpf_tc_detach(&hook, &opts);
+    int err = bpf_tc_detach(&hook, &opts);
+    if (destroy_qdisc) {
+        hook.attach_point = BPF_TC_INGRESS | BPF_TC_EGRESS; /* = the whole clsact qdisc */
+        err = bpf_tc_hook_destroy(&hook);
+    }
+    return err;
 }
 
 int loupe_prog_test_run_skb(int prog_fd, const void *packet, uint32_t size, uint32_t ifindex, uint32_t *retval, uint32_t *mark)

@@ -80,6 +80,8 @@ public final class Datapath {
     public let redirects: BPFMap
     public let counters: BPFMap
     public private(set) var attached: Set<Int32> = []
+    /// Veths whose clsact qdisc we created (and so remove on detach).
+    private var ownedQdiscs: Set<Int32> = []
 
     public init(objectPath: String, pinRoot: String = Datapath.defaultPinRoot) throws {
         object = try BPFObject(path: objectPath, pinRoot: pinRoot)
@@ -92,14 +94,17 @@ public final class Datapath {
     public var programFileDescriptor: Int32 { programFD }
 
     public func attach(ifindex: Int32) throws {
-        let rc = loupe_tc_attach_ingress(ifindex, programFD)
+        var created: Int32 = 0
+        let rc = loupe_tc_attach_ingress(ifindex, programFD, &created)
         if rc != 0 { throw BPFError("attach tc ingress on ifindex \(ifindex)", errno: rc) }
         attached.insert(ifindex)
+        if created != 0 { ownedQdiscs.insert(ifindex) }
     }
 
     public func detach(ifindex: Int32) {
-        _ = loupe_tc_detach_ingress(ifindex)
+        _ = loupe_tc_detach_ingress(ifindex, ownedQdiscs.contains(ifindex) ? 1 : 0)
         attached.remove(ifindex)
+        ownedQdiscs.remove(ifindex)
     }
 
     /// Makes the endpoint map equal to `ids` (ifindex → endpoint id).

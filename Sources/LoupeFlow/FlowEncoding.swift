@@ -4,10 +4,9 @@ import Foundation
 public enum FlowEncoding {
     /// One JSON line (no trailing newline) for `record`.
     public static func jsonLine(_ record: FlowRecord) -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.withoutEscapingSlashes]
-        guard let data = try? encoder.encode(record) else { return "{}" }
-        return String(decoding: data, as: UTF8.self)
+        var w = FlowJSONWriter()
+        w.record(record)
+        return w.out
     }
 
     public static func decode(jsonLine: String) throws -> FlowRecord {

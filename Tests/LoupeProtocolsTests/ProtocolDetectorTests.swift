@@ -4,7 +4,8 @@ import Testing
 @Suite struct ProtocolDetectorTests {
     @Test func everyPrefixOfAnHTTPRequestLineIsNeedMoreThenHTTP1() {
         let line = Array("POST /v1/request-landing HTTP/1.1\r\n".utf8)
-        for n in 1...5 { #expect(ProtocolDetector.detect(line.prefix(n)) == .needMore, "prefix \(n)") }
+        for n in 1...4 { #expect(ProtocolDetector.detect(line.prefix(n)) == .needMore, "prefix \(n)") }
+        #expect(ProtocolDetector.detect(line.prefix(5)) == .http1) // "POST " decides
         #expect(ProtocolDetector.detect(line) == .http1)
     }
 

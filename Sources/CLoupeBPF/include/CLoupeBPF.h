@@ -13,12 +13,13 @@
  * listener address global, loads it. Returns NULL and sets errno on failure. */
 struct bpf_object *loupe_object_load(const char *object_path, const char *pin_root, char *errbuf, size_t errlen);
 
-/* Attaches PROG_FD to the tc ingress hook of IFINDEX (creating clsact when missing), replacing
- * a filter of ours already there. Returns 0 or -errno. */
-int loupe_tc_attach_ingress(int ifindex, int prog_fd);
+/* Attaches PROG_FD to the tc ingress hook of IFINDEX (creating clsact when missing, and then
+ * setting *CREATED_QDISC), replacing a filter of ours already there. Returns 0 or -errno. */
+int loupe_tc_attach_ingress(int ifindex, int prog_fd, int *created_qdisc);
 
-/* Removes our filter from IFINDEX's tc ingress hook. Returns 0 or -errno. */
-int loupe_tc_detach_ingress(int ifindex);
+/* Removes our filter from IFINDEX's tc ingress hook, and the clsact qdisc too when
+ * DESTROY_QDISC (only when we created it: other tools may share it). Returns 0 or -errno. */
+int loupe_tc_detach_ingress(int ifindex, int destroy_qdisc);
 
 /* BPF_PROG_TEST_RUN of a tc program on PACKET with skb->ifindex = IFINDEX. Returns 0 or -errno. */
 int loupe_prog_test_run_skb(int prog_fd, const void *packet, uint32_t size, uint32_t ifindex, uint32_t *retval, uint32_t *mark);

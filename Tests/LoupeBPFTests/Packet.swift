@@ -1,0 +1,91 @@
+import Glibc
+
+/// Crafted Ethernet frames for BPF_PROG_TEST_RUN.
+enum Packet {
+    static func ipv4TCP(src: String, sport: UInt16, dst: String, dport: UInt16, syn: Bool) -> [UInt8] {
+        var p = ethernet(type: 0x0800)
+        var ip: [UInt8] = [0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0]
+        ip += v4(src) + v4(dst)
+        p += ip + tcp(sport: sport, dport: dport, syn: syn)
+        return p
+    }
+
+    static func ipv6TCP(src: String, sport: UInt16, dst: String, dport: UInt16, syn: Bool) -> [UInt8] {
+        var p = ethernet(type: 0x86dd)
+        p += [0x60, 0, 0, 0, 0, 20, 6, 64] + v6(src) + v6(dst)
+        p += tcp(sport: sport, dport: dport, syn: syn)
+        return p
+    }
+
+    static func ethernet(type: UInt16) -> [UInt8] {
+        [0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, UInt8(type >> 8), UInt8(type & 0xff)]
+    }
+
+    static func tcp(sport: UInt16, dport: UInt16, syn: Bool) -> [UInt8] {
+        [UInt8(sport >> 8), UInt8(sport & 0xff), UInt8(dport >> 8), UInt8(dport & 0xff),
+         0, 0, 0, 1, 0, 0, 0, syn ? 0 : 1, 0x50, syn ? 0x02 : 0x10, 0xff, 0xff, 0, 0, 0, 0]
+    }
+
+    static func v4(_ s: String) -> [UInt8] {
+        var a = in_addr()
+        inet_pton(AF_INET, s, &a)
+        return withUnsafeBytes(of: a) { Array($0) }
+    }
+
+    static func v6(_ s: String) -> [UInt8] {
+        var a = in6_addr()
+        inet_pton(AF_INET6, s, &a)
+        return withUnsafeBytes(of: a) { Array($0) }
+    }
+}
+
+/// Loopback sockets the tc program's lookups find.
+struct TCPSocket {
+    var fd: Int32
+    var port: UInt16
+
+    struct Failure: Error { var what: String }
+
+    static func listen(v6: Bool = false) throws -> TCPSocket {
+        let fd = socket(v6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var one: Int32 = 1
+        if v6 { setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, 4) }
+        let rc: Int32
+        if v6 {
+            var a = sockaddr_in6()
+            a.sin6_family = sa_family_t(AF_INET6)
+            rc = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) } }
+        } else {
+            var a = sockaddr_in()
+            a.sin_family = sa_family_t(AF_INET)
+            rc = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        }
+        guard rc == 0, Glibc.listen(fd, 16) == 0 else { throw Failure(what: "listen: \(errno)") }
+        return TCPSocket(fd: fd, port: localPort(fd))
+    }
+
+    static func connect(port: UInt16) throws -> TCPSocket {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var a = sockaddr_in()
+        a.sin_family = sa_family_t(AF_INET)
+        a.sin_port = port.bigEndian
+        a.sin_addr.s_addr = UInt32(0x7f000001).bigEndian
+        let rc = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard rc == 0 else { throw Failure(what: "connect: \(errno)") }
+        return TCPSocket(fd: fd, port: localPort(fd))
+    }
+
+    /// A port nothing listens on (bound, then closed).
+    static func unusedPort() throws -> UInt16 {
+        let s = try listen()
+        close(s.fd)
+        return s.port
+    }
+
+    static func localPort(_ fd: Int32) -> UInt16 {
+        var a = sockaddr_in6()
+        var len = socklen_t(MemoryLayout<sockaddr_in6>.size)
+        _ = withUnsafeMutablePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        return UInt16(bigEndian: a.sin6_port)
+    }
+}

@@ -1,0 +1,65 @@
+import LoupeFlow
+import Testing
+
+func sampleFlow(reply: Bool = false, code: Int? = nil, verdict: Verdict = .forwarded, path: String = "/v1/request-landing") -> Flow {
+    let xwing = Endpoint(id: 12, identity: 26450, namespace: "default", labels: ["k8s:class=xwing", "k8s:org=alliance"], podName: "xwing")
+    let deathstar = Endpoint(id: 34, identity: 9313, namespace: "empire", labels: ["k8s:class=deathstar", "k8s:org=empire"], podName: "deathstar")
+    let url = "http://deathstar\(path)"
+    return Flow(
+        time: "2026-11-24T22:45:32.123456789Z", uuid: "4c1b2f9e-0000-4000-8000-000000000000", verdict: verdict,
+        ip: reply ? IPInfo(source: "198.18.0.11", destination: "198.18.0.10") : IPInfo(source: "198.18.0.10", destination: "198.18.0.11"),
+        l4: Layer4(tcp: reply ? .init(sourcePort: 80, destinationPort: 45240) : .init(sourcePort: 45240, destinationPort: 80)),
+        source: reply ? deathstar : xwing, destination: reply ? xwing : deathstar, type: .l7, nodeName: "loupe-node",
+        l7: Layer7(type: reply ? .response : .request, latencyNs: reply ? 3_000_000 : 0,
+                   http: HTTP(code: code, method: "POST", url: url, protocol: "HTTP/1.1", headers: [.init(key: "Accept", value: "*/*")])),
+        isReply: reply, trafficDirection: .egress,
+        summary: reply ? "HTTP/1.1 \(code ?? 0) 3ms (POST \(url))" : "HTTP/1.1 POST \(url)")
+}
+
+@Suite struct FlowEncodingTests {
+    @Test func jsonLineHasHubbleShapeAndOrder() throws {
+        let line = FlowEncoding.jsonLine(FlowRecord(flow: sampleFlow()))
+        #expect(line.hasPrefix("{\"flow\":{\"time\":\"2026-11-24T22:45:32.123456789Z\",\"uuid\":"))
+        #expect(line.hasSuffix("},\"node_name\":\"loupe-node\",\"time\":\"2026-11-24T22:45:32.123456789Z\"}"))
+        #expect(line.contains("\"l4\":{\"TCP\":{\"source_port\":45240,\"destination_port\":80}}"))
+        #expect(line.contains("\"source\":{\"ID\":12,\"identity\":26450,\"namespace\":\"default\",\"labels\":[\"k8s:class=xwing\",\"k8s:org=alliance\"],\"pod_name\":\"xwing\"}"))
+        #expect(line.contains("\"l7\":{\"type\":\"REQUEST\",\"latency_ns\":\"0\",\"http\":{\"method\":\"POST\",\"url\":\"http://deathstar/v1/request-landing\""))
+        #expect(line.contains("\"traffic_direction\":\"EGRESS\",\"is_reply\":false,\"Summary\":\"HTTP/1.1 POST http://deathstar/v1/request-landing\"}"))
+        #expect(!line.contains("\n"))
+    }
+
+    @Test func jsonRoundTrips() throws {
+        for f in [sampleFlow(), sampleFlow(reply: true, code: 200), sampleFlow(verdict: .dropped)] {
+            let decoded = try FlowEncoding.decode(jsonLine: FlowEncoding.jsonLine(FlowRecord(flow: f)))
+            #expect(decoded.flow == f)
+        }
+    }
+
+    @Test func stringsAreEscaped() throws {
+        var f = sampleFlow()
+        f.summary = "quote \" backslash \\ newline \n tab \t bell \u{07}"
+        let line = FlowEncoding.jsonLine(FlowRecord(flow: f))
+        #expect(line.contains(#"quote \" backslash \\ newline \n tab \t bell \u0007"#))
+        #expect(try FlowEncoding.decode(jsonLine: line).flow.summary == f.summary)
+    }
+
+    @Test func compactLineReadsLikeHubbleObserve() {
+        #expect(FlowEncoding.compact(sampleFlow()) ==
+            "Nov 24 22:45:32.123: default/xwing:45240 (ID:26450) -> empire/deathstar:80 (ID:9313) http-request FORWARDED (HTTP/1.1 POST http://deathstar/v1/request-landing)")
+        // A reply prints the client first with an arrow pointing back, as hubble does.
+        #expect(FlowEncoding.compact(sampleFlow(reply: true, code: 200)) ==
+            "Nov 24 22:45:32.123: default/xwing:45240 (ID:26450) <- empire/deathstar:80 (ID:9313) http-response FORWARDED (HTTP/1.1 200 3ms (POST http://deathstar/v1/request-landing))")
+    }
+
+    @Test func worldPeerIsPrintedByAddress() {
+        var f = sampleFlow()
+        f.destination = Endpoint(id: nil, identity: 2, namespace: nil, labels: ["reserved:world"], podName: nil)
+        f.ip = IPInfo(source: "198.18.0.10", destination: "2001:db8:19::a")
+        #expect(FlowEncoding.compact(f).contains("-> [2001:db8:19::a]:80 (world) http-request"))
+    }
+
+    @Test func rfc3339HasNanoseconds() {
+        #expect(FlowTime.rfc3339(seconds: 0, nanoseconds: 5) == "1970-01-01T00:00:00.000000005Z")
+        #expect(FlowTime.rfc3339(seconds: 1_795_560_332, nanoseconds: 123_456_789) == "2026-11-24T22:45:32.123456789Z")
+    }
+}

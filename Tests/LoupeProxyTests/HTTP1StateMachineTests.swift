@@ -1,0 +1,58 @@
+@testable import LoupeProxy
+import Testing
+
+@Suite struct HTTP1StateMachineTests {
+    typealias SM = HTTP1Intercept.StateMachine
+
+    @Test func pipelinedResponsesPairWithRequestsInOrder() {
+        var sm = SM()
+        _ = sm.requestHead(method: "GET", uri: "/a", host: "web", fallbackAuthority: "x", version: "HTTP/1.1", upgrade: false, nowNanos: 100)
+        _ = sm.requestHead(method: "POST", uri: "/b", host: "web", fallbackAuthority: "x", version: "HTTP/1.1", upgrade: false, nowNanos: 200)
+        guard case .forward(let first, let latency1, 200) = sm.responseHead(code: 200, nowNanos: 1_100) else { Issue.record("no pair"); return }
+        #expect(first.url == "http://web/a")
+        #expect(latency1 == 1_000)
+        guard case .forward(let second, let latency2, 404) = sm.responseHead(code: 404, nowNanos: 1_200) else { Issue.record("no pair"); return }
+        #expect(second.method == "POST" && second.url == "http://web/b")
+        #expect(latency2 == 1_000)
+        #expect(sm.outstanding == 0)
+        #expect(sm.responseHead(code: 200, nowNanos: 1) == .unsolicited(code: 200))
+    }
+
+    @Test func informationalResponsesKeepTheRequestWaiting() {
+        var sm = SM()
+        _ = sm.requestHead(method: "PUT", uri: "/big", host: nil, fallbackAuthority: "198.18.0.11:8080", version: "HTTP/1.1", upgrade: false, nowNanos: 0)
+        #expect(sm.responseHead(code: 100, nowNanos: 5) == .informational(code: 100))
+        guard case .forward(let e, _, 201) = sm.responseHead(code: 201, nowNanos: 9) else { Issue.record("no final"); return }
+        #expect(e.url == "http://198.18.0.11:8080/big") // no Host header: the original destination
+    }
+
+    @Test func upgradeAndConnectTunnelOnlyWhenAccepted() {
+        var sm = SM()
+        _ = sm.requestHead(method: "GET", uri: "/ws", host: "h", fallbackAuthority: "x", version: "HTTP/1.1", upgrade: true, nowNanos: 0)
+        guard case .forwardThenTunnel = sm.responseHead(code: 101, nowNanos: 1) else { Issue.record("101 must tunnel"); return }
+        _ = sm.requestHead(method: "GET", uri: "/ws", host: "h", fallbackAuthority: "x", version: "HTTP/1.1", upgrade: true, nowNanos: 0)
+        guard case .forward = sm.responseHead(code: 400, nowNanos: 1) else { Issue.record("refused upgrade stays HTTP"); return }
+        _ = sm.requestHead(method: "CONNECT", uri: "db:5432", host: nil, fallbackAuthority: "x", version: "HTTP/1.1", upgrade: false, nowNanos: 0)
+        guard case .forwardThenTunnel(let e, _, 200) = sm.responseHead(code: 200, nowNanos: 1) else { Issue.record("CONNECT 200 must tunnel"); return }
+        #expect(e.url == "http://db:5432")
+    }
+
+    @Test func absoluteFormTargetIsKept() {
+        var sm = SM()
+        guard case .forward(let e) = sm.requestHead(method: "GET", uri: "http://api.example.test/x?y=1", host: "ignored", fallbackAuthority: "x",
+                                                     version: "HTTP/1.1", upgrade: false, nowNanos: 0) else { return }
+        #expect(e.url == "http://api.example.test/x?y=1")
+    }
+}
+
+@Suite struct RedactionTests {
+    @Test func credentialHeadersAreRedacted() {
+        let h = Redaction.headers([("Authorization", "Bearer x"), ("cookie", "a=b"), ("Set-Cookie", "s"), ("Proxy-Authorization", "p"), ("Accept", "*/*")])
+        #expect(h.map(\.value) == ["HUBBLE_REDACTED", "HUBBLE_REDACTED", "HUBBLE_REDACTED", "HUBBLE_REDACTED", "*/*"])
+    }
+
+    @Test func userInfoIsRemovedFromURLs() {
+        #expect(Redaction.url("http://user:pw@web/path@x") == "http://web/path@x")
+        #expect(Redaction.url("http://web/a") == "http://web/a")
+    }
+}
