@@ -1,9 +1,9 @@
-import Synchronization
+import Foundation
 
 /// The agent's bounded in-memory flow log: the newest `capacity` flows, and live subscribers.
 /// A subscriber's callback runs on the appending thread and must not block; a subscriber that
 /// cannot keep up drops flows itself and counts them as lost events.
-public final class FlowStore: Sendable {
+public final class FlowStore: @unchecked Sendable {
     public typealias Subscriber = @Sendable (FlowRecord) -> Void
 
     private struct State {
@@ -15,17 +15,26 @@ public final class FlowStore: Sendable {
         var lost: [String: UInt64] = [:]
     }
 
-    private let state: Mutex<State>
+    /// All state behind one lock. (A `Mutex<State>` copied the 64k-slot ring on every append
+    /// in debug builds; a class-held state is mutated in place.)
+    private let lock = NSLock()
+    private var s: State
     public let capacity: Int
 
     public init(capacity: Int = 65_536) {
         self.capacity = max(1, capacity)
-        self.state = Mutex(State(ring: Array(repeating: nil, count: max(1, capacity))))
+        self.s = State(ring: Array(repeating: nil, count: max(1, capacity)))
+    }
+
+    private func withState<T>(_ body: (inout State) -> T) -> T {
+        lock.lock()
+        defer { lock.unlock() }
+        return body(&s)
     }
 
     public func append(_ flow: Flow) {
         let record = FlowRecord(flow: flow)
-        let subscribers = state.withLock { s -> [Subscriber] in
+        let subscribers = withState { s -> [Subscriber] in
             s.ring[s.next] = record
             s.next = (s.next + 1) % capacity
             s.total += 1
@@ -36,14 +45,14 @@ public final class FlowStore: Sendable {
 
     /// The newest `n` flows that satisfy `matching`, oldest first.
     public func last(_ n: Int, matching: (Flow) -> Bool = { _ in true }) -> [FlowRecord] {
-        state.withLock { Self.newest(n, in: $0, capacity: capacity, matching: matching) }
+        withState { Self.newest(n, in: $0, capacity: capacity, matching: matching) }
     }
 
     /// Atomically takes the newest `n` matching flows and subscribes to everything after them.
     public func subscribe(last n: Int, matching: (Flow) -> Bool = { _ in true },
                           _ subscriber: @escaping Subscriber) -> (id: UInt64, backlog: [FlowRecord]) {
         // Holding the lock across both steps means no flow falls between backlog and live stream.
-        state.withLock { s in
+        withState { s in
             let backlog = Self.newest(n, in: s, capacity: capacity, matching: matching)
             let id = s.nextSubscriberID
             s.nextSubscriberID += 1
@@ -67,15 +76,15 @@ public final class FlowStore: Sendable {
     }
 
     public func unsubscribe(_ id: UInt64) {
-        _ = state.withLock { $0.subscribers.removeValue(forKey: id) }
+        _ = withState { $0.subscribers.removeValue(forKey: id) }
     }
 
     /// Counts flows a consumer could not take (Hubble's lost events, by source).
     public func countLost(source: String, _ n: UInt64 = 1) {
-        state.withLock { $0.lost[source, default: 0] += n }
+        withState { $0.lost[source, default: 0] += n }
     }
 
-    public var totalFlows: UInt64 { state.withLock { $0.total } }
-    public var lostEvents: [String: UInt64] { state.withLock { $0.lost } }
-    public var subscriberCount: Int { state.withLock { $0.subscribers.count } }
+    public var totalFlows: UInt64 { withState { $0.total } }
+    public var lostEvents: [String: UInt64] { withState { $0.lost } }
+    public var subscriberCount: Int { withState { $0.subscribers.count } }
 }

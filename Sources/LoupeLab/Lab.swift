@@ -24,6 +24,7 @@ public struct Lab {
     @discardableResult
     public func up(file: String) throws -> Inventory {
         let text = try String(contentsOfFile: file, encoding: .utf8)
+        let inventoryDirectory = URL(fileURLWithPath: file).standardizedFileURL.deletingLastPathComponent().path
         var wanted = try InventoryLoader.parse(text, file: file)
         let previous = try? loadResolved()
         let fm = FileManager.default
@@ -70,12 +71,12 @@ public struct Lab {
         // LabHosts share the world netns; it is rebuilt when the set of hosts changes.
         if old.labHosts.map({ [$0.name] + $0.command }) != wanted.labHosts.map({ [$0.name] + $0.command }) || !existing.contains(LabNetwork.worldNetns) {
             try removeWorld(old.labHosts)
-            if !wanted.labHosts.isEmpty { try makeWorld(&wanted.labHosts) }
+            if !wanted.labHosts.isEmpty { try makeWorld(&wanted.labHosts, inventoryDirectory: inventoryDirectory) }
         } else {
             for i in wanted.labHosts.indices { wanted.labHosts[i].ips = old.labHosts[i].ips }
         }
         try writeResolved(wanted)
-        for pod in wanted.pods where keep[pod.qualifiedName] == nil { try startContainers(of: pod) }
+        for pod in wanted.pods where keep[pod.qualifiedName] == nil { try startContainers(of: pod, inventoryDirectory: inventoryDirectory) }
         log("lab up: \(wanted.pods.count) pods, \(wanted.labHosts.count) lab hosts; inventory at \(resolvedPath)")
         return wanted
     }
@@ -196,7 +197,7 @@ public struct Lab {
         log("pod \(pod.qualifiedName): removed")
     }
 
-    private func makeWorld(_ hosts: inout [LabHost]) throws {
+    private func makeWorld(_ hosts: inout [LabHost], inventoryDirectory: String) throws {
         var v4: [String] = [], v6: [String] = []
         for i in hosts.indices {
             hosts[i].ips = [LabNetwork.worldIPv4(10 + i), LabNetwork.worldIPv6(10 + i)]
@@ -211,7 +212,8 @@ public struct Lab {
             try Shell.spawnDetached(
                 ["nsenter", "--net=/var/run/netns/\(LabNetwork.worldNetns)", "--"] + host.command,
                 log: logDirectory + "/\(stem).log", pidFile: pidDirectory + "/\(stem).pid", cwd: dir,
-                environment: ["LOUPE_HOST_IP": host.ips[0], "LOUPE_HOST_IPV6": host.ips[1], "LOUPE_HOST_NAME": host.name])
+                environment: ["LOUPE_HOST_IP": host.ips[0], "LOUPE_HOST_IPV6": host.ips[1], "LOUPE_HOST_NAME": host.name,
+                              "LOUPE_INVENTORY_DIR": inventoryDirectory])
             log("lab host \(host.name): \(host.ips.joined(separator: ", ")): \(host.command.joined(separator: " "))")
         }
     }
@@ -224,7 +226,9 @@ public struct Lab {
 
     private func fileStem(_ pod: Pod) -> String { "\(pod.namespace)_\(pod.name)" }
 
-    private func startContainers(of pod: Pod) throws {
+    /// Starts the pod's commands in its netns, working directory = the pod's state directory,
+    /// `LOUPE_INVENTORY_DIR` = the directory of the inventory file (for scripts beside it).
+    private func startContainers(of pod: Pod, inventoryDirectory: String) throws {
         let netns = LabNetwork.podNetns(namespace: pod.namespace, name: pod.name)
         let dir = podsDirectory + "/" + fileStem(pod)
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
@@ -233,7 +237,7 @@ public struct Lab {
             try Shell.spawnDetached(["nsenter", "--net=/var/run/netns/\(netns)", "--"] + c.argv,
                                     log: logDirectory + "/\(stem).log", pidFile: pidDirectory + "/\(stem).pid", cwd: dir,
                                     environment: ["LOUPE_POD_IP": pod.ips.first ?? "", "LOUPE_POD_NAME": pod.name,
-                                                  "LOUPE_POD_NAMESPACE": pod.namespace])
+                                                  "LOUPE_POD_NAMESPACE": pod.namespace, "LOUPE_INVENTORY_DIR": inventoryDirectory])
             log("pod \(pod.qualifiedName): started \(c.name): \(c.argv.joined(separator: " "))")
         }
     }

@@ -11,6 +11,10 @@ import NIOPosix
 ///   3. HTTP/1 → `HTTP1Intercept` handlers on both sides; anything else → `RelayHandler` pair;
 ///   4. on close, the opaque connection's L3_L4 flow.
 /// All state lives on the downstream channel's event loop; the upstream uses the same loop.
+protocol FramingConfigurable { var automaticallySetFramingHeaders: Bool { get set } }
+extension HTTPRequestEncoder.Configuration: FramingConfigurable {}
+extension HTTPResponseEncoder.Configuration: FramingConfigurable {}
+
 final class ProxyConnection {
     enum Mode { case connecting, detecting, http1, opaque, closed }
 
@@ -78,7 +82,13 @@ final class ProxyConnection {
             environment.record(context.flow(verdict: .error, type: .l3l4, l7: nil, reply: false,
                                             summary: "TCP upstream connect to \(context.authorityFallback) failed: \(error)"))
         }
-        downstream.close(promise: nil)
+        // Reset rather than close, so the client sees a refusal as it would without the proxy.
+        let ds = downstream
+        if let options = ds as? SocketOptionProvider {
+            options.setSoLinger(linger(l_onoff: 1, l_linger: 0)).whenComplete { _ in ds.close(promise: nil) }
+        } else {
+            ds.close(promise: nil)
+        }
     }
 
     /// Step 2 result: the client's first bytes decided the protocol.
@@ -105,11 +115,11 @@ final class ProxyConnection {
                     ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes,
                                                             informationalResponseStrategy: .drop,
                                                             limitConfiguration: limits)),
-                    HTTPResponseEncoder(),
+                    HTTPResponseEncoder(configuration: Self.keepFraming(HTTPResponseEncoder.Configuration())),
                     down,
                 ], position: .after(detectHandler))
                 try us.addHandlers([
-                    HTTPRequestEncoder(),
+                    HTTPRequestEncoder(configuration: Self.keepFraming(HTTPRequestEncoder.Configuration())),
                     ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes,
                                                              informationalResponseStrategy: .forward,
                                                              limitConfiguration: limits)),
@@ -131,6 +141,15 @@ final class ProxyConnection {
         us.removeHandler(gate, promise: nil)
         self.detectHandler = nil
         self.gate = nil
+    }
+
+    /// A transparent proxy keeps each message's framing as the peer wrote it: NIO's encoders
+    /// would otherwise add `transfer-encoding: chunked` to a body-less POST (and the server then
+    /// reads the terminating chunk as a next request).
+    static func keepFraming<C>(_ c: C) -> C where C: FramingConfigurable {
+        var c = c
+        c.automaticallySetFramingHeaders = false
+        return c
     }
 
     /// A server that speaks before the client is not HTTP: relay it.

@@ -1,0 +1,133 @@
+"""End-to-end fixtures: the netns lab and the agent, with real clients and servers.
+
+Needs root and a BPF-capable kernel (CI has both); skipped with a reason otherwise.
+Every run first removes leftovers of a crashed run (`loupe lab down`), and removes
+everything it created at the end.
+"""
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+LOUPE = str(REPO / ".build" / "debug" / "loupe")
+PIN_DIR = "/sys/fs/bpf/loupe"
+
+
+def run(*args, check=True, timeout=60, input=None):
+    p = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, input=input)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}")
+    return p
+
+
+def loupe(*args, **kw):
+    return run(LOUPE, *args, **kw)
+
+
+def in_pod(pod, *cmd, **kw):
+    return loupe("lab", "exec", pod, "--", *cmd, **kw)
+
+
+def flows(*filters, last=100000):
+    out = loupe("observe", "--last", str(last), "-o", "json", *filters).stdout
+    return [json.loads(line)["flow"] for line in out.splitlines() if line.strip()]
+
+
+def status():
+    return json.loads(loupe("status", "-o", "json").stdout)
+
+
+def render_inventory(tmp_path, annotate_shop=True):
+    """The test inventory, or a copy without the shop namespace's annotation (written next to
+    the original so LOUPE_INVENTORY_DIR stays the same)."""
+    original = REPO / "tests/e2e/inventory.yaml"
+    if annotate_shop:
+        return original
+    text = original.read_text()
+    annotation = '    loupe.io/proxy-visibility: "<Egress/80/TCP/HTTP>,<Egress/8000/TCP/HTTP>,<Egress/7000/TCP/HTTP>"\n'
+    assert annotation in text
+    text = text.replace("  annotations:\n" + annotation, "", 1)
+    path = REPO / "tests/e2e/.inventory-no-annotation.yaml"
+    path.write_text(text)
+    return path
+
+
+class AgentProcess:
+    """`loupe agent --lab`, started and stopped by PID."""
+
+    def __init__(self, log_path):
+        self.log_path = log_path
+        self.proc = None
+
+    def start(self):
+        self.log = open(self.log_path, "a")
+        self.proc = subprocess.Popen([LOUPE, "agent", "--lab"], stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"agent exited {self.proc.returncode}: {Path(self.log_path).read_text()}")
+            if "inventory applied" in Path(self.log_path).read_text() and \
+                    run(LOUPE, "status", check=False).returncode == 0:
+                return
+            time.sleep(0.1)
+        raise AssertionError("agent did not come up: " + Path(self.log_path).read_text())
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=20)
+        self.proc = None
+        self.log.close()
+
+    def rss_kib(self):
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+
+def lab_leftovers():
+    netns = [n.split()[0] for n in run("ip", "netns", "list").stdout.splitlines() if n.startswith("loupe-")]
+    pins = os.listdir(PIN_DIR) if os.path.isdir(PIN_DIR) else []
+    return netns, pins
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root (network namespaces, BPF)")
+    if not Path(LOUPE).exists():
+        pytest.fail(f"{LOUPE} missing: run `make build` first")
+    tmp = tmp_path_factory.mktemp("lab")
+    loupe("lab", "down")  # a crashed run's leftovers
+    inv = render_inventory(tmp)
+    loupe("lab", "up", "-f", str(inv))
+    yield {"inventory": inv, "tmp": tmp}
+    loupe("lab", "down")
+    netns, pins = lab_leftovers()
+    assert netns == [] and pins == [], f"left behind: netns {netns}, pins {pins}"
+
+
+@pytest.fixture(scope="session")
+def agent(lab):
+    a = AgentProcess(str(lab["tmp"] / "agent.log"))
+    a.start()
+    yield a
+    a.stop()
+
+
+@pytest.fixture()
+def running_agent(agent):
+    """The agent, restarted if an earlier test stopped it."""
+    if agent.proc is None or agent.proc.poll() is not None:
+        agent.start()
+    return agent

@@ -1,0 +1,72 @@
+"""A small real HTTP server (python http.server) for streaming-body tests.
+
+POST /upload      -> 200, body = sha256 hex of the request body (read in 1 MiB chunks)
+GET  /bytes/N     -> 200, N bytes of a deterministic pattern, streamed in 1 MiB chunks
+"""
+import hashlib
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+CHUNK = 1 << 20
+
+
+def pattern_chunk():
+    block = hashlib.sha256(b"loupe").digest()
+    return (block * (CHUNK // len(block) + 1))[:CHUNK]
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        h = hashlib.sha256()
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            while True:
+                size = int(self.rfile.readline().strip().split(b";")[0], 16)
+                if size == 0:
+                    self.rfile.readline()
+                    break
+                remaining = size
+                while remaining:
+                    data = self.rfile.read(min(CHUNK, remaining))
+                    h.update(data)
+                    remaining -= len(data)
+                self.rfile.readline()
+        else:
+            remaining = int(self.headers.get("Content-Length", "0"))
+            while remaining:
+                data = self.rfile.read(min(CHUNK, remaining))
+                if not data:
+                    break
+                h.update(data)
+                remaining -= len(data)
+        body = h.hexdigest().encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if not self.path.startswith("/bytes/"):
+            body = b"bodies server\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        n = int(self.path.split("/")[2])
+        self.send_response(200)
+        self.send_header("Content-Length", str(n))
+        self.end_headers()
+        chunk = pattern_chunk()
+        while n:
+            part = chunk[: min(n, CHUNK)]
+            self.wfile.write(part)
+            n -= len(part)
+
+
+if __name__ == "__main__":
+    ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), Handler).serve_forever()

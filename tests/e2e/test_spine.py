@@ -1,0 +1,272 @@
+"""The spine, end to end in the netns lab: curl/wrk/python clients in pods, nginx and python
+servers in pods, the tc redirect, the Swift proxy, and `loupe observe`."""
+import hashlib
+import re
+import signal
+import threading
+import time
+
+import pytest
+
+from conftest import flows, in_pod, loupe, render_inventory, run, status
+
+WEB = "198.18.0.11"      # backend/web (nginx) — the lab allocates in inventory order from .10
+FILES = "198.18.0.12"    # backend/files (python bodies server)
+ECHO = "198.18.0.13"     # backend/echo (raw TCP)
+API = "198.18.0.14"      # backend/api (python http.server, Ingress-annotated)
+WEB6 = "2001:db8:18::b"
+
+
+def curl(pod, url, *extra, timeout=10):
+    p = in_pod(pod, "curl", "-sS", "-m", str(timeout), "-w", "\n%{http_code}", *extra, url, check=False, timeout=timeout + 5)
+    body, _, code = p.stdout.rpartition("\n")
+    return int(code or 0), body, p
+
+
+def wait_for(pod, url, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        code, _, _ = curl(pod, url, timeout=2)
+        if code == 200:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{url} not answering from {pod}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def servers_ready(lab):
+    for url in (f"http://{WEB}/", f"http://{FILES}:8000/", f"http://{API}:8080/"):
+        wait_for("plain/client", url)
+
+
+def test_opted_in_curl_gets_real_body_and_request_response_flows(running_agent):
+    code, body, _ = curl("shop/client", f"http://{WEB}/t1/hello")
+    assert (code, body) == (200, "hello from web\n")
+    fl = flows("--http-path", "^/t1/hello$")
+    assert [f["l7"]["type"] for f in fl] == ["REQUEST", "RESPONSE"]
+    req, resp = fl
+    assert req["l7"]["http"]["method"] == "GET"
+    assert req["l7"]["http"]["url"] == f"http://{WEB}/t1/hello"
+    assert req["source"]["namespace"] == "shop" and req["source"]["pod_name"] == "client"
+    assert "k8s:app=client" in req["source"]["labels"]
+    assert req["destination"]["namespace"] == "backend" and req["destination"]["pod_name"] == "web"
+    assert "k8s:tier=api" in req["destination"]["labels"]
+    assert req["traffic_direction"] == "EGRESS" and req["is_reply"] is False and req["verdict"] == "FORWARDED"
+    assert resp["l7"]["http"]["code"] == 200 and resp["is_reply"] is True
+    assert int(resp["l7"]["latency_ns"]) > 0
+    assert resp["source"]["pod_name"] == "web" and resp["destination"]["pod_name"] == "client"
+    assert resp["Summary"].startswith("HTTP/1.1 200 ")
+    # compact output, as hubble prints it
+    compact = loupe("observe", "--last", "2", "--http-path", "^/t1/hello$").stdout
+    assert re.search(r"shop/client:\d+ \(ID:\d+\) -> backend/web:80 \(ID:\d+\) http-request FORWARDED \(HTTP/1.1 GET http://198.18.0.11/t1/hello\)", compact), compact
+
+
+def test_ipv6_is_redirected_too(running_agent):
+    code, body, _ = curl("shop/client", f"http://[{WEB6}]/t1/v6")
+    assert (code, body) == (200, "hello from web\n")
+    fl = flows("--http-path", "^/t1/v6$")
+    assert len(fl) == 2 and fl[0]["IP"]["ipVersion"] == "IPv6"
+
+
+def test_pod_not_opted_in_works_without_l7_flows(running_agent):
+    code, body, _ = curl("plain/client", f"http://{WEB}/t2/plain")
+    assert (code, body) == (200, "hello from web\n")
+    assert flows("--http-path", "^/t2/plain$") == []
+
+
+def test_ingress_annotation_redirects_at_the_client_veth(running_agent):
+    code, _, _ = curl("plain/client", f"http://{API}:8080/")
+    assert code == 200
+    fl = flows("--to-pod", "backend/api", "--from-pod", "plain/client", last=2)
+    assert [f["l7"]["type"] for f in fl] == ["REQUEST", "RESPONSE"]
+    assert all(f["traffic_direction"] == "INGRESS" for f in fl)
+
+
+KEEPALIVE = """
+import http.client, sys
+c = http.client.HTTPConnection("%s", 80, timeout=10)
+ok = 0
+for i in range(1000):
+    c.request("GET", "/t3/ka?i=%%d" %% i)
+    r = c.getresponse()
+    if r.status == 200 and r.read() == b"hello from web\\n":
+        ok += 1
+print(ok)
+""" % WEB
+
+
+def test_keepalive_1000_requests_on_one_connection(running_agent):
+    p = in_pod("shop/client", "python3", "-c", KEEPALIVE, timeout=120)
+    assert p.stdout.strip() == "1000"
+    fl = flows("--http-path", "^/t3/ka")
+    assert sum(f["l7"]["type"] == "REQUEST" for f in fl) == 1000
+    assert sum(f["l7"]["type"] == "RESPONSE" and f["l7"]["http"]["code"] == 200 for f in fl) == 1000
+    assert len({f["l4"]["TCP"]["source_port"] for f in fl if not f["is_reply"]}) == 1, "not one connection"
+
+
+def test_wrk_through_the_proxy_zero_errors_and_flow_count_matches(running_agent):
+    p = in_pod("shop/client", "wrk", "-t1", "-c8", "-d2s", f"http://{WEB}/t4/wrk", timeout=30)
+    m = re.search(r"(\d+) requests in", p.stdout)
+    assert m, p.stdout
+    completed = int(m.group(1))
+    assert "Socket errors" not in p.stdout and "Non-2xx" not in p.stdout, p.stdout
+    time.sleep(0.5)
+    fl = flows("--http-path", "^/t4/wrk")
+    requests = sum(not f["is_reply"] for f in fl)
+    responses = sum(f["is_reply"] for f in fl)
+    print(f"wrk completed {completed}, flows: {requests} requests, {responses} responses")
+    # wrk stops counting with up to one request per connection in flight: its response may
+    # still be recorded, or (wrk closed first) the request has no response.
+    assert completed <= responses <= completed + 8
+    assert 0 <= requests - responses <= 8
+    assert completed > 100
+
+
+BODIES = """
+import hashlib, http.client
+N = 50 * 1024 * 1024
+block = hashlib.sha256(b"loupe").digest()
+chunk = (block * ((1 << 20) // 32 + 1))[: 1 << 20]
+expected = hashlib.sha256()
+for _ in range(N >> 20):
+    expected.update(chunk)
+expected = expected.hexdigest()
+def body():
+    for _ in range(N >> 20):
+        yield chunk
+c = http.client.HTTPConnection("%s", 8000, timeout=60)
+c.request("POST", "/upload", body=body(), headers={"Content-Length": str(N)})
+r = c.getresponse()
+up = r.read().decode()
+c.request("GET", "/bytes/%%d" %% N)
+r = c.getresponse()
+h = hashlib.sha256(); n = 0
+while True:
+    d = r.read(1 << 20)
+    if not d: break
+    h.update(d); n += len(d)
+print(expected, up, h.hexdigest(), n)
+""" % FILES
+
+
+def test_50mib_request_and_response_bodies_stream_with_bounded_memory(running_agent):
+    samples = []
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            samples.append(running_agent.rss_kib())
+            time.sleep(0.02)
+
+    before = running_agent.rss_kib()
+    t = threading.Thread(target=sample)
+    t.start()
+    try:
+        p = in_pod("shop/client", "python3", "-c", BODIES, timeout=180)
+    finally:
+        stop.set()
+        t.join()
+    expected, uploaded, downloaded, n = p.stdout.split()
+    assert uploaded == expected, "request body checksum differs"
+    assert downloaded == expected and int(n) == 50 * 1024 * 1024, "response body checksum differs"
+    peak = max(samples)
+    print(f"agent RSS: before {before} KiB, peak during 2x50 MiB {peak} KiB, growth {peak - before} KiB")
+    assert peak - before < 24 * 1024, "the proxy buffered a body instead of streaming it"
+
+
+BAD = """
+import socket, sys
+payload = sys.argv[1].encode().decode("unicode_escape").encode("latin-1")
+s = socket.create_connection(("%s", 80), timeout=5)
+s.sendall(payload)
+data = b""
+try:
+    while True:
+        d = s.recv(65536)
+        if not d: break
+        data += d
+except socket.timeout:
+    pass
+print(data.split(b"\\r\\n")[0].decode())
+""" % WEB
+
+
+@pytest.mark.parametrize("name,payload,reason", [
+    ("request-line", r"GET /bad path HTTP/1.1\r\nHost: web\r\n\r\n", "malformed"),
+    ("header-over-limit", r"GET /t5 HTTP/1.1\r\nHost: web\r\nX-Big: " + "a" * 70000 + r"\r\n\r\n", "header block exceeds"),
+    ("cl-and-te", r"POST /t5 HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+     "Content-Length and Transfer-Encoding"),
+])
+def test_bad_input_gets_400_and_an_error_flow_and_the_agent_keeps_serving(running_agent, name, payload, reason):
+    before = len(flows("--verdict", "ERROR"))
+    p = in_pod("shop/client", "python3", "-c", BAD, payload, timeout=20)
+    assert p.stdout.strip() == "HTTP/1.1 400 Bad Request", p.stdout
+    errors = flows("--verdict", "ERROR")
+    assert len(errors) == before + 1
+    assert reason in errors[-1]["Summary"], errors[-1]["Summary"]
+    assert errors[-1]["l7"]["http"]["code"] == 400
+    code, body, _ = curl("shop/client", f"http://{WEB}/t5/after-{name}")
+    assert (code, body) == (200, "hello from web\n")
+
+
+ECHO_CLIENT = """
+import socket
+s = socket.create_connection(("%s", 7000), timeout=5)
+msg = bytes(range(256)) * 4096
+s.sendall(msg)
+got = b""
+while len(got) < len(msg):
+    got += s.recv(65536)
+s.close()
+print(got == msg, len(got))
+""" % ECHO
+
+
+def test_non_http_bytes_are_relayed_opaque_with_an_l3l4_flow(running_agent):
+    p = in_pod("shop/client", "python3", "-c", ECHO_CLIENT, timeout=20)
+    assert p.stdout.split() == ["True", str(256 * 4096)]
+    time.sleep(0.3)
+    fl = [f for f in flows("--to-pod", "backend/echo") if f["Type"] == "L3_L4"]
+    assert fl, "no L3_L4 flow for the opaque connection"
+    assert f"{256 * 4096} bytes from client, {256 * 4096} bytes from server" in fl[-1]["Summary"]
+
+
+def test_removing_the_annotation_stops_redirection_without_restart(lab, running_agent, tmp_path):
+    pid = running_agent.pid
+    loupe("lab", "up", "-f", str(render_inventory(tmp_path, annotate_shop=False)))
+    try:
+        time.sleep(1.2)
+        code, _, _ = curl("shop/client", f"http://{WEB}/t6/unannotated")
+        assert code == 200
+        assert flows("--http-path", "^/t6/unannotated$") == []
+    finally:
+        loupe("lab", "up", "-f", str(lab["inventory"]))
+    time.sleep(1.2)
+    code, _, _ = curl("shop/client", f"http://{WEB}/t6/annotated-again")
+    assert code == 200
+    assert len(flows("--http-path", "^/t6/annotated-again$")) == 2
+    assert running_agent.pid == pid and running_agent.proc.poll() is None, "the agent restarted"
+
+
+def test_datapath_counters_show_assignments(running_agent):
+    s = status()
+    assert s["datapath"]["assigned_listener"] > 0
+    assert s["datapath"]["assigned_established"] > 0
+    assert s["proxy"]["connections_http1"] > 0
+
+
+def test_fail_open_when_the_proxy_is_gone_but_the_datapath_stays(running_agent):
+    running_agent.stop(signal.SIGKILL)  # a crash: tc filters and pinned maps stay behind
+    code, body, _ = curl("shop/client", f"http://{WEB}/t7/fail-open")
+    assert (code, body) == (200, "hello from web\n")
+    # The next agent reuses the pins and redirects again.
+    running_agent.start()
+    code, _, _ = curl("shop/client", f"http://{WEB}/t7/back")
+    assert code == 200
+    assert len(flows("--http-path", "^/t7/back$")) == 2
+
+
+def test_observe_without_agent_says_so(tmp_path):
+    p = loupe("observe", "--server", str(tmp_path / "nothing.sock"), check=False)
+    assert p.returncode == 1
+    assert "cannot reach the Loupe agent" in p.stderr
