@@ -118,6 +118,10 @@ extension HTTP1Intercept {
             case .invalidContentLength: return "malformed Content-Length"
             case .invalidChunkSize: return "malformed chunk size"
             case .lfExpected, .invalidCharactersUsed: return "malformed line ending or characters"
+            case .unknown:
+                // NIO folds llhttp's HPE_INVALID_TRANSFER_ENCODING (which includes Transfer-Encoding
+                // together with Content-Length) and HPE_CR_EXPECTED into .unknown.
+                return "invalid message framing (Transfer-Encoding with Content-Length, a bad Transfer-Encoding, or a bare LF)"
             default: return "malformed request (\(e))"
             }
         }

@@ -195,7 +195,7 @@ print(data.split(b"\\r\\n")[0].decode())
     ("request-line", r"GET /bad path HTTP/1.1\r\nHost: web\r\n\r\n", "malformed"),
     ("header-over-limit", r"GET /t5 HTTP/1.1\r\nHost: web\r\nX-Big: " + "a" * 70000 + r"\r\n\r\n", "header block exceeds"),
     ("cl-and-te", r"POST /t5 HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-     "Content-Length and Transfer-Encoding"),
+     "Transfer-Encoding with Content-Length"),
 ])
 def test_bad_input_gets_400_and_an_error_flow_and_the_agent_keeps_serving(running_agent, name, payload, reason):
     before = len(flows("--verdict", "ERROR"))
