@@ -69,7 +69,7 @@ public struct IPInfo: Codable, Sendable, Equatable {
     public init(source: String, destination: String) {
         self.source = source
         self.destination = destination
-        self.ipVersion = destination.contains(":") ? "IPv6" : "IPv4"
+        self.ipVersion = destination.utf8.contains(UInt8(ascii: ":")) ? "IPv6" : "IPv4"
     }
 }
 

@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 
 /// Wall-clock timestamps as Hubble prints them: RFC 3339 with nanoseconds, UTC.
 public enum FlowTime {
@@ -40,18 +41,38 @@ public enum FlowTime {
     }
 }
 
-/// Random version-4 UUIDs for flows.
+/// Version-4 UUIDs for flows. Flow IDs need uniqueness, not secrecy: a SplitMix64 sequence
+/// seeded once from the system RNG gives 122 random-looking bits without a getrandom(2) per
+/// flow (which cost a fifth of the proxy's CPU at 8k requests/s).
 public enum FlowUUID {
+    private static let state = Atomic<UInt64>(UInt64.random(in: .min ... .max))
+    private static let hex: [UInt8] = Array("0123456789abcdef".utf8)
+
+    static func next() -> UInt64 {
+        var z = state.wrappingAdd(0x9E37_79B9_7F4A_7C15, ordering: .relaxed).newValue
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
     public static func make() -> String {
-        var g = SystemRandomNumberGenerator()
-        var bytes = (0..<16).map { _ in UInt8.random(in: 0...255, using: &g) }
-        bytes[6] = (bytes[6] & 0x0f) | 0x40
-        bytes[8] = (bytes[8] & 0x3f) | 0x80
-        let hex = bytes.map { b -> String in
-            let s = String(b, radix: 16)
-            return s.count == 1 ? "0" + s : s
-        }.joined()
-        let c = Array(hex)
-        return String(c[0..<8]) + "-" + String(c[8..<12]) + "-" + String(c[12..<16]) + "-" + String(c[16..<20]) + "-" + String(c[20..<32])
+        var hi = next(), lo = next()
+        hi = (hi & ~0xF000) | 0x4000                                  // version 4
+        lo = (lo & 0x3FFF_FFFF_FFFF_FFFF) | 0x8000_0000_0000_0000     // RFC 4122 variant
+        return String(unsafeUninitializedCapacity: 36) { buf in
+            var i = 0
+            func put(_ v: UInt64, _ nibbles: Int) {
+                for n in stride(from: nibbles - 1, through: 0, by: -1) {
+                    buf[i] = hex[Int((v >> (UInt64(n) * 4)) & 0xF)]
+                    i += 1
+                }
+            }
+            put(hi >> 32, 8); buf[i] = UInt8(ascii: "-"); i += 1
+            put((hi >> 16) & 0xFFFF, 4); buf[i] = UInt8(ascii: "-"); i += 1
+            put(hi & 0xFFFF, 4); buf[i] = UInt8(ascii: "-"); i += 1
+            put(lo >> 48, 4); buf[i] = UInt8(ascii: "-"); i += 1
+            put(lo & 0xFFFF_FFFF_FFFF, 12)
+            return i
+        }
     }
 }

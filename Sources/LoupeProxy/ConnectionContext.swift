@@ -25,13 +25,12 @@ public struct ConnectionContext: Sendable {
         self.rule = plan.rule(clientIP: clientIP, serverIP: serverIP, port: UInt16(clamping: serverPort))
         self.direction = rule?.direction == .ingress ? .ingress : .egress
         self.nodeName = nodeName
+        let host = serverIP.utf8.contains(UInt8(ascii: ":")) ? "[\(serverIP)]" : serverIP
+        self.authorityFallback = serverPort == 80 ? host : "\(host):\(serverPort)"
     }
 
     /// The `host[:port]` used in URLs when the request carries no Host header.
-    public var authorityFallback: String {
-        let host = serverIP.contains(":") ? "[\(serverIP)]" : serverIP
-        return serverPort == 80 ? host : "\(host):\(serverPort)"
-    }
+    public let authorityFallback: String
 
     /// A flow of this connection; `reply` flows go server → client.
     public func flow(verdict: Verdict, type: FlowType, l7: Layer7?, reply: Bool, summary: String,

@@ -13,7 +13,8 @@ public enum Redaction {
 
     /// Removes `user:password@` from an absolute URL.
     public static func url(_ url: String) -> String {
-        guard let scheme = url.range(of: "://") else { return url }
+        // Fast path: no '@' means no user-info (the common case, once per flow).
+        guard url.utf8.contains(UInt8(ascii: "@")), let scheme = url.range(of: "://") else { return url }
         let rest = url[scheme.upperBound...]
         let authorityEnd = rest.firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" }) ?? rest.endIndex
         guard let at = rest[..<authorityEnd].lastIndex(of: "@") else { return url }

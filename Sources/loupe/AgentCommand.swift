@@ -31,6 +31,7 @@ struct AgentCommand: AsyncParsableCommand {
             argv += Array(CommandLine.arguments.dropFirst())
             execvpOrFail(argv)
         }
+        raiseFileLimit()
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)
             h.logLevel = debug ? .debug : .info
@@ -50,6 +51,16 @@ struct AgentCommand: AsyncParsableCommand {
         } catch {
             logger.error("agent stopped: \(error)")
             throw ExitCode(1)
+        }
+    }
+
+    /// Two sockets per proxied connection: the default soft limit (1024) would cap the proxy at
+    /// ~500 connections, so raise it to the hard limit.
+    private func raiseFileLimit() {
+        var rl = rlimit()
+        if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &rl) == 0, rl.rlim_cur < rl.rlim_max {
+            rl.rlim_cur = rl.rlim_max
+            _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &rl)
         }
     }
 

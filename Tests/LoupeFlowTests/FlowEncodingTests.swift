@@ -63,3 +63,16 @@ func sampleFlow(reply: Bool = false, code: Int? = nil, verdict: Verdict = .forwa
         #expect(FlowTime.rfc3339(seconds: 1_795_560_332, nanoseconds: 123_456_789) == "2026-11-24T22:45:32.123456789Z")
     }
 }
+
+@Suite struct FlowUUIDTests {
+    @Test func uuidsAreVersion4AndDistinct() {
+        let ids = (0..<10_000).map { _ in FlowUUID.make() }
+        #expect(Set(ids).count == ids.count)
+        for id in ids.prefix(100) {
+            let c = Array(id)
+            #expect(c.count == 36 && c[8] == "-" && c[13] == "-" && c[18] == "-" && c[23] == "-")
+            #expect(c[14] == "4")
+            #expect("89ab".contains(c[19]))
+        }
+    }
+}

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Loupe benchmark (spine): wrk through the lab directly vs through Loupe, alternating in one
+# run, plus agent RSS idle and with 1,000 idle keep-alive connections. Release build.
+# Usage: bench/run.sh [seconds-per-run] [rounds]     (defaults 5 s, 3 rounds; medians printed)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+D=${1:-5}; ROUNDS=${2:-3}
+swift build -c release >/dev/null
+LOUPE=.build/release/loupe
+LOG=$(mktemp /tmp/loupe-bench-agent.XXXX.log)
+AGENT_PID=
+cleanup() {
+  [[ -n "$AGENT_PID" ]] && kill -TERM "$AGENT_PID" 2>/dev/null && wait "$AGENT_PID" 2>/dev/null || true
+  "$LOUPE" lab down >/dev/null
+}
+trap cleanup EXIT
+"$LOUPE" lab down >/dev/null
+"$LOUPE" lab up -f bench/inventory.yaml >/dev/null
+NGINX=$(awk '/name: nginx/{f=1} f&&/podIP:/{print $2; exit}' /run/loupe/lab/inventory.yaml)
+"$LOUPE" agent --lab >"$LOG" 2>&1 &
+AGENT_PID=$!
+for _ in $(seq 100); do "$LOUPE" status >/dev/null 2>&1 && grep -q "inventory applied" "$LOG" && break; sleep 0.1; done
+for _ in $(seq 100); do "$LOUPE" lab exec direct/client -- curl -s -m1 -o /dev/null "http://$NGINX/" && break; sleep 0.1; done
+rss() { awk '/VmRSS/{print $2}' /proc/$AGENT_PID/status; }
+RSS_IDLE=$(rss)
+
+wrk_rps() { "$LOUPE" lab exec "$1" -- taskset -c 0 wrk -t1 -c64 -d"${D}s" --latency "http://$NGINX/$2" |
+  awk '/Requests\/sec/{r=$2} / 50%/{p50=$2} / 99%/{p99=$2} /Socket errors|Non-2xx/{e=e" "$0} END{printf "%.0f %s %s%s\n", r, p50, p99, e}'; }
+median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
+declare -a DIRECT LOUPE_R
+for r in $(seq "$ROUNDS"); do
+  d=$(wrk_rps direct/client direct); l=$(wrk_rps proxied/client loupe)
+  echo "round $r: direct $d | loupe $l" >&2
+  DIRECT+=("${d%% *}"); LOUPE_R+=("${l%% *}")
+done
+MD=$(printf '%s\n' "${DIRECT[@]}" | median); ML=$(printf '%s\n' "${LOUPE_R[@]}" | median)
+FLOWS=$("$LOUPE" observe --last 100000000 -o json --http-path '^/loupe$' | wc -l)
+
+# 1,000 idle keep-alive connections held by a client through the proxy.
+RSS_BEFORE=$(rss)
+coproc IDLE { "$LOUPE" lab exec proxied/client -- sh -c "ulimit -n 8192; exec python3 bench/idle_connections.py $NGINX 1000"; }
+read -r OK <&"${IDLE[0]}"
+sleep 1
+RSS_1000=$(rss)
+exec {IDLE[1]}>&-
+wait "$IDLE_PID" 2>/dev/null || true
+
+printf '\n%-34s %12s %10s\n' "HTTP/1.1 keep-alive (wrk -t1 -c64)" "req/s" "ratio"
+printf '%-34s %12s %10s\n' "direct (pod → pod)" "$MD" "1.00"
+printf '%-34s %12s %10s\n' "Loupe (tc redirect + proxy + flows)" "$ML" "$(awk -v a="$ML" -v b="$MD" 'BEGIN{printf "%.2f", a/b}')"
+echo "flows recorded for the Loupe runs: $FLOWS (2 per request)"
+echo "agent RSS idle: ${RSS_IDLE} KiB; with $OK idle keep-alive connections: ${RSS_1000} KiB" \
+     "(+$(( (RSS_1000 - RSS_BEFORE) )) KiB, $(( (RSS_1000 - RSS_BEFORE) * 1024 / (OK > 0 ? OK : 1) )) B per connection)"
