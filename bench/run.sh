@@ -24,17 +24,21 @@ for _ in $(seq 100); do "$LOUPE" lab exec direct/client -- curl -s -m1 -o /dev/n
 rss() { awk '/VmRSS/{print $2}' /proc/$AGENT_PID/status; }
 RSS_IDLE=$(rss)
 
+# prints: req/s p50 p99 completed-requests [errors]
 wrk_rps() { "$LOUPE" lab exec "$1" -- taskset -c 0 wrk -t1 -c64 -d"${D}s" --latency "http://$NGINX/$2" |
-  awk '/Requests\/sec/{r=$2} / 50%/{p50=$2} / 99%/{p99=$2} /Socket errors|Non-2xx/{e=e" "$0} END{printf "%.0f %s %s%s\n", r, p50, p99, e}'; }
+  awk '/Requests\/sec/{r=$2} / 50%/{p50=$2} / 99%/{p99=$2} /requests in/{n=$1} /Socket errors|Non-2xx/{e=e" "$0} END{printf "%.0f %s %s %d%s\n", r, p50, p99, n, e}'; }
+flows_total() { "$LOUPE" status -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["flows"]["total"])'; }
 median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 declare -a DIRECT LOUPE_R
+F0=$(flows_total); SENT=0
 for r in $(seq "$ROUNDS"); do
   d=$(wrk_rps direct/client direct); l=$(wrk_rps proxied/client loupe)
-  echo "round $r: direct $d | loupe $l" >&2
+  echo "round $r: direct $d | loupe $l   (req/s p50 p99 completed)" >&2
   DIRECT+=("${d%% *}"); LOUPE_R+=("${l%% *}")
+  SENT=$((SENT + $(echo "$l" | awk '{print $4}')))
 done
 MD=$(printf '%s\n' "${DIRECT[@]}" | median); ML=$(printf '%s\n' "${LOUPE_R[@]}" | median)
-FLOWS=$("$LOUPE" observe --last 100000000 -o json --http-path '^/loupe$' | wc -l)
+FLOWS=$(( $(flows_total) - F0 ))
 
 # 1,000 idle keep-alive connections held by a client through the proxy.
 RSS_BEFORE=$(rss)
@@ -48,6 +52,6 @@ wait "$IDLE_PID" 2>/dev/null || true
 printf '\n%-34s %12s %10s\n' "HTTP/1.1 keep-alive (wrk -t1 -c64)" "req/s" "ratio"
 printf '%-34s %12s %10s\n' "direct (pod → pod)" "$MD" "1.00"
 printf '%-34s %12s %10s\n' "Loupe (tc redirect + proxy + flows)" "$ML" "$(awk -v a="$ML" -v b="$MD" 'BEGIN{printf "%.2f", a/b}')"
-echo "flows recorded for the Loupe runs: $FLOWS (2 per request)"
+echo "flows recorded during the Loupe runs: $FLOWS for $SENT completed requests (2 per request; wrk's last in-flight requests add a few)"
 echo "agent RSS idle: ${RSS_IDLE} KiB; with $OK idle keep-alive connections: ${RSS_1000} KiB" \
      "(+$(( (RSS_1000 - RSS_BEFORE) )) KiB, $(( (RSS_1000 - RSS_BEFORE) * 1024 / (OK > 0 ? OK : 1) )) B per connection)"

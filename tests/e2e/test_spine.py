@@ -270,3 +270,14 @@ def test_observe_without_agent_says_so(tmp_path):
     p = loupe("observe", "--server", str(tmp_path / "nothing.sock"), check=False)
     assert p.returncode == 1
     assert "cannot reach the Loupe agent" in p.stderr
+
+
+def test_expect_100_continue_is_relayed(running_agent):
+    # curl sends `Expect: 100-continue` and waits for the server's interim response before the body.
+    p = in_pod("shop/client", "sh", "-c",
+               f"head -c 2000000 /dev/zero > /tmp/loupe-100.bin; curl -sv -H 'Expect: 100-continue' "
+               f"--data-binary @/tmp/loupe-100.bin http://{FILES}:8000/upload; rm -f /tmp/loupe-100.bin", timeout=30)
+    assert "< HTTP/1.1 100 Continue" in p.stderr, p.stderr
+    assert p.stdout.strip() == hashlib.sha256(b"\0" * 2000000).hexdigest()
+    fl = flows("--to-pod", "backend/files", "--http-method", "POST", last=2)
+    assert [f["l7"]["type"] for f in fl] == ["REQUEST", "RESPONSE"] and fl[1]["l7"]["http"]["code"] == 200
