@@ -7,7 +7,7 @@ final class DetectHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
 
-    private unowned let connection: ProxyConnection
+    private let connection: ProxyConnection
     private var buffered: ByteBuffer?
     private var decided = false
 
@@ -43,7 +43,7 @@ final class UpstreamGate: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundOut = ByteBuffer
     typealias OutboundIn = NIOAny
 
-    private unowned let connection: ProxyConnection
+    private let connection: ProxyConnection
     private var buffered: ByteBuffer?
     private var pendingRead = false
 

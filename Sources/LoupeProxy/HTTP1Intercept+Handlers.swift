@@ -10,7 +10,7 @@ extension HTTP1Intercept {
         typealias OutboundIn = HTTPServerResponsePart
         typealias OutboundOut = HTTPServerResponsePart
 
-        unowned let connection: ProxyConnection
+        let connection: ProxyConnection
         var partner: UpstreamHandler?
         var context: ChannelHandlerContext?
         private var pendingRead = false
@@ -134,11 +134,12 @@ extension HTTP1Intercept {
         typealias OutboundIn = HTTPClientRequestPart
         typealias OutboundOut = HTTPClientRequestPart
 
-        unowned let connection: ProxyConnection
+        let connection: ProxyConnection
         weak var partner: DownstreamHandler?
         var context: ChannelHandlerContext?
         private var pendingRead = false
         private var tunnelAfterEnd = false
+        private var closeAfterEnd = false
 
         init(connection: ProxyConnection) { self.connection = connection }
 
@@ -158,6 +159,9 @@ extension HTTP1Intercept {
                 switch connection.http.responseHead(code: code, nowNanos: monotonicNanos()) {
                 case .forward(let e, let latency, _):
                     record(e, head: head, latency: latency, context: c)
+                    // NIO's request decoder stops parsing after an Upgrade/CONNECT request; when
+                    // the server declines, the connection cannot carry another request.
+                    closeAfterEnd = e.wantsTunnel
                 case .forwardThenTunnel(let e, let latency, _):
                     record(e, head: head, latency: latency, context: c)
                     tunnelAfterEnd = true
@@ -167,16 +171,18 @@ extension HTTP1Intercept {
                     connection.environment.count("http_unsolicited_responses")
                 }
                 partner?.write(.head(head))
-                if tunnelAfterEnd, connection.http.outstanding == 0, let partner, head.status == .switchingProtocols {
-                    // 101 has no body: the decoder stops at the head; switch now.
-                    partner.context?.flush()
-                    tunnelAfterEnd = false
-                    connection.switchToTunnel(downstreamHTTP: partner, upstreamHTTP: self)
-                }
             case .body(let buffer):
                 partner?.write(.body(.byteBuffer(buffer)))
             case .end(let trailers):
                 partner?.write(.end(trailers))
+                // The decoder delivers .end for a 101 too, then stops parsing: only now may the
+                // codecs go (removing them at .head crashed the relay with the pending .end).
+                if closeAfterEnd {
+                    closeAfterEnd = false
+                    partner?.context?.flush()
+                    let conn = connection
+                    (connection.lastWriteToClient ?? context.eventLoop.makeSucceededVoidFuture()).whenComplete { _ in conn.close() }
+                }
                 if tunnelAfterEnd, let partner {
                     partner.context?.flush()
                     tunnelAfterEnd = false

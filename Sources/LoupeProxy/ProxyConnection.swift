@@ -11,6 +11,9 @@ import NIOPosix
 ///   3. HTTP/1 → `HTTP1Intercept` handlers on both sides; anything else → `RelayHandler` pair;
 ///   4. on close, the opaque connection's L3_L4 flow.
 /// All state lives on the downstream channel's event loop; the upstream uses the same loop.
+/// Handlers hold the connection strongly: NIO may still call them (leftover bytes, EOF
+/// errors from a decoder being removed) after both close futures fired. The cycle through
+/// the channels' pipelines is broken when the pipelines are torn down on close.
 protocol FramingConfigurable { var automaticallySetFramingHeaders: Bool { get set } }
 extension HTTPRequestEncoder.Configuration: FramingConfigurable {}
 extension HTTPResponseEncoder.Configuration: FramingConfigurable {}

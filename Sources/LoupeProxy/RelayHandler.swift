@@ -7,7 +7,7 @@ final class RelayHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    private unowned let connection: ProxyConnection
+    private let connection: ProxyConnection
     private let isDownstream: Bool
     private var partner: RelayHandler?
     private var context: ChannelHandlerContext?

@@ -85,6 +85,8 @@ class AgentProcess:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
             self.proc.wait(timeout=20)
+            if sig == signal.SIGTERM:
+                assert self.proc.returncode == 0, f"agent exited {self.proc.returncode} on SIGTERM"
         self.proc = None
         self.log.close()
 
@@ -127,7 +129,16 @@ def agent(lab):
 
 @pytest.fixture()
 def running_agent(agent):
-    """The agent, restarted if an earlier test stopped it."""
-    if agent.proc is None or agent.proc.poll() is not None:
+    """The agent, restarted if an earlier test stopped it on purpose; an agent that died by
+    itself fails the test (the agent must never crash on traffic)."""
+    if agent.proc is None:
         agent.start()
-    return agent
+    elif agent.proc.poll() is not None:
+        code, log = agent.proc.returncode, Path(agent.log_path).read_text()[-4000:]
+        agent.proc = None
+        pytest.fail(f"the agent died (exit {code}):\n{log}")
+    yield agent
+    if agent.proc is not None and agent.proc.poll() is not None:
+        log = Path(agent.log_path).read_text()[-4000:]
+        agent.proc = None
+        pytest.fail(f"the agent died during the test:\n{log}")

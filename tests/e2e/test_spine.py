@@ -281,3 +281,66 @@ def test_expect_100_continue_is_relayed(running_agent):
     assert p.stdout.strip() == hashlib.sha256(b"\0" * 2000000).hexdigest()
     fl = flows("--to-pod", "backend/files", "--http-method", "POST", last=2)
     assert [f["l7"]["type"] for f in fl] == ["REQUEST", "RESPONSE"] and fl[1]["l7"]["http"]["code"] == 200
+
+
+PIPELINE = """
+import socket
+s = socket.create_connection(("%s", 80), timeout=5)
+s.sendall(b"".join(b"GET /t8/pipe/%%d HTTP/1.1\\r\\nHost: web\\r\\n\\r\\n" %% i for i in range(3)))
+data = b""
+while data.count(b"hello from web") < 3:
+    d = s.recv(65536)
+    if not d: break
+    data += d
+print(data.count(b"HTTP/1.1 200 OK"))
+""" % WEB
+
+
+def test_pipelined_requests_pair_with_their_responses(running_agent):
+    p = in_pod("shop/client", "python3", "-c", PIPELINE, timeout=20)
+    assert p.stdout.strip() == "3"
+    fl = flows("--http-path", "^/t8/pipe/")
+    assert [(f["l7"]["type"], f["l7"]["http"]["url"]) for f in fl if f["is_reply"]] == \
+        [("RESPONSE", f"http://web/t8/pipe/{i}") for i in range(3)]
+    assert sum(not f["is_reply"] for f in fl) == 3
+
+
+UPGRADE = """
+import socket
+s = socket.create_connection(("%s", 8000), timeout=5)
+s.sendall(b"GET /upgrade HTTP/1.1\\r\\nHost: files\\r\\nUpgrade: echo\\r\\nConnection: Upgrade\\r\\n\\r\\n")
+head = b""
+while b"\\r\\n\\r\\n" not in head:
+    head += s.recv(1)
+msg = bytes(range(256)) * 64
+s.sendall(msg)
+got = b""
+while len(got) < len(msg):
+    got += s.recv(65536)
+print(head.split(b"\\r\\n")[0].decode(), got == msg)
+""" % FILES
+
+
+def test_upgrade_switches_to_an_opaque_tunnel_after_101(running_agent):
+    p = in_pod("shop/client", "python3", "-c", UPGRADE, timeout=20)
+    assert p.stdout.strip() == "HTTP/1.1 101 Switching Protocols True", p.stdout
+    fl = flows("--to-pod", "backend/files", "--http-path", "^/upgrade$", last=2)
+    assert [f["l7"]["type"] for f in fl] == ["REQUEST", "RESPONSE"] and fl[1]["l7"]["http"]["code"] == 101
+
+
+def test_connections_do_not_leak_file_descriptors(running_agent):
+    import os
+
+    def fds():
+        return len(os.listdir(f"/proc/{running_agent.pid}/fd"))
+
+    curl("shop/client", f"http://{WEB}/t9/warm")
+    time.sleep(0.3)
+    baseline = fds()
+    in_pod("shop/client", "wrk", "-t1", "-c50", "-d1s", f"http://{WEB}/t9/wrk", timeout=20)
+    in_pod("shop/client", "python3", "-c", ECHO_CLIENT, timeout=20)
+    in_pod("shop/client", "python3", "-c", BAD, r"GET /bad path HTTP/1.1\r\n\r\n", timeout=20)
+    deadline = time.time() + 5
+    while fds() > baseline and time.time() < deadline:
+        time.sleep(0.1)
+    assert fds() <= baseline, f"{fds()} fds open after the connections closed, {baseline} before"

@@ -2,6 +2,7 @@
 
 POST /upload      -> 200, body = sha256 hex of the request body (read in 1 MiB chunks)
 GET  /bytes/N     -> 200, N bytes of a deterministic pattern, streamed in 1 MiB chunks
+GET  /upgrade     -> with `Upgrade: echo`: 101 Switching Protocols, then echoes raw bytes
 """
 import hashlib
 import sys
@@ -50,6 +51,19 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self):
+        if self.path == "/upgrade" and self.headers.get("Upgrade") == "echo":
+            self.send_response(101)
+            self.send_header("Upgrade", "echo")
+            self.send_header("Connection", "Upgrade")
+            self.end_headers()
+            self.wfile.flush()
+            while True:
+                data = self.connection.recv(65536)
+                if not data:
+                    break
+                self.connection.sendall(data)
+            self.close_connection = True
+            return
         if not self.path.startswith("/bytes/"):
             body = b"bodies server\n"
             self.send_response(200)
