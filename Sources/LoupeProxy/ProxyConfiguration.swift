@@ -1,3 +1,5 @@
+import NIOCore
+
 /// Settings of the transparent proxy, with documented defaults.
 public struct ProxyConfiguration: Sendable {
     /// Port of the transparent listener (0.0.0.0 and [::]); the tc program assigns to it.
@@ -10,8 +12,8 @@ public struct ProxyConfiguration: Sendable {
     public var connectTimeoutMilliseconds: Int64 = 5000
     /// Name of this node in flows.
     public var nodeName: String = "loupe-node"
-    /// Event-loop threads.
-    public var threads: Int = 1
+    /// Event-loop threads (default: one per core).
+    public var threads: Int = System.coreCount
 
     public init() {}
 }

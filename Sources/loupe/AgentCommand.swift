@@ -14,7 +14,7 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Transparent proxy port.") var proxyPort: Int = 15001
     @Option(help: "Local API socket.") var socket: String = defaultServerPath
     @Option(help: "Node name in flows.") var nodeName: String = "loupe-node"
-    @Option(help: "Proxy event-loop threads.") var threads: Int = 1
+    @Option(help: "Proxy event-loop threads (default: one per core).") var threads: Int?
     @Option(help: "Largest HTTP header block accepted, bytes.") var maxHeaderBytes: Int = 64 * 1024
     @Flag(help: "Log at debug level.") var debug = false
 
@@ -43,7 +43,7 @@ struct AgentCommand: AsyncParsableCommand {
         cfg.socketPath = socket
         cfg.proxy.port = proxyPort
         cfg.proxy.nodeName = nodeName
-        cfg.proxy.threads = threads
+        if let threads { cfg.proxy.threads = threads }
         cfg.proxy.maxHeaderBytes = maxHeaderBytes
         let logger = Logger(label: "loupe.agent")
         do {
