@@ -71,3 +71,24 @@ final class UpstreamGate: ChannelDuplexHandler, RemovableChannelHandler {
         if pendingRead { context.read() }
     }
 }
+
+/// Last handler of both pipelines: reports a peer's FIN (input closed) to the connection.
+/// Both channels allow remote half-closure, so EOF arrives here as an event, not as a close.
+final class HalfCloseWatcher: ChannelInboundHandler {
+    typealias InboundIn = NIOAny
+
+    private let connection: ProxyConnection
+    private let client: Bool
+
+    init(connection: ProxyConnection, client: Bool) {
+        self.connection = connection
+        self.client = client
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case .some(.inputClosed) = event as? ChannelEvent {
+            connection.inputClosed(fromClient: client)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+}

@@ -49,7 +49,7 @@ final class ProxyConnection {
         environment.count("connections_accepted")
         let detect = DetectHandler(connection: self)
         detectHandler = detect
-        try? downstream.pipeline.syncOperations.addHandler(detect)
+        try? downstream.pipeline.syncOperations.addHandlers([detect, HalfCloseWatcher(connection: self, client: true)])
         downstream.closeFuture.whenComplete { _ in self.downstreamClosed() }
 
         guard let target = downstream.localAddress else { downstream.close(promise: nil); return }
@@ -59,8 +59,13 @@ final class ProxyConnection {
         ClientBootstrap(group: downstream.eventLoop)
             .channelOption(ChannelOptions.Types.SocketOption(level: 1, name: 36), value: Int(cfg.upstreamMark)) // SO_MARK
             .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
             .connectTimeout(.milliseconds(cfg.connectTimeoutMilliseconds))
-            .channelInitializer { ch in ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(gate) } }
+            .channelInitializer { ch in
+                ch.eventLoop.makeCompletedFuture {
+                    try ch.pipeline.syncOperations.addHandlers([gate, HalfCloseWatcher(connection: self, client: false)])
+                }
+            }
             .connect(to: target)
             .whenComplete { result in
                 switch result {
@@ -187,6 +192,29 @@ final class ProxyConnection {
         downstream.read()
         upstream.read()
     }
+
+    /// One side sent FIN: pass it on (after everything queued toward the peer has been written),
+    /// as a direct TCP connection would, so half-close protocols and HTTP/1.0-style clients
+    /// that shut their write side after the request still get their answer. NIO turns the
+    /// second half-close of a socket into a full close.
+    func inputClosed(fromClient: Bool) {
+        // A client that ends before its bytes decided the protocol: relay what it sent.
+        if fromClient && mode == .detecting { detected(.opaque) }
+        let target = fromClient ? upstream : downstream
+        guard let target else {
+            if fromClient { close() } // no upstream yet: nothing to wait for
+            return
+        }
+        let pending = (fromClient ? lastWriteToServer : lastWriteToClient) ?? target.eventLoop.makeSucceededVoidFuture()
+        pending.whenComplete { _ in
+            target.close(mode: .output, promise: nil)
+            // A peer that never closes its side must not hold the sockets forever.
+            let deadline = target.eventLoop.scheduleTask(in: .seconds(Self.halfCloseGraceSeconds)) { target.close(promise: nil) }
+            target.closeFuture.whenComplete { _ in deadline.cancel() }
+        }
+    }
+
+    static let halfCloseGraceSeconds: Int64 = 60
 
     func close() {
         downstream.close(promise: nil)

@@ -44,6 +44,7 @@ public final class TransparentListener {
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(ChannelOptions.autoRead, value: false)
             .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
         if v6 {
             b = b.serverChannelOption(ChannelOptions.Types.SocketOption(level: 41, name: 26), value: 1) // IPV6_V6ONLY
                 .serverChannelOption(ChannelOptions.Types.SocketOption(level: 41, name: 75), value: 1) // IPV6_TRANSPARENT

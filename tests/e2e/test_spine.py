@@ -344,3 +344,37 @@ def test_connections_do_not_leak_file_descriptors(running_agent):
     while fds() > baseline and time.time() < deadline:
         time.sleep(0.1)
     assert fds() <= baseline, f"{fds()} fds open after the connections closed, {baseline} before"
+
+
+HALF_CLOSE_HTTP = """
+import socket
+s = socket.create_connection(("%s", 80), timeout=5)
+s.sendall(b"GET /t10/half-close HTTP/1.0\\r\\nHost: web\\r\\n\\r\\n")
+s.shutdown(socket.SHUT_WR)          # as `nc -N` does: the request is all we will send
+data = b""
+while True:
+    d = s.recv(65536)
+    if not d: break
+    data += d
+print(data.split(b"\\r\\n")[0].decode(), data.endswith(b"hello from web\\n"))
+""" % WEB
+
+HALF_CLOSE_TCP = """
+import socket
+s = socket.create_connection(("%s", 7000), timeout=5)
+s.sendall(b"x" * 300000)
+s.shutdown(socket.SHUT_WR)          # the echo server still sends everything back, then closes
+got = b""
+while True:
+    d = s.recv(65536)
+    if not d: break
+    got += d
+print(len(got))
+""" % ECHO
+
+
+def test_half_close_is_passed_on_for_http_and_opaque_connections(running_agent):
+    p = in_pod("shop/client", "python3", "-c", HALF_CLOSE_HTTP, timeout=20)
+    assert p.stdout.strip() == "HTTP/1.1 200 OK True", p.stdout
+    p = in_pod("shop/client", "python3", "-c", HALF_CLOSE_TCP, timeout=20)
+    assert p.stdout.strip() == "300000", p.stdout
