@@ -63,6 +63,14 @@ let package = Package(
         .testTarget(name: "LoupeProtocolsTests", dependencies: ["LoupeProtocols"]),
         .testTarget(name: "LoupeBPFTests", dependencies: ["LoupeBPF", "CLoupeBPF"]),
         .testTarget(
+            name: "LoupeAgentTests",
+            dependencies: [
+                "LoupeAgent", "LoupeFlow", "LoupeProxy", "LoupePolicy",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(
             name: "LoupeProxyTests",
             dependencies: [
                 "LoupeProxy", "LoupeFlow",

@@ -31,6 +31,26 @@ public struct Flow: Codable, Sendable, Equatable {
         case summary = "Summary"
     }
 
+    /// Absent fields take protojson's empty values (`is_reply` false, strings empty).
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        time = try c.decodeIfPresent(String.self, forKey: .time) ?? ""
+        uuid = try c.decodeIfPresent(String.self, forKey: .uuid) ?? ""
+        verdict = try c.decodeIfPresent(Verdict.self, forKey: .verdict) ?? .forwarded
+        dropReasonDesc = try c.decodeIfPresent(String.self, forKey: .dropReasonDesc)
+        ip = try c.decodeIfPresent(IPInfo.self, forKey: .ip) ?? IPInfo(source: "", destination: "")
+        l4 = try c.decodeIfPresent(Layer4.self, forKey: .l4) ?? Layer4()
+        source = try c.decodeIfPresent(Endpoint.self, forKey: .source) ?? Endpoint(id: nil, identity: 0, namespace: nil, labels: [], podName: nil)
+        destination = try c.decodeIfPresent(Endpoint.self, forKey: .destination) ?? Endpoint(id: nil, identity: 0, namespace: nil, labels: [], podName: nil)
+        type = try c.decodeIfPresent(FlowType.self, forKey: .type) ?? .l3l4
+        nodeName = try c.decodeIfPresent(String.self, forKey: .nodeName) ?? ""
+        destinationNames = try c.decodeIfPresent([String].self, forKey: .destinationNames)
+        l7 = try c.decodeIfPresent(Layer7.self, forKey: .l7)
+        isReply = try c.decodeIfPresent(Bool.self, forKey: .isReply) ?? false
+        trafficDirection = try c.decodeIfPresent(TrafficDirection.self, forKey: .trafficDirection) ?? .egress
+        summary = try c.decodeIfPresent(String.self, forKey: .summary) ?? ""
+    }
+
     public init(time: String, uuid: String, verdict: Verdict, dropReasonDesc: String? = nil, ip: IPInfo, l4: Layer4,
                 source: Endpoint, destination: Endpoint, type: FlowType, nodeName: String,
                 destinationNames: [String]? = nil, l7: Layer7? = nil, isReply: Bool,
@@ -116,6 +136,17 @@ public struct Endpoint: Codable, Sendable, Equatable {
         case workloads
     }
 
+    /// Absent fields are empty, as protojson omits them.
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        id = try c.decodeIfPresent(UInt32.self, forKey: .id)
+        identity = try c.decodeIfPresent(UInt32.self, forKey: .identity) ?? 0
+        namespace = try c.decodeIfPresent(String.self, forKey: .namespace)
+        labels = try c.decodeIfPresent([String].self, forKey: .labels) ?? []
+        podName = try c.decodeIfPresent(String.self, forKey: .podName)
+        workloads = try c.decodeIfPresent([Workload].self, forKey: .workloads)
+    }
+
     public init(id: UInt32?, identity: UInt32, namespace: String?, labels: [String], podName: String?, workloads: [Workload]? = nil) {
         self.id = id
         self.identity = identity
@@ -163,6 +194,18 @@ public struct HTTP: Codable, Sendable, Equatable {
         self.url = url
         self.protocol = `protocol`
         self.headers = headers
+    }
+
+    enum CodingKeys: String, CodingKey { case code, method, url, `protocol`, headers }
+
+    /// Hubble's JSON (and ours) omits empty fields: absent means empty.
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        code = try c.decodeIfPresent(Int.self, forKey: .code)
+        method = try c.decodeIfPresent(String.self, forKey: .method) ?? ""
+        url = try c.decodeIfPresent(String.self, forKey: .url) ?? ""
+        `protocol` = try c.decodeIfPresent(String.self, forKey: .protocol) ?? ""
+        headers = try c.decodeIfPresent([Header].self, forKey: .headers) ?? []
     }
 }
 

@@ -76,3 +76,19 @@ func sampleFlow(reply: Bool = false, code: Int? = nil, verdict: Verdict = .forwa
         }
     }
 }
+
+@Suite struct FlowDecodingTests {
+    @Test func emptyFieldsOmittedByTheWriterDecodeAsEmpty() throws {
+        var f = sampleFlow()
+        f.l7 = Layer7(type: .response, latencyNs: 0, http: HTTP(code: 400, method: "", url: "", protocol: "HTTP/1.1", headers: []))
+        let line = FlowEncoding.jsonLine(FlowRecord(flow: f))
+        #expect(!line.contains("\"headers\"") && !line.contains("\"method\""))
+        #expect(try FlowEncoding.decode(jsonLine: line).flow == f)
+    }
+
+    @Test func aMinimalHubbleLineDecodes() throws {
+        let line = #"{"flow":{"time":"2026-11-24T22:45:32Z","verdict":"DROPPED","Type":"L3_L4","Summary":"TCP Flags: SYN"},"node_name":"n","time":"2026-11-24T22:45:32Z"}"#
+        let r = try FlowEncoding.decode(jsonLine: line)
+        #expect(r.flow.verdict == .dropped && r.flow.isReply == false && r.flow.summary == "TCP Flags: SYN")
+    }
+}

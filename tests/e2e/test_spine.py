@@ -378,3 +378,24 @@ def test_half_close_is_passed_on_for_http_and_opaque_connections(running_agent):
     assert p.stdout.strip() == "HTTP/1.1 200 OK True", p.stdout
     p = in_pod("shop/client", "python3", "-c", HALF_CLOSE_TCP, timeout=20)
     assert p.stdout.strip() == "300000", p.stdout
+
+
+def test_observe_follow_streams_new_flows(running_agent):
+    import json
+    import subprocess
+    from conftest import LOUPE
+    follower = subprocess.Popen([LOUPE, "observe", "-f", "-o", "json", "--http-path", "^/t11/"],
+                                stdout=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(10, follower.kill)  # never hang the suite on a missing flow
+    watchdog.start()
+    try:
+        time.sleep(0.3)
+        curl("shop/client", f"http://{WEB}/t11/followed")
+        lines = [follower.stdout.readline(), follower.stdout.readline()]
+    finally:
+        watchdog.cancel()
+        follower.kill()
+        follower.wait()
+    assert all(lines), "the follower printed nothing within 10 s"
+    got = [json.loads(l)["flow"]["l7"]["type"] for l in lines]
+    assert got == ["REQUEST", "RESPONSE"]
