@@ -44,25 +44,34 @@ struct ObserveCommand: ParsableCommand {
         if output == .table { print(FlowEncoding.tableHeader) }
         setvbuf(stdout, nil, _IOLBF, 0)
         var failure: String?
+        var undecodable = 0
         do {
             try APIClient(path: server).request(request) { line in
                 if line.hasPrefix("{\"error\"") {
                     failure = line
                     return false
                 }
-                switch output {
-                case .json, .jsonpb:
+                if output == .json || output == .jsonpb {
                     print(line)
-                case .compact, .dict:
-                    if let r = try? FlowEncoding.decode(jsonLine: line) { print(FlowEncoding.compact(r.flow)) }
-                case .table:
-                    if let r = try? FlowEncoding.decode(jsonLine: line) { print(FlowEncoding.tableRow(r.flow)) }
+                    return true
+                }
+                do {
+                    let r = try FlowEncoding.decode(jsonLine: line)
+                    print(output == .table ? FlowEncoding.tableRow(r.flow) : FlowEncoding.compact(r.flow))
+                } catch {
+                    // Never drop a flow silently: say which line could not be shown.
+                    undecodable += 1
+                    FileHandle.standardError.write(Data("loupe observe: cannot decode flow line (\(error)): \(line.prefix(200))\n".utf8))
                 }
                 return true
             }
         } catch {
             FileHandle.standardError.write(Data("loupe observe: \(error)\n".utf8))
             throw ExitCode(1)
+        }
+        if undecodable > 0 {
+            FileHandle.standardError.write(Data("loupe observe: \(undecodable) flows could not be decoded\n".utf8))
+            throw ExitCode(3)
         }
         if let failure {
             FileHandle.standardError.write(Data("loupe observe: agent refused the request: \(failure)\n".utf8))
