@@ -205,6 +205,8 @@ def test_bad_input_gets_400_and_an_error_flow_and_the_agent_keeps_serving(runnin
     assert len(errors) == before + 1
     assert reason in errors[-1]["Summary"], errors[-1]["Summary"]
     assert errors[-1]["l7"]["http"]["code"] == 400
+    compact = loupe("observe", "--verdict", "ERROR", "--last", "1").stdout
+    assert "http-response ERROR (HTTP/1.1 400 malformed request rejected: " in compact, compact
     code, body, _ = curl("shop/client", f"http://{WEB}/t5/after-{name}")
     assert (code, body) == (200, "hello from web\n")
 
