@@ -19,9 +19,11 @@ public struct InventoryError: Error, CustomStringConvertible, Sendable, Equatabl
 public enum InventoryLoader {
     public static func parse(_ text: String, file: String = "<inventory>") throws -> Inventory {
         var inv = Inventory()
-        let docs: [Any?]
+        var docs: [Any?] = []
         do {
-            docs = Array(try Yams.load_all(yaml: text))
+            // Parser.nextRoot rather than load_all: the lazy sequence drops errors.
+            let parser = try Parser(yaml: text)
+            while let root = try parser.nextRoot() { docs.append(root.any) }
         } catch {
             throw InventoryError(file: file, object: "document", message: "not valid YAML: \(error)")
         }

@@ -95,6 +95,7 @@ import Testing
             "\(error)".contains("x.yaml: Deployment web: unsupported object apps/v1 Deployment")
         }
         #expect(throws: InventoryError.self) { try InventoryLoader.parse("kind: Pod\napiVersion: v1\nmetadata: {}\n") }
+        #expect(throws: InventoryError.self) { try InventoryLoader.parse("apiVersion: v1\nkind: [\n") }
         #expect(throws: InventoryError.self) { try InventoryLoader.parse("apiVersion: v1\nkind: Pod\nmetadata: {name: a, labels: [x]}\n") }
     }
 
