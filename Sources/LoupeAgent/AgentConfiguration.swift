@@ -10,7 +10,9 @@ public struct AgentConfiguration: Sendable {
     public var pinRoot: String = "/sys/fs/bpf/loupe"
     /// The local API (flows, status) as a unix socket.
     public var socketPath: String = "/run/loupe/loupe.sock"
-    /// How often the inventory file is checked for changes.
+    /// Every CiliumNetworkPolicy YAML file here is enforced; re-read when the directory changes.
+    public var policyDirectory: String = "/etc/loupe/policies"
+    /// How often the inventory file and the policy directory are checked for changes.
     public var inventoryPollMilliseconds: Int = 250
     /// Flows kept in memory for `loupe observe --last`.
     public var flowCapacity: Int = 65_536

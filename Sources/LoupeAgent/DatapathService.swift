@@ -5,9 +5,12 @@ import LoupePolicy
 import LoupeProxy
 import ServiceLifecycle
 
-/// Service: the tc datapath. Loads `loupe_from_pod`, installs the routing rules, and keeps the
-/// endpoint and redirect maps and the tc attachments equal to what the inventory says — re-read
-/// whenever the file changes, so an edited annotation applies within a poll interval, no restart.
+/// Service: the tc datapath and the control loop that programs it. Loads `loupe_from_pod`,
+/// installs the routing rules, and keeps the endpoint and redirect maps, the tc attachments
+/// and the proxy's view equal to what the inventory (visibility annotations) and the policy
+/// directory (ports with L7 rules, enforced) say — re-read whenever either changes, so an
+/// edit applies within a poll interval, no restart. A bad inventory or policy file is logged
+/// and the last good one stays in force.
 public final class DatapathService: Service, @unchecked Sendable {
     private let configuration: AgentConfiguration
     private let environment: ProxyEnvironment
@@ -15,6 +18,8 @@ public final class DatapathService: Service, @unchecked Sendable {
     private let lock = NSLock()
     private var datapath: Datapath?
     private var lastProblems: [String] = []
+    private var inventory = Inventory()
+    private var policy = PolicyEngine()
 
     public init(configuration: AgentConfiguration, environment: ProxyEnvironment, logger: Logger) {
         self.configuration = configuration
@@ -27,7 +32,8 @@ public final class DatapathService: Service, @unchecked Sendable {
         let dp = try Datapath(objectPath: configuration.bpfObjectPath, pinRoot: configuration.pinRoot)
         lock.withLock { datapath = dp }
         try rules.install()
-        logger.info("datapath loaded from \(configuration.bpfObjectPath), maps pinned in \(configuration.pinRoot)")
+        try? FileManager.default.createDirectory(atPath: configuration.policyDirectory, withIntermediateDirectories: true)
+        logger.info("datapath loaded from \(configuration.bpfObjectPath), maps pinned in \(configuration.pinRoot); policies from \(configuration.policyDirectory)")
         defer {
             lock.withLock {
                 dp.close(unpin: configuration.unpinOnShutdown)
@@ -36,13 +42,22 @@ public final class DatapathService: Service, @unchecked Sendable {
             rules.remove()
             logger.info("datapath detached, routing rules removed")
         }
+        let policies = PolicyDirectory(path: configuration.policyDirectory)
         try? await cancelWhenGracefulShutdown {
-            var lastStamp: (Int, Int)? = nil
+            var inventoryStamp: (Int, Int)? = nil
+            var policySignature: [String]? = nil
             while !Task.isCancelled {
-                if let stamp = Self.modificationStamp(self.configuration.inventoryPath), stamp != lastStamp ?? (-1, -1) {
-                    lastStamp = stamp
-                    self.reload(dp)
+                var changed = false
+                if let stamp = Self.modificationStamp(self.configuration.inventoryPath), stamp != inventoryStamp ?? (-1, -1) {
+                    inventoryStamp = stamp
+                    changed = self.loadInventory() || changed
                 }
+                let signature = policies.signature()
+                if signature != policySignature {
+                    policySignature = signature
+                    changed = self.loadPolicies(policies) || changed
+                }
+                if changed { self.apply(dp) }
                 try await Task.sleep(for: .milliseconds(self.configuration.inventoryPollMilliseconds))
             }
         }
@@ -53,15 +68,29 @@ public final class DatapathService: Service, @unchecked Sendable {
         lock.withLock { datapath?.readCounters() ?? [:] }
     }
 
-    private func reload(_ dp: Datapath) {
-        let inventory: Inventory
+    private func loadInventory() -> Bool {
         do {
             let text = try String(contentsOfFile: configuration.inventoryPath, encoding: .utf8)
             inventory = try InventoryLoader.parse(text, file: configuration.inventoryPath)
+            return true
         } catch {
             logger.error("inventory not applied, keeping the previous one: \(error)")
-            return
+            return false
         }
+    }
+
+    private func loadPolicies(_ dir: PolicyDirectory) -> Bool {
+        let loaded = dir.load()
+        if !loaded.errors.isEmpty {
+            for e in loaded.errors { logger.error("policy rejected, the previous policy set stays in force: \(e)") }
+            return false
+        }
+        policy = PolicyEngine(policies: loaded.policies)
+        logger.info("policies applied: \(loaded.policies.map(\.name).joined(separator: ", "))")
+        return true
+    }
+
+    private func apply(_ dp: Datapath) {
         let plan = RedirectPlan(inventory: inventory)
         let problems = plan.problems.map(\.description)
         if problems != lastProblems {
@@ -73,38 +102,55 @@ public final class DatapathService: Service, @unchecked Sendable {
         var ifindexes: [Int32] = []
         let proxyPort = UInt16(configuration.proxy.port)
         for podRules in plan.pods {
-            guard let ifname = podRules.pod.hostInterface else { continue }
+            let pod = podRules.pod
+            guard let ifname = pod.hostInterface else { continue }
             let ifindex = if_nametoindex(ifname)
             guard ifindex != 0 else {
-                logger.warning("pod \(podRules.pod.qualifiedName): interface \(ifname) not found in this netns")
+                logger.warning("pod \(pod.qualifiedName): interface \(ifname) not found in this netns")
                 continue
             }
             ifindexes.append(Int32(ifindex))
-            endpoints[ifindex] = EndpointIdentity(pod: podRules.pod).id
+            endpoints[ifindex] = EndpointIdentity(pod: pod).id
+            let addresses = pod.ips.compactMap(Self.addressBytes)
+            // Visibility: redirected, fail open.
             for rule in podRules.rules where rule.carriesTCP {
                 switch rule.direction {
                 case .egress:
                     entries.append(RedirectEntry(match: .egress(ifindex: ifindex), port: rule.port, proxyPort: proxyPort))
                 case .ingress:
-                    for ip in podRules.pod.ips {
-                        guard let bytes = Self.addressBytes(ip) else { continue }
-                        entries.append(RedirectEntry(match: .ingress(address: bytes), port: rule.port, proxyPort: proxyPort))
-                    }
+                    for a in addresses { entries.append(RedirectEntry(match: .ingress(address: a), port: rule.port, proxyPort: proxyPort)) }
                 }
+            }
+            // Ports with L7 rules: redirected even without the annotation, fail closed.
+            let l7 = policy.l7Ports(of: pod)
+            for port in l7.egress {
+                entries.append(RedirectEntry(match: .egress(ifindex: ifindex), port: port, proxyPort: proxyPort, enforce: true))
+            }
+            for port in l7.ingress {
+                for a in addresses { entries.append(RedirectEntry(match: .ingress(address: a), port: port, proxyPort: proxyPort, enforce: true)) }
+            }
+        }
+        // One entry per key; enforcement wins over visibility.
+        var merged: [RedirectEntry] = []
+        for e in entries {
+            if let i = merged.firstIndex(where: { $0.match == e.match && $0.port == e.port }) {
+                merged[i].enforce = merged[i].enforce || e.enforce
+            } else {
+                merged.append(e)
             }
         }
         lock.withLock {
             do {
                 try dp.setEndpoints(endpoints)
-                try dp.setRedirects(entries)
+                try dp.setRedirects(merged)
                 for ifindex in ifindexes where !dp.attached.contains(ifindex) { try dp.attach(ifindex: ifindex) }
                 for ifindex in dp.attached where !ifindexes.contains(ifindex) { dp.detach(ifindex: ifindex) }
             } catch {
                 logger.error("datapath update failed: \(error)")
             }
         }
-        environment.update(inventory: inventory)
-        logger.info("inventory applied: \(plan.pods.count) pods, \(entries.count) redirect rules, \(ifindexes.count) veths")
+        environment.update(inventory: inventory, policy: policy)
+        logger.info("inventory applied: \(plan.pods.count) pods, \(merged.count) redirect rules (\(merged.filter(\.enforce).count) enforced), \(ifindexes.count) veths, \(policy.policies.count) policies")
     }
 
     static func modificationStamp(_ path: String) -> (Int, Int)? {

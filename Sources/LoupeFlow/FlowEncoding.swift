@@ -46,6 +46,7 @@ public enum FlowEncoding {
             case .sample: return "\(proto)-sample"
             }
         }
+        if flow.verdict == .dropped && flow.dropReasonDesc == "POLICY_DENIED" { return "Policy denied" }
         return "to-proxy"
     }
 

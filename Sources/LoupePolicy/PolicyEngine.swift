@@ -42,6 +42,14 @@ public struct PolicyEngine: Sendable {
         /// The peer may not connect at all (L3/L4 deny).
         public var deniesConnection: Bool { ingress.isDenied || egress.isDenied }
         public var isEnforced: Bool { ingress.isEnforced || egress.isEnforced }
+        /// HTTP rules apply on this connection: bytes that are not HTTP/1 cannot be checked
+        /// against them and must not pass.
+        public var requiresHTTP: Bool {
+            if case .http = ingress { return true }
+            if case .http = egress { return true }
+            return false
+        }
+
         /// Which side denied, for flows.
         public var deniedDirection: String { ingress.isDenied ? "ingress" : "egress" }
 

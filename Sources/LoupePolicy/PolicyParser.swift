@@ -8,6 +8,13 @@ public struct PolicyError: Error, CustomStringConvertible, Sendable, Equatable {
     public var field: String
     public var message: String
     public var description: String { "\(file):\(line): \(field): \(message)" }
+
+    public init(file: String, line: Int, field: String, message: String) {
+        self.file = file
+        self.line = line
+        self.field = field
+        self.message = message
+    }
 }
 
 /// Parses CiliumNetworkPolicy YAML (multi-document) into `CiliumNetworkPolicy` values.

@@ -1,4 +1,5 @@
 import LoupeFlow
+import LoupePolicy
 import NIOCore
 import NIOHTTP1
 
@@ -15,6 +16,8 @@ extension HTTP1Intercept {
         var context: ChannelHandlerContext?
         private var pendingRead = false
         private var rejected = false
+        /// The current request was denied: its body goes nowhere.
+        private var discardingBody = false
 
         init(connection: ProxyConnection) { self.connection = connection }
 
@@ -26,27 +29,75 @@ extension HTTP1Intercept {
             switch unwrapInboundIn(data) {
             case .head(let head):
                 let c = connection.context
-                let upgrade = head.headers.contains(name: "upgrade")
+                let host = head.headers.first(name: "host")
+                let facts = HTTPRequestFacts(method: head.method.rawValue, path: head.uri, host: host ?? c.authorityFallback,
+                                             headers: head.headers.map { (name: $0.name, value: $0.value) })
+                let decision = connection.currentDecision()
+                let denied = decision.isEnforced && !decision.allows(facts)
                 let action = connection.http.requestHead(
-                    method: head.method.rawValue, uri: head.uri, host: head.headers.first(name: "host"),
+                    method: head.method.rawValue, uri: head.uri, host: host,
                     fallbackAuthority: c.authorityFallback, version: Self.versionString(head.version),
-                    upgrade: upgrade, nowNanos: monotonicNanos())
+                    upgrade: head.headers.contains(name: "upgrade"), nowNanos: monotonicNanos(),
+                    denied: denied, keepAlive: head.isKeepAlive)
                 switch action {
                 case .forward(let exchange):
-                    connection.environment.record(c.flow(
-                        verdict: .forwarded, type: .l7,
-                        l7: Layer7(type: .request, latencyNs: 0, http: HTTP(
-                            method: exchange.method, url: Redaction.url(exchange.url), protocol: exchange.version,
-                            headers: Redaction.headers(head.headers.map { ($0.name, $0.value) }))),
-                        reply: false, summary: "\(exchange.version) \(exchange.method) \(Redaction.url(exchange.url))"))
+                    recordRequest(exchange, head: head, verdict: .forwarded)
                     partner?.write(.head(head))
+                case .respondLocally(let exchange):
+                    recordRequest(exchange, head: head, verdict: .dropped)
+                    discardingBody = true
+                    respondDenied(exchange)
+                case .holdLocalResponse(let exchange):
+                    recordRequest(exchange, head: head, verdict: .dropped)
+                    discardingBody = true
                 }
             case .body(let buffer):
-                partner?.write(.body(.byteBuffer(buffer)))
+                if !discardingBody { partner?.write(.body(.byteBuffer(buffer))) }
             case .end(let trailers):
-                partner?.write(.end(trailers))
+                if discardingBody { discardingBody = false } else { partner?.write(.end(trailers)) }
             }
         }
+
+        private func recordRequest(_ e: Exchange, head: HTTPRequestHead, verdict: Verdict) {
+            let url = Redaction.url(e.url)
+            connection.environment.record(connection.context.flow(
+                verdict: verdict, type: .l7,
+                l7: Layer7(type: .request, latencyNs: 0, http: HTTP(
+                    method: e.method, url: url, protocol: e.version,
+                    headers: Redaction.headers(head.headers.map { ($0.name, $0.value) }))),
+                reply: false, summary: "\(e.version) \(e.method) \(url)",
+                dropReason: verdict == .dropped ? "POLICY_DENIED" : nil))
+        }
+
+        /// The policy's answer to a denied request: 403 `Access denied`, as Cilium's proxy
+        /// gives; the connection stays usable unless the client asked to close or to leave HTTP.
+        func respondDenied(_ e: Exchange) {
+            guard let context else { return }
+            connection.environment.count("http_requests_policy_denied")
+            let url = Redaction.url(e.url)
+            let latency = monotonicNanos() &- e.startNanos
+            connection.environment.record(connection.context.flow(
+                verdict: .dropped, type: .l7,
+                l7: Layer7(type: .response, latencyNs: latency,
+                           http: HTTP(code: 403, method: e.method, url: url, protocol: e.version, headers: [])),
+                reply: true, summary: "\(e.version) 403 \(latency / 1_000_000)ms (\(e.method) \(url))",
+                dropReason: "POLICY_DENIED"))
+            let close = !e.keepAlive || e.wantsTunnel
+            var headers = HTTPHeaders()
+            headers.add(name: "content-type", value: "text/plain")
+            headers.add(name: "content-length", value: String(Self.accessDenied.readableBytes))
+            if close { headers.add(name: "connection", value: "close") }
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .forbidden, headers: headers))), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(Self.accessDenied))), promise: nil)
+            let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+            connection.lastWriteToClient = done
+            if close {
+                let conn = connection
+                done.whenComplete { _ in conn.close() }
+            }
+        }
+
+        static let accessDenied = ByteBuffer(string: "Access denied\r\n")
 
         func channelReadComplete(context: ChannelHandlerContext) {
             partner?.context?.flush()
@@ -175,6 +226,7 @@ extension HTTP1Intercept {
                 partner?.write(.body(.byteBuffer(buffer)))
             case .end(let trailers):
                 partner?.write(.end(trailers))
+                for held in connection.http.responseEnd() { partner?.respondDenied(held) }
                 // The decoder delivers .end for a 101 too, then stops parsing: only now may the
                 // codecs go (removing them at .head crashed the relay with the pending .end).
                 if closeAfterEnd {

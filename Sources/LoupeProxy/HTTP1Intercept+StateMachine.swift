@@ -10,15 +10,26 @@ extension HTTP1Intercept {
         public var startNanos: UInt64
         /// The request asked to leave HTTP (Upgrade header or CONNECT).
         public var wantsTunnel: Bool
+        /// Policy denied it: the proxy answers 403 itself, the server never sees it.
+        public var denied: Bool = false
+        /// The client keeps the connection after this exchange (HTTP/1.1 without `close`).
+        public var keepAlive: Bool = true
     }
 
     /// Pure bookkeeping of an intercepted HTTP/1.1 connection: pairs responses with requests
-    /// (pipelining keeps order), tells when to record which flow, and when the connection stops
-    /// being HTTP. No I/O: `HTTP1Intercept.DownstreamHandler`/`UpstreamHandler` act on the results.
+    /// (pipelining keeps order), tells when to record which flow, when a denied request's local
+    /// 403 may be written (only once every response before it is out), and when the connection
+    /// stops being HTTP. No I/O: `HTTP1Intercept.DownstreamHandler`/`UpstreamHandler` act on
+    /// the results.
     public struct StateMachine: Sendable {
         public enum RequestAction: Equatable, Sendable {
             /// Forward the request and record its REQUEST flow.
             case forward(Exchange)
+            /// Denied, and nothing is ahead of it: answer 403 now.
+            case respondLocally(Exchange)
+            /// Denied, but earlier responses are still coming from the server: answer when
+            /// `responseEnd()` hands it back.
+            case holdLocalResponse(Exchange)
         }
 
         public enum ResponseAction: Equatable, Sendable {
@@ -42,7 +53,8 @@ extension HTTP1Intercept {
         public var outstanding: Int { pending.count }
 
         public mutating func requestHead(method: String, uri: String, host: String?, fallbackAuthority: String,
-                                         version: String, upgrade: Bool, nowNanos: UInt64) -> RequestAction {
+                                         version: String, upgrade: Bool, nowNanos: UInt64, denied: Bool = false,
+                                         keepAlive: Bool = true) -> RequestAction {
             let url: String
             if uri.hasPrefix("http://") || uri.hasPrefix("https://") {
                 url = uri // absolute-form (a proxy request)
@@ -52,10 +64,25 @@ extension HTTP1Intercept {
                 url = "http://\(host ?? fallbackAuthority)\(uri.hasPrefix("/") ? uri : "/" + uri)"
             }
             let e = Exchange(method: method, url: url, version: version, startNanos: nowNanos,
-                             wantsTunnel: upgrade || method == "CONNECT")
-            pending.append(e)
+                             wantsTunnel: upgrade || method == "CONNECT", denied: denied, keepAlive: keepAlive)
             requests += 1
+            if denied {
+                if pending.isEmpty { return .respondLocally(e) }
+                pending.append(e)
+                return .holdLocalResponse(e)
+            }
+            pending.append(e)
             return .forward(e)
+        }
+
+        /// A final response from the server has ended: the denied requests now at the head of
+        /// the queue get their local 403, in order.
+        public mutating func responseEnd() -> [Exchange] {
+            var ready: [Exchange] = []
+            while let first = pending.first, first.denied {
+                ready.append(pending.removeFirst())
+            }
+            return ready
         }
 
         public mutating func responseHead(code: Int, nowNanos: UInt64) -> ResponseAction {

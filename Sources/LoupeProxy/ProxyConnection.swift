@@ -1,4 +1,5 @@
 import LoupeFlow
+import LoupePolicy
 import LoupeProtocols
 import NIOCore
 import NIOHTTP1
@@ -42,11 +43,43 @@ final class ProxyConnection {
                                     serverIP: local?.ipAddress ?? "?", serverPort: local?.port ?? 0,
                                     inventory: snap.inventory, plan: snap.plan,
                                     nodeName: environment.configuration.nodeName)
+        decision = Self.decide(context, snap)
+        decisionGeneration = snap.generation
+    }
+
+    private var decision: PolicyEngine.ConnectionDecision
+    private var decisionGeneration: UInt64
+
+    /// The policy decision for this connection, recomputed when the policy set or inventory
+    /// changed (so a reload applies to requests on connections that are already open).
+    func currentDecision() -> PolicyEngine.ConnectionDecision {
+        let generation = environment.generation
+        if generation != decisionGeneration {
+            let snap = environment.snapshot
+            decision = Self.decide(context, snap)
+            decisionGeneration = snap.generation
+        }
+        return decision
+    }
+
+    static func decide(_ c: ConnectionContext, _ snap: ProxyEnvironment.Snapshot) -> PolicyEngine.ConnectionDecision {
+        snap.policy.decide(client: snap.inventory.pod(withIP: c.clientIP), server: snap.inventory.pod(withIP: c.serverIP),
+                           port: UInt16(clamping: c.serverPort))
     }
 
     /// Step 1. Called from the child channel initializer.
     func start() {
         environment.count("connections_accepted")
+        if decision.deniesConnection {
+            // L3/L4 deny: the peer may not reach this port at all.
+            environment.count("connections_policy_denied")
+            environment.record(context.flow(verdict: .dropped, type: .l3l4, l7: nil, reply: false,
+                                            summary: "TCP connection denied by \(decision.deniedDirection) policy",
+                                            dropReason: "POLICY_DENIED"))
+            mode = .closed
+            reset(downstream)
+            return
+        }
         let detect = DetectHandler(connection: self)
         detectHandler = detect
         try? downstream.pipeline.syncOperations.addHandlers([detect, HalfCloseWatcher(connection: self, client: true)])
@@ -91,17 +124,32 @@ final class ProxyConnection {
                                             summary: "TCP upstream connect to \(context.authorityFallback) failed: \(error)"))
         }
         // Reset rather than close, so the client sees a refusal as it would without the proxy.
-        let ds = downstream
-        if let options = ds as? SocketOptionProvider {
-            options.setSoLinger(linger(l_onoff: 1, l_linger: 0)).whenComplete { _ in ds.close(promise: nil) }
+        reset(downstream)
+    }
+
+    /// Closes with RST (SO_LINGER 0): the client sees a refusal, not an empty reply.
+    func reset(_ channel: Channel) {
+        if let options = channel as? SocketOptionProvider {
+            options.setSoLinger(linger(l_onoff: 1, l_linger: 0)).whenComplete { _ in channel.close(promise: nil) }
         } else {
-            ds.close(promise: nil)
+            channel.close(promise: nil)
         }
     }
 
     /// Step 2 result: the client's first bytes decided the protocol.
     func detected(_ decision: ProtocolDetector.Decision) {
         guard mode == .detecting, let upstream, let detectHandler, let gate else { return }
+        if decision != .http1 && currentDecision().requiresHTTP {
+            // A port with HTTP rules carries HTTP only: anything else would bypass the rules.
+            environment.count("connections_policy_denied")
+            environment.record(context.flow(verdict: .dropped, type: .l3l4, l7: nil, reply: false,
+                                            summary: "TCP connection denied: not HTTP/1 on a port with HTTP policy rules",
+                                            dropReason: "POLICY_DENIED"))
+            mode = .closed
+            upstream.close(promise: nil)
+            reset(downstream)
+            return
+        }
         let ds = downstream.pipeline.syncOperations
         let us = upstream.pipeline.syncOperations
         do {

@@ -2,32 +2,39 @@ import LoupeFlow
 import LoupePolicy
 import Synchronization
 
-/// What the proxy consults per connection: the current inventory (for identities and the rule
-/// that selected the connection) and where flows go. Swapped atomically on inventory changes.
+/// What the proxy consults per connection and request: the current inventory (identities,
+/// the rule that selected the connection) and policy, and where flows go. Swapped atomically
+/// when the inventory or the policy set changes; `generation` tells cached decisions apart.
 public final class ProxyEnvironment: Sendable {
-    private let current: Mutex<(Inventory, RedirectPlan)>
+    public struct Snapshot: Sendable {
+        public var inventory: Inventory
+        public var plan: RedirectPlan
+        public var policy: PolicyEngine
+        public var generation: UInt64
+    }
+
+    private let current: Mutex<Snapshot>
     public let flows: FlowStore
     public let configuration: ProxyConfiguration
     private let counters = Mutex<[String: UInt64]>([:])
 
-    public init(inventory: Inventory, flows: FlowStore, configuration: ProxyConfiguration) {
-        self.current = Mutex((inventory, RedirectPlan(inventory: inventory)))
+    public init(inventory: Inventory, policy: PolicyEngine = PolicyEngine(), flows: FlowStore, configuration: ProxyConfiguration) {
+        self.current = Mutex(Snapshot(inventory: inventory, plan: RedirectPlan(inventory: inventory), policy: policy, generation: 0))
         self.flows = flows
         self.configuration = configuration
     }
 
-    public func update(inventory: Inventory) {
+    public func update(inventory: Inventory, policy: PolicyEngine) {
         let plan = RedirectPlan(inventory: inventory)
-        current.withLock { $0 = (inventory, plan) }
+        current.withLock { $0 = Snapshot(inventory: inventory, plan: plan, policy: policy, generation: $0.generation + 1) }
     }
 
-    public var snapshot: (inventory: Inventory, plan: RedirectPlan) {
-        current.withLock { ($0.0, $0.1) }
-    }
+    public var snapshot: Snapshot { current.withLock { $0 } }
+    public var generation: UInt64 { current.withLock { $0.generation } }
 
     public func record(_ flow: Flow) { flows.append(flow) }
 
-    /// Proxy-level counters (connections, upstream errors, parse errors) for `loupe status`.
+    /// Proxy-level counters (connections, upstream errors, parse errors, policy denials) for `loupe status`.
     public func count(_ name: String, _ n: UInt64 = 1) {
         counters.withLock { $0[name, default: 0] += n }
     }

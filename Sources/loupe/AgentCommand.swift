@@ -10,6 +10,8 @@ struct AgentCommand: AsyncParsableCommand {
 
     @Flag(help: "Run inside the lab's node netns on the lab's resolved inventory.") var lab = false
     @Option(help: "Inventory file (Kubernetes YAML) to follow.") var inventory: String?
+    @Option(help: "Directory of CiliumNetworkPolicy files to enforce (default /etc/loupe/policies; with --lab /run/loupe/lab/policies).")
+    var policyDir: String?
     @Option(help: "Compiled tc program (bpf/.output/tc_from_pod.bpf.o).") var bpfObject: String?
     @Option(help: "Transparent proxy port.") var proxyPort: Int = 15001
     @Option(help: "Local API socket.") var socket: String = defaultServerPath
@@ -40,6 +42,7 @@ struct AgentCommand: AsyncParsableCommand {
         var cfg = AgentConfiguration()
         cfg.inventoryPath = inventory ?? LabNetwork.resolvedInventoryPath
         cfg.bpfObjectPath = bpfObject ?? defaultBPFObject()
+        cfg.policyDirectory = policyDir ?? (lab ? PolicyCommand.labDirectory : cfg.policyDirectory)
         cfg.socketPath = socket
         cfg.proxy.port = proxyPort
         cfg.proxy.nodeName = nodeName

@@ -56,3 +56,31 @@ import Testing
         #expect(Redaction.url("http://web/a") == "http://web/a")
     }
 }
+
+@Suite struct HTTP1DeniedRequestTests {
+    typealias SM = HTTP1Intercept.StateMachine
+
+    func head(_ sm: inout SM, _ path: String, denied: Bool) -> SM.RequestAction {
+        sm.requestHead(method: "GET", uri: path, host: "h", fallbackAuthority: "x", version: "HTTP/1.1", upgrade: false, nowNanos: 0, denied: denied)
+    }
+
+    @Test func aDeniedRequestWithNothingAheadIsAnsweredAtOnce() {
+        var sm = SM()
+        guard case .respondLocally(let e) = head(&sm, "/no", denied: true) else { Issue.record("expected a local answer"); return }
+        #expect(e.denied && sm.outstanding == 0)
+        guard case .forward = head(&sm, "/yes", denied: false) else { Issue.record("the connection must stay usable"); return }
+    }
+
+    @Test func aDeniedPipelinedRequestWaitsForTheResponsesAheadOfIt() {
+        var sm = SM()
+        _ = head(&sm, "/a", denied: false)
+        guard case .holdLocalResponse = head(&sm, "/b", denied: true) else { Issue.record("must wait for /a"); return }
+        _ = head(&sm, "/c", denied: false)
+        guard case .forward(let a, _, _) = sm.responseHead(code: 200, nowNanos: 1) else { Issue.record("a"); return }
+        #expect(a.url == "http://h/a")
+        #expect(sm.responseEnd().map(\.url) == ["http://h/b"])
+        guard case .forward(let c, _, _) = sm.responseHead(code: 200, nowNanos: 2) else { Issue.record("c"); return }
+        #expect(c.url == "http://h/c")
+        #expect(sm.responseEnd().isEmpty && sm.outstanding == 0)
+    }
+}
