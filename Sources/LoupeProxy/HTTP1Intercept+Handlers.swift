@@ -30,10 +30,11 @@ extension HTTP1Intercept {
             case .head(let head):
                 let c = connection.context
                 let host = head.headers.first(name: "host")
-                let facts = HTTPRequestFacts(method: head.method.rawValue, path: head.uri, host: host ?? c.authorityFallback,
-                                             headers: head.headers.map { (name: $0.name, value: $0.value) })
                 let decision = connection.currentDecision()
-                let denied = decision.isEnforced && !decision.allows(facts)
+                // Facts are built only when a policy applies: the unenforced path stays lean.
+                let denied = decision.isEnforced && !decision.allows(HTTPRequestFacts(
+                    method: head.method.rawValue, path: head.uri, host: host ?? c.authorityFallback,
+                    headers: head.headers.map { (name: $0.name, value: $0.value) }))
                 let action = connection.http.requestHead(
                     method: head.method.rawValue, uri: head.uri, host: host,
                     fallbackAuthority: c.authorityFallback, version: Self.versionString(head.version),

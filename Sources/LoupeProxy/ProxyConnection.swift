@@ -7,9 +7,11 @@ import NIOPosix
 
 /// One proxied connection: downstream (the pod's socket, accepted) and upstream (our socket to
 /// the original destination). Steps, top-down:
+///   0. policy: a peer not allowed on this port is reset here (DROPPED flow);
 ///   1. connect upstream (marked, so it is never redirected again), reads held until then;
 ///   2. detect the protocol on the client's first bytes (a server that speaks first → opaque);
-///   3. HTTP/1 → `HTTP1Intercept` handlers on both sides; anything else → `RelayHandler` pair;
+///   3. HTTP/1 → `HTTP1Intercept` handlers on both sides (per-request policy verdicts);
+///      anything else → `RelayHandler` pair, unless HTTP rules apply (then refused);
 ///   4. on close, the opaque connection's L3_L4 flow.
 /// All state lives on the downstream channel's event loop; the upstream uses the same loop.
 /// Handlers hold the connection strongly: NIO may still call them (leftover bytes, EOF
