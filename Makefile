@@ -7,7 +7,7 @@ BPF_HDR := $(wildcard bpf/lib/*.h bpf/shared/*.h)
 CLANG ?= clang
 SWIFT_BUILD_FLAGS ?=
 
-.PHONY: all deps bpf build demo test test-unit test-e2e bench clean
+.PHONY: all deps bpf build demo test test-unit test-e2e bench fuzz clean
 
 all: build
 
@@ -35,6 +35,13 @@ test-e2e: build
 test: build
 	swift test $(SWIFT_BUILD_FLAGS)
 	python3 -m pytest -v tests/e2e
+
+# libFuzzer over the DNS codec (FUZZ_SECONDS, default 60); corpus in .build/fuzz-corpus.
+FUZZ_SECONDS ?= 60
+fuzz:
+	@mkdir -p .build/fuzz-corpus
+	swiftc -O -sanitize=fuzzer,address -parse-as-library Sources/LoupeProtocols/*.swift fuzz/FuzzDNS.swift -o .build/fuzz-dns
+	.build/fuzz-dns -max_total_time=$(FUZZ_SECONDS) .build/fuzz-corpus
 
 bench: deps bpf
 	bench/run.sh

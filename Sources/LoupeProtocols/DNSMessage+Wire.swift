@@ -21,8 +21,8 @@ extension DNSMessage {
         func u16(_ v: UInt16) { out.append(UInt8(v >> 8)); out.append(UInt8(v & 0xff)) }
         func u32(_ v: UInt32) { u16(UInt16(v >> 16)); u16(UInt16(v & 0xffff)) }
         func name(_ n: String) {
-            for label in n.split(separator: ".", omittingEmptySubsequences: true) {
-                let b = Array(label.utf8.prefix(Limits.maxLabelLength))
+            for label in DNSName.labels(n) {
+                let b = Array(label.prefix(Limits.maxLabelLength))
                 out.append(UInt8(b.count))
                 out += b
             }
@@ -145,8 +145,7 @@ struct DNSReader {
                 guard cursor + 1 + len <= bytes.count else { throw fail("label runs past the end", at: cursor) }
                 wireLength += len + 1
                 guard wireLength <= DNSMessage.Limits.maxNameLength else { throw fail("name longer than 255 bytes", at: cursor) }
-                let label = bytes[(cursor + 1)..<(cursor + 1 + len)]
-                labels.append(String(decoding: label.map { $0 == UInt8(ascii: ".") ? UInt8(ascii: "_") : $0 }, as: UTF8.self))
+                labels.append(DNSName.presentation(bytes[(cursor + 1)..<(cursor + 1 + len)]))
                 cursor += 1 + len
             case 0xC0:
                 guard cursor + 1 < bytes.count else { throw fail("compression pointer runs past the end", at: cursor) }
@@ -162,5 +161,53 @@ struct DNSReader {
                 throw fail("label longer than 63 bytes (length byte \(len) has the reserved label type 0x\(String(len & 0xC0, radix: 16)))", at: cursor)
             }
         }
+    }
+}
+
+/// Names in presentation format, as dig prints them: printable ASCII as is, `.` and `\\`
+/// escaped with a backslash, every other byte as `\\DDD`. Lossless both ways, so a label with
+/// any bytes survives parse → serialize unchanged.
+public enum DNSName {
+    public static func presentation<C: Collection>(_ label: C) -> String where C.Element == UInt8 {
+        var s = ""
+        for b in label {
+            switch b {
+            case UInt8(ascii: "."), UInt8(ascii: "\\"): s += "\\" + String(UnicodeScalar(b))
+            case 0x21...0x7E: s.unicodeScalars.append(UnicodeScalar(b))
+            default:
+                let d = String(b)
+                s += "\\" + String(repeating: "0", count: 3 - d.count) + d
+            }
+        }
+        return s
+    }
+
+    /// Wire labels of a presentation-format name (`.` alone is the root: no labels).
+    public static func labels(_ name: String) -> [[UInt8]] {
+        var labels: [[UInt8]] = []
+        var cur: [UInt8] = []
+        let u = Array(name.utf8)
+        var i = 0
+        while i < u.count {
+            let c = u[i]
+            if c == UInt8(ascii: "\\"), i + 1 < u.count {
+                if i + 3 < u.count, let d = UInt8(String(decoding: u[(i + 1)...(i + 3)], as: UTF8.self)), u[(i + 1)...(i + 3)].allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) {
+                    cur.append(d)
+                    i += 4
+                } else {
+                    cur.append(u[i + 1])
+                    i += 2
+                }
+            } else if c == UInt8(ascii: ".") {
+                if !cur.isEmpty { labels.append(cur) }
+                cur = []
+                i += 1
+            } else {
+                cur.append(c)
+                i += 1
+            }
+        }
+        if !cur.isEmpty { labels.append(cur) }
+        return labels
     }
 }

@@ -82,7 +82,7 @@ let compressedResponse: [UInt8] = [
     func randomName(_ g: inout SplitMix) -> String {
         let n = Int.random(in: 0...4, using: &g)
         if n == 0 { return "." }
-        let chars = Array("abcdefghijklmnopqrstuvwxyz0123456789-")
+        let chars = Array("abcdefghijklmnopqrstuvwxyz0123456789-")  // odd bytes: DNSNameTests
         return (0..<n).map { _ in String((0..<Int.random(in: 1...20, using: &g)).map { _ in chars.randomElement(using: &g)! }) }
             .joined(separator: ".") + "."
     }
@@ -115,5 +115,16 @@ struct SplitMix: RandomNumberGenerator {
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         return z ^ (z >> 31)
+    }
+}
+
+@Suite struct DNSNameTests {
+    @Test func oddBytesAreEscapedAndSurviveARoundTrip() throws {
+        let header: [UInt8] = [0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]
+        let label: [UInt8] = [0x61, 0x2E, 0x5C, 0x00, 0xFF, 0x20]
+        let m = try DNSMessage.parse(header + [UInt8(label.count)] + label + [0, 0, 1, 0, 1]).get()
+        #expect(m.questions[0].name == #"a\.\\\000\255\032."#)
+        #expect(DNSName.labels(m.questions[0].name) == [label])
+        #expect(try DNSMessage.parse(m.serialize()).get() == m)
     }
 }
