@@ -2,10 +2,11 @@
 /* tc ingress on a pod's node-side veth: steer selected TCP connections into the Loupe proxy.
  *
  * For each packet from the pod: is the pod managed? does a redirect rule select this
- * destination port (the pod's Egress rule, or the destination pod's Ingress rule)? If so,
- * hand the packet to the proxy's socket of this connection, or on a SYN to the proxy's
- * listener, with bpf_sk_assign, and mark it so the node routes it locally. Everything else
- * passes untouched. Every outcome is counted in loupe_counters. */
+ * destination port and protocol (the pod's Egress rule, or the destination pod's Ingress
+ * rule)? If so, hand the packet to the proxy — TCP: the proxy's socket of this connection,
+ * or on a SYN its listener; UDP: its transparent datagram socket — with bpf_sk_assign, and
+ * mark it so the node routes it locally. Everything else passes untouched. Every outcome is
+ * counted in loupe_counters. */
 #include "lib/parse.h"
 #include "lib/maps.h"
 
@@ -46,6 +47,33 @@ static __always_inline int loupe_assign(struct __sk_buff *skb, struct bpf_sock *
     return TC_ACT_OK;
 }
 
+/* UDP (DNS): every selected datagram goes to the proxy's transparent UDP socket, which reads
+ * the original destination from IP_ORIGDSTADDR. */
+static __always_inline int loupe_steer_udp(struct __sk_buff *skb, struct loupe_packet *p,
+                                           struct loupe_redirect_value *rule, __u32 tuple_len)
+{
+    struct bpf_sock_tuple ln = {};
+    struct bpf_sock *sk;
+
+    if (p->family == 4) {
+        ln.ipv4.daddr = loupe_listener_v4;
+        ln.ipv4.dport = bpf_htons(rule->proxy_port);
+    } else {
+        ln.ipv6.daddr[3] = bpf_htonl(1);
+        ln.ipv6.dport = bpf_htons(rule->proxy_port);
+    }
+    sk = bpf_sk_lookup_udp(skb, &ln, tuple_len, BPF_F_CURRENT_NETNS, 0);
+    if (!sk) {
+        if (rule->flags & LOUPE_REDIRECT_ENFORCE) {
+            loupe_count(LOUPE_CNT_PROXY_ABSENT_DROP);
+            return TC_ACT_SHOT;
+        }
+        loupe_count(LOUPE_CNT_PROXY_ABSENT_PASS);
+        return TC_ACT_OK;
+    }
+    return loupe_assign(skb, sk, LOUPE_CNT_ASSIGNED_LISTENER);
+}
+
 SEC("tc")
 int loupe_from_pod(struct __sk_buff *skb)
 {
@@ -59,7 +87,7 @@ int loupe_from_pod(struct __sk_buff *skb)
         loupe_count(LOUPE_CNT_UNMANAGED);
         return TC_ACT_OK;
     }
-    if (loupe_parse_tcp(skb, &p) < 0) {
+    if (loupe_parse_l4(skb, &p) < 0) {
         loupe_count(LOUPE_CNT_NOT_TCP);
         return TC_ACT_OK;
     }
@@ -70,6 +98,8 @@ int loupe_from_pod(struct __sk_buff *skb)
     }
 
     tuple_len = p.family == 4 ? sizeof(p.tuple.ipv4) : sizeof(p.tuple.ipv6);
+    if (p.proto == IPPROTO_UDP)
+        return loupe_steer_udp(skb, &p, rule, tuple_len);
     /* 1. The connection's own proxy socket (established, or a pending request socket). */
     sk = bpf_skc_lookup_tcp(skb, &p.tuple, tuple_len, BPF_F_CURRENT_NETNS, 0);
     if (sk) {

@@ -25,11 +25,13 @@ public struct Agent {
         let environment = ProxyEnvironment(inventory: initial, flows: flows, configuration: configuration.proxy)
         let datapath = DatapathService(configuration: configuration, environment: environment, logger: logger)
         let proxy = ProxyService(group: group, environment: environment, logger: logger)
+        let dns = DNSProxyService(environment: environment, logger: logger)
         let api = FlowAPIService(group: group, path: configuration.socketPath, environment: environment,
                                  datapathCounters: { datapath.counters() }, logger: logger)
         let services = ServiceGroup(
             configuration: .init(services: [.init(service: datapath, serviceName: "datapath"),
                                             .init(service: proxy, serviceName: "proxy"),
+                                            .init(service: dns, serviceName: "dns"),
                                             .init(service: api, serviceName: "api")],
                                  gracefulShutdownSignals: [.sigterm, .sigint],
                                  logger: logger))

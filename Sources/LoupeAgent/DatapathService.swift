@@ -101,6 +101,7 @@ public final class DatapathService: Service, @unchecked Sendable {
         var entries: [RedirectEntry] = []
         var ifindexes: [Int32] = []
         let proxyPort = UInt16(configuration.proxy.port)
+        let dnsPort = UInt16(configuration.proxy.dnsPort)
         for podRules in plan.pods {
             let pod = podRules.pod
             guard let ifname = pod.hostInterface else { continue }
@@ -112,13 +113,18 @@ public final class DatapathService: Service, @unchecked Sendable {
             ifindexes.append(Int32(ifindex))
             endpoints[ifindex] = EndpointIdentity(pod: pod).id
             let addresses = pod.ips.compactMap(Self.addressBytes)
-            // Visibility: redirected, fail open.
-            for rule in podRules.rules where rule.carriesTCP {
-                switch rule.direction {
-                case .egress:
-                    entries.append(RedirectEntry(match: .egress(ifindex: ifindex), port: rule.port, proxyPort: proxyPort))
-                case .ingress:
-                    for a in addresses { entries.append(RedirectEntry(match: .ingress(address: a), port: rule.port, proxyPort: proxyPort)) }
+            // Visibility: redirected, fail open. TCP to the proxy listener; UDP DNS to the DNS socket.
+            for rule in podRules.rules {
+                var targets: [(UInt8, UInt16)] = []
+                if rule.carriesTCP { targets.append((UInt8(IPPROTO_TCP), proxyPort)) }
+                if rule.carriesUDP && rule.l7 == .dns { targets.append((UInt8(IPPROTO_UDP), dnsPort)) }
+                for (l4, target) in targets {
+                    switch rule.direction {
+                    case .egress:
+                        entries.append(RedirectEntry(match: .egress(ifindex: ifindex), port: rule.port, l4Protocol: l4, proxyPort: target))
+                    case .ingress:
+                        for a in addresses { entries.append(RedirectEntry(match: .ingress(address: a), port: rule.port, l4Protocol: l4, proxyPort: target)) }
+                    }
                 }
             }
             // Ports with L7 rules: redirected even without the annotation, fail closed.
@@ -133,7 +139,7 @@ public final class DatapathService: Service, @unchecked Sendable {
         // One entry per key; enforcement wins over visibility.
         var merged: [RedirectEntry] = []
         for e in entries {
-            if let i = merged.firstIndex(where: { $0.match == e.match && $0.port == e.port }) {
+            if let i = merged.firstIndex(where: { $0.match == e.match && $0.port == e.port && $0.l4Protocol == e.l4Protocol }) {
                 merged[i].enforce = merged[i].enforce || e.enforce
             } else {
                 merged.append(e)

@@ -26,3 +26,23 @@ public final class ProxyService: Service, @unchecked Sendable {
         logger.info("proxy listeners closed")
     }
 }
+
+/// Service: the transparent DNS proxy (UDP). Its socket exists while the service runs; on
+/// shutdown the thread stops and every socket closes.
+public final class DNSProxyService: Service, @unchecked Sendable {
+    private let environment: ProxyEnvironment
+    private let logger: Logger
+
+    public init(environment: ProxyEnvironment, logger: Logger) {
+        self.environment = environment
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        let proxy = DNSProxy(environment: environment, logger: logger)
+        try proxy.start()
+        try? await gracefulShutdown()
+        proxy.stop()
+        logger.info("DNS proxy stopped")
+    }
+}

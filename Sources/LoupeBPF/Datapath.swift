@@ -32,12 +32,15 @@ public struct RedirectEntry: Hashable, Sendable {
     }
     public var match: Match
     public var port: UInt16
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    public var l4Protocol: UInt8
     public var proxyPort: UInt16
     public var enforce: Bool
 
-    public init(match: Match, port: UInt16, proxyPort: UInt16, enforce: Bool = false) {
+    public init(match: Match, port: UInt16, l4Protocol: UInt8 = UInt8(IPPROTO_TCP), proxyPort: UInt16, enforce: Bool = false) {
         self.match = match
         self.port = port
+        self.l4Protocol = l4Protocol
         self.proxyPort = proxyPort
         self.enforce = enforce
     }
@@ -45,7 +48,7 @@ public struct RedirectEntry: Hashable, Sendable {
     var key: loupe_redirect_key {
         var k = loupe_redirect_key()
         k.port = port
-        k.proto = UInt8(IPPROTO_TCP)
+        k.proto = l4Protocol
         switch match {
         case .egress(let ifindex):
             k.ifindex = ifindex

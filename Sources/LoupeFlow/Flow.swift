@@ -163,13 +163,57 @@ public struct Layer7: Codable, Sendable, Equatable {
     /// Nanoseconds, as a string: Hubble's JSON prints uint64 as a string.
     public var latencyNs: String?
     public var http: HTTP?
+    public var dns: DNS?
 
-    enum CodingKeys: String, CodingKey { case type, latencyNs = "latency_ns", http }
+    enum CodingKeys: String, CodingKey { case type, latencyNs = "latency_ns", http, dns }
 
-    public init(type: Kind, latencyNs: UInt64? = nil, http: HTTP? = nil) {
+    public init(type: Kind, latencyNs: UInt64? = nil, http: HTTP? = nil, dns: DNS? = nil) {
         self.type = type
         self.latencyNs = latencyNs.map { String($0) }
         self.http = http
+        self.dns = dns
+    }
+}
+
+/// Hubble's `l7.dns`.
+public struct DNS: Codable, Sendable, Equatable {
+    /// With the trailing dot: `api.example.test.`
+    public var query: String
+    public var ips: [String]
+    public var ttl: UInt32
+    public var cnames: [String]
+    public var observationSource: String
+    public var rcode: UInt32
+    public var qtypes: [String]
+    public var rrtypes: [String]
+
+    enum CodingKeys: String, CodingKey {
+        case query, ips, ttl, cnames, observationSource = "observation_source", rcode, qtypes, rrtypes
+    }
+
+    public init(query: String, ips: [String] = [], ttl: UInt32 = 0, cnames: [String] = [], observationSource: String = "proxy",
+                rcode: UInt32 = 0, qtypes: [String], rrtypes: [String] = []) {
+        self.query = query
+        self.ips = ips
+        self.ttl = ttl
+        self.cnames = cnames
+        self.observationSource = observationSource
+        self.rcode = rcode
+        self.qtypes = qtypes
+        self.rrtypes = rrtypes
+    }
+
+    /// Absent fields are empty, as protojson omits them.
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        query = try c.decodeIfPresent(String.self, forKey: .query) ?? ""
+        ips = try c.decodeIfPresent([String].self, forKey: .ips) ?? []
+        ttl = try c.decodeIfPresent(UInt32.self, forKey: .ttl) ?? 0
+        cnames = try c.decodeIfPresent([String].self, forKey: .cnames) ?? []
+        observationSource = try c.decodeIfPresent(String.self, forKey: .observationSource) ?? ""
+        rcode = try c.decodeIfPresent(UInt32.self, forKey: .rcode) ?? 0
+        qtypes = try c.decodeIfPresent([String].self, forKey: .qtypes) ?? []
+        rrtypes = try c.decodeIfPresent([String].self, forKey: .rrtypes) ?? []
     }
 }
 

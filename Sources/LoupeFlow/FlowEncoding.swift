@@ -39,7 +39,7 @@ public enum FlowEncoding {
 
     static func eventName(_ flow: Flow) -> String {
         if let l7 = flow.l7 {
-            let proto = l7.http != nil ? "http" : "l7"
+            let proto = l7.http != nil ? "http" : l7.dns != nil ? "dns" : "l7"
             switch l7.type {
             case .request: return "\(proto)-request"
             case .response: return "\(proto)-response"

@@ -23,6 +23,8 @@ public struct FlowFilter: @unchecked Sendable {
     public var httpStatuses: [String] = []
     public var httpMethods: [String] = []
     public var httpPaths: [String] = []
+    /// `--dns-rcode`: a number or a name (`NXDOMAIN`, `SERVFAIL`, `REFUSED`, …).
+    public var dnsRCodes: [String] = []
     private var pathRegexes: [Regex<AnyRegexOutput>] = []
 
     public init() {}
@@ -30,7 +32,8 @@ public struct FlowFilter: @unchecked Sendable {
     /// The filter as a JSON-friendly dictionary (sent to the agent by `loupe observe`).
     public var asDictionary: [String: [String]] {
         ["namespace": namespaces, "pod": pods, "from-pod": fromPods, "to-pod": toPods, "protocol": protocols,
-         "verdict": verdicts.map(\.rawValue), "http-status": httpStatuses, "http-method": httpMethods, "http-path": httpPaths]
+         "verdict": verdicts.map(\.rawValue), "http-status": httpStatuses, "http-method": httpMethods, "http-path": httpPaths,
+         "dns-rcode": dnsRCodes]
             .filter { !$0.value.isEmpty }
     }
 
@@ -53,6 +56,7 @@ public struct FlowFilter: @unchecked Sendable {
             case "http-status": httpStatuses = values
             case "http-method": httpMethods = values
             case "http-path": httpPaths = values
+            case "dns-rcode": dnsRCodes = values
             default: throw FilterError.invalid(flag: key, value: values.joined(separator: ","), reason: "unknown filter")
             }
         }
@@ -65,6 +69,9 @@ public struct FlowFilter: @unchecked Sendable {
             do { return try Regex(p) } catch {
                 throw FilterError.invalid(flag: "--http-path", value: p, reason: "not a valid regular expression: \(error)")
             }
+        }
+        for r in dnsRCodes where Self.rcodeNumber(r) == nil {
+            throw FilterError.invalid(flag: "--dns-rcode", value: r, reason: "expected a number or NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED")
         }
         for s in httpStatuses {
             let digits = s.hasSuffix("+") ? String(s.dropLast()) : s
@@ -92,6 +99,10 @@ public struct FlowFilter: @unchecked Sendable {
             guard let m = f.l7?.http?.method else { return false }
             if !httpMethods.contains(where: { $0.uppercased() == m.uppercased() }) { return false }
         }
+        if !dnsRCodes.isEmpty {
+            guard let dns = f.l7?.dns, f.l7?.type == .response else { return false }
+            if !dnsRCodes.contains(where: { Self.rcodeNumber($0) == dns.rcode }) { return false }
+        }
         if !pathRegexes.isEmpty {
             guard let url = f.l7?.http?.url else { return false }
             let path = Self.path(ofURL: url)
@@ -113,10 +124,16 @@ public struct FlowFilter: @unchecked Sendable {
     static func proto(_ p: String, matches f: Flow) -> Bool {
         switch p {
         case "http": return f.l7?.http != nil
+        case "dns": return f.l7?.dns != nil
         case "tcp": return f.l4.tcp != nil
         case "udp": return f.l4.udp != nil
         default: return false
         }
+    }
+
+    static func rcodeNumber(_ s: String) -> UInt32? {
+        let names: [String: UInt32] = ["NOERROR": 0, "FORMERR": 1, "SERVFAIL": 2, "NXDOMAIN": 3, "NOTIMP": 4, "REFUSED": 5]
+        return UInt32(s) ?? names[s.uppercased()]
     }
 
     static func status(_ spec: String, matches code: Int) -> Bool {

@@ -47,6 +47,7 @@ struct FlowJSONWriter {
                 p.field("type", &w.out) { $0.string(l7.type.rawValue) }
                 if let l = l7.latencyNs { p.field("latency_ns", &w.out) { $0.string(l) } }
                 if let h = l7.http { p.field("http", &w.out) { $0.http(h) } }
+                if let d = l7.dns { p.field("dns", &w.out) { $0.dns(d) } }
                 p.close(&w.out)
             }
             // Hubble's L7 event type (MessageTypeAccessLog).
@@ -106,6 +107,19 @@ struct FlowJSONWriter {
                 w.out += "]"
             }
         }
+        o.close(&out)
+    }
+
+    private mutating func dns(_ d: DNS) {
+        var o = ObjectWriter()
+        o.field("query", &out) { $0.string(d.query) }
+        if !d.ips.isEmpty { o.field("ips", &out) { $0.strings(d.ips) } }
+        if d.ttl != 0 { o.field("ttl", &out) { $0.out += String(d.ttl) } }
+        if !d.cnames.isEmpty { o.field("cnames", &out) { $0.strings(d.cnames) } }
+        if !d.observationSource.isEmpty { o.field("observation_source", &out) { $0.string(d.observationSource) } }
+        if d.rcode != 0 { o.field("rcode", &out) { $0.out += String(d.rcode) } }
+        if !d.qtypes.isEmpty { o.field("qtypes", &out) { $0.strings(d.qtypes) } }
+        if !d.rrtypes.isEmpty { o.field("rrtypes", &out) { $0.strings(d.rrtypes) } }
         o.close(&out)
     }
 

@@ -41,13 +41,14 @@ public struct RedirectPlan: Sendable, Equatable {
 
     /// The rule that selects a connection from `client` to `serverIP:port`, if any: the
     /// client's Egress rule first, then the server pod's Ingress rule.
-    public func rule(clientIP: String, serverIP: String, port: UInt16) -> VisibilityRule? {
+    public func rule(clientIP: String, serverIP: String, port: UInt16, udp: Bool = false) -> VisibilityRule? {
+        let carries = { (r: VisibilityRule) in udp ? r.carriesUDP : r.carriesTCP }
         if let c = pods.first(where: { $0.pod.ips.contains(clientIP) }),
-           let r = c.rules.first(where: { $0.direction == .egress && $0.port == port && $0.carriesTCP }) {
+           let r = c.rules.first(where: { $0.direction == .egress && $0.port == port && carries($0) }) {
             return r
         }
         if let s = pods.first(where: { $0.pod.ips.contains(serverIP) }),
-           let r = s.rules.first(where: { $0.direction == .ingress && $0.port == port && $0.carriesTCP }) {
+           let r = s.rules.first(where: { $0.direction == .ingress && $0.port == port && carries($0) }) {
             return r
         }
         return nil

@@ -19,6 +19,8 @@ public struct VisibilityRule: Sendable, Hashable, CustomStringConvertible {
     public var description: String { "<\(direction.rawValue)/\(port)/\(l4.rawValue)/\(l7.rawValue)>" }
     /// True when the rule steers TCP (TCP or ANY).
     public var carriesTCP: Bool { l4 != .udp }
+    /// True when the rule steers UDP (UDP or ANY).
+    public var carriesUDP: Bool { l4 != .tcp }
 }
 
 /// A malformed token, with the token itself and why.

@@ -15,14 +15,14 @@ public struct ConnectionContext: Sendable {
     public var nodeName: String
 
     public init(clientIP: String, clientPort: Int, serverIP: String, serverPort: Int,
-                inventory: Inventory, plan: RedirectPlan, nodeName: String) {
+                inventory: Inventory, plan: RedirectPlan, nodeName: String, udp: Bool = false) {
         self.clientIP = clientIP
         self.clientPort = clientPort
         self.serverIP = serverIP
         self.serverPort = serverPort
         self.source = Endpoint(inventory.identity(ofIP: clientIP))
         self.destination = Endpoint(inventory.identity(ofIP: serverIP))
-        self.rule = plan.rule(clientIP: clientIP, serverIP: serverIP, port: UInt16(clamping: serverPort))
+        self.rule = plan.rule(clientIP: clientIP, serverIP: serverIP, port: UInt16(clamping: serverPort), udp: udp)
         self.direction = rule?.direction == .ingress ? .ingress : .egress
         self.nodeName = nodeName
         let host = serverIP.utf8.contains(UInt8(ascii: ":")) ? "[\(serverIP)]" : serverIP
@@ -34,12 +34,12 @@ public struct ConnectionContext: Sendable {
 
     /// A flow of this connection; `reply` flows go server → client.
     public func flow(verdict: Verdict, type: FlowType, l7: Layer7?, reply: Bool, summary: String,
-                     dropReason: String? = nil) -> Flow {
+                     dropReason: String? = nil, udp: Bool = false) -> Flow {
         let ip = reply ? IPInfo(source: serverIP, destination: clientIP) : IPInfo(source: clientIP, destination: serverIP)
         let ports = reply ? Layer4.Ports(sourcePort: serverPort, destinationPort: clientPort)
                           : Layer4.Ports(sourcePort: clientPort, destinationPort: serverPort)
         return Flow(time: FlowTime.nowRFC3339(), uuid: FlowUUID.make(), verdict: verdict, dropReasonDesc: dropReason,
-                    ip: ip, l4: Layer4(tcp: ports), source: reply ? destination : source,
+                    ip: ip, l4: udp ? Layer4(udp: ports) : Layer4(tcp: ports), source: reply ? destination : source,
                     destination: reply ? source : destination, type: type, nodeName: nodeName, l7: l7,
                     isReply: reply, trafficDirection: direction, summary: summary)
     }

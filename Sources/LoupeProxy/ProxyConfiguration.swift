@@ -4,6 +4,10 @@ import NIOCore
 public struct ProxyConfiguration: Sendable {
     /// Port of the transparent listener (0.0.0.0 and [::]); the tc program assigns to it.
     public var port: Int = 15001
+    /// Port of the transparent DNS (UDP) socket.
+    public var dnsPort: Int = 15053
+    /// How long the DNS proxy waits for the resolver before answering SERVFAIL.
+    public var dnsTimeoutMilliseconds: Int = 5000
     /// SO_MARK of upstream sockets (Cilium's from-proxy mark): never matches the redirect mark.
     public var upstreamMark: Int32 = 0xb00
     /// Largest request/response header block accepted (bytes); larger gets 400.

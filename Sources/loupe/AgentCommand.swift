@@ -14,6 +14,8 @@ struct AgentCommand: AsyncParsableCommand {
     var policyDir: String?
     @Option(help: "Compiled tc program (bpf/.output/tc_from_pod.bpf.o).") var bpfObject: String?
     @Option(help: "Transparent proxy port.") var proxyPort: Int = 15001
+    @Option(help: "Transparent DNS (UDP) port.") var dnsPort: Int = 15053
+    @Option(help: "DNS upstream timeout, milliseconds (then SERVFAIL).") var dnsTimeoutMs: Int = 5000
     @Option(help: "Local API socket.") var socket: String = defaultServerPath
     @Option(help: "Node name in flows.") var nodeName: String = "loupe-node"
     @Option(help: "Proxy event-loop threads (default: one per core).") var threads: Int?
@@ -45,6 +47,8 @@ struct AgentCommand: AsyncParsableCommand {
         cfg.policyDirectory = policyDir ?? (lab ? PolicyCommand.labDirectory : cfg.policyDirectory)
         cfg.socketPath = socket
         cfg.proxy.port = proxyPort
+        cfg.proxy.dnsPort = dnsPort
+        cfg.proxy.dnsTimeoutMilliseconds = dnsTimeoutMs
         cfg.proxy.nodeName = nodeName
         if let threads { cfg.proxy.threads = threads }
         cfg.proxy.maxHeaderBytes = maxHeaderBytes

@@ -17,6 +17,18 @@ enum Packet {
         return p
     }
 
+    static func ipv4UDP(src: String, sport: UInt16, dst: String, dport: UInt16) -> [UInt8] {
+        ethernet(type: 0x0800) + [0x45, 0, 0, 36, 0, 1, 0x40, 0, 64, 17, 0, 0] + v4(src) + v4(dst) + udp(sport: sport, dport: dport)
+    }
+
+    static func ipv6UDP(src: String, sport: UInt16, dst: String, dport: UInt16) -> [UInt8] {
+        ethernet(type: 0x86dd) + [0x60, 0, 0, 0, 0, 16, 17, 64] + v6(src) + v6(dst) + udp(sport: sport, dport: dport)
+    }
+
+    static func udp(sport: UInt16, dport: UInt16) -> [UInt8] {
+        [UInt8(sport >> 8), UInt8(sport & 0xff), UInt8(dport >> 8), UInt8(dport & 0xff), 0, 16, 0, 0] + Array(repeating: 0, count: 8)
+    }
+
     static func ethernet(type: UInt16) -> [UInt8] {
         [0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, UInt8(type >> 8), UInt8(type & 0xff)]
     }
@@ -87,5 +99,20 @@ struct TCPSocket {
         var len = socklen_t(MemoryLayout<sockaddr_in6>.size)
         _ = withUnsafeMutablePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
         return UInt16(bigEndian: a.sin6_port)
+    }
+}
+
+/// A loopback UDP socket (0.0.0.0:ephemeral) for the UDP listener lookup.
+struct UDPSocket {
+    var fd: Int32
+    var port: UInt16
+
+    static func bind() throws -> UDPSocket {
+        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        var a = sockaddr_in()
+        a.sin_family = sa_family_t(AF_INET)
+        let rc = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard rc == 0 else { throw TCPSocket.Failure(what: "bind udp: \(errno)") }
+        return UDPSocket(fd: fd, port: TCPSocket.localPort(fd))
     }
 }

@@ -124,10 +124,23 @@ final class TCFromPodTests {
         #expect(r.counters == [.noSocketPass: 1])
     }
 
-    @Test func udpIsNotTCP() throws {
+    @Test func otherProtocolsPass() throws {
         var p = Packet.ipv4TCP(src: "198.18.0.10", sport: 40000, dst: "198.18.0.11", dport: 80, syn: true)
-        p[14 + 9] = 17 // protocol = UDP
+        p[14 + 9] = 1 // protocol = ICMP
         let r = try run(p)
         #expect(r.counters == [.notTCP: 1])
+    }
+
+    @Test func udpDatagramsGoToTheProxyUDPSocketOnlyWithAUDPRule() throws {
+        let sock = try UDPSocket.bind()
+        defer { close(sock.fd) }
+        try datapath.setRedirects([RedirectEntry(match: .egress(ifindex: lo), port: 53, proxyPort: sock.port)])
+        let tcpRuleOnly = try run(Packet.ipv4UDP(src: "198.18.0.10", sport: 40000, dst: "198.19.0.10", dport: 53))
+        #expect(tcpRuleOnly.counters == [.notSelected: 1])
+        try datapath.setRedirects([RedirectEntry(match: .egress(ifindex: lo), port: 53, l4Protocol: UInt8(IPPROTO_UDP), proxyPort: sock.port)])
+        let selected = try run(Packet.ipv4UDP(src: "198.18.0.10", sport: 40000, dst: "198.19.0.10", dport: 53))
+        #expect(selected.counters == [Self.socketFound: 1])
+        let v6 = try run(Packet.ipv6UDP(src: "2001:db8:18::a", sport: 40000, dst: "2001:db8:19::a", dport: 53))
+        #expect(v6.counters == [.proxyAbsentPass: 1]) // the UDP socket is IPv4 only
     }
 }

@@ -25,7 +25,7 @@ struct loupe_redirect_key {
     __u8  addr[16];   /* IPv4 in the first 4 bytes */
     __u16 port;       /* host byte order */
     __u8  family;     /* 4 or 6 */
-    __u8  proto;      /* IPPROTO_TCP */
+    __u8  proto;      /* IPPROTO_TCP or IPPROTO_UDP */
 };
 
 #define LOUPE_REDIRECT_ENFORCE   0x1  /* fail closed when the proxy is absent */
@@ -41,10 +41,10 @@ struct loupe_redirect_value {
 /* Per-outcome counters (per-CPU array index). Names in Swift: DatapathCounter. */
 enum loupe_counter {
     LOUPE_CNT_UNMANAGED = 0,       /* packet from a veth that is not a managed endpoint: pass */
-    LOUPE_CNT_NOT_TCP,             /* not TCP (or not IP): pass */
+    LOUPE_CNT_NOT_TCP,             /* neither TCP nor UDP (or not IP): pass */
     LOUPE_CNT_NOT_SELECTED,        /* no redirect rule for this port: pass */
     LOUPE_CNT_ASSIGNED_ESTABLISHED,/* selected, proxy socket of the connection found: assigned */
-    LOUPE_CNT_ASSIGNED_LISTENER,   /* selected SYN, proxy listener found: assigned */
+    LOUPE_CNT_ASSIGNED_LISTENER,   /* selected SYN (or UDP datagram), proxy listener found: assigned */
     LOUPE_CNT_PROXY_ABSENT_PASS,   /* selected SYN, no proxy listener, visibility only: pass (fail open) */
     LOUPE_CNT_PROXY_ABSENT_DROP,   /* selected SYN, no proxy listener, enforced: drop (fail closed) */
     LOUPE_CNT_NO_SOCKET_PASS,      /* selected non-SYN packet of a connection the proxy does not own: pass */

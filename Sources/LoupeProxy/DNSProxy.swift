@@ -1,0 +1,214 @@
+import Glibc
+import Logging
+import LoupeFlow
+import LoupeProtocols
+import Synchronization
+
+/// The transparent DNS proxy over UDP. The tc program assigns a selected pod's datagrams to
+/// this socket; each query is parsed, recorded, and forwarded from a fresh marked socket to
+/// the resolver the pod asked (the datagram's original destination); the answer goes back
+/// unchanged from that resolver's own address and port, so the pod sees an ordinary exchange.
+/// Many queries are in flight at once; one without an answer within the timeout gets
+/// SERVFAIL and an ERROR flow. A malformed query gets FORMERR (or, shorter than a header, is
+/// dropped) and an ERROR flow naming what was wrong.
+///
+/// One thread with poll(2): datagram I/O with ancillary data is outside NIO's API.
+public final class DNSProxy: @unchecked Sendable {
+    private let environment: ProxyEnvironment
+    private let logger: Logger
+    private var listeners: [Int32] = []
+    private var wake: [Int32] = [-1, -1]
+    private var thread: pthread_t?
+
+    /// One query waiting for its answer (touched only by the proxy thread).
+    struct Pending {
+        var client: SocketAddress
+        var resolver: SocketAddress
+        var query: DNSMessage
+        var context: ConnectionContext
+        var started: UInt64
+        var deadline: UInt64
+    }
+    private var pending: [Int32: Pending] = [:]
+    private var replySockets: [SocketAddress: Int32] = [:]
+
+    public init(environment: ProxyEnvironment, logger: Logger) {
+        self.environment = environment
+        self.logger = logger
+    }
+
+    public func start() throws {
+        let port = UInt16(environment.configuration.dnsPort)
+        listeners.append(try UDPSockets.listener(v6: false, port: port))
+        do { listeners.append(try UDPSockets.listener(v6: true, port: port)) } catch {
+            logger.warning("IPv6 DNS socket not bound: \(error)")
+        }
+        guard pipe(&wake) == 0 else { throw UDPSockets.Failure(what: "pipe", code: errno) }
+        let box = Unmanaged.passRetained(self)
+        var t = pthread_t()
+        let rc = pthread_create(&t, nil, { arg in
+            let me = Unmanaged<DNSProxy>.fromOpaque(arg!).takeRetainedValue()
+            me.loop()
+            return nil
+        }, box.toOpaque())
+        guard rc == 0 else {
+            box.release()
+            throw UDPSockets.Failure(what: "pthread_create", code: rc)
+        }
+        thread = t
+        logger.info("transparent DNS socket on 0.0.0.0:\(port) and [::]:\(port)")
+    }
+
+    public func stop() {
+        guard let thread else { return }
+        var b: UInt8 = 1
+        _ = write(wake[1], &b, 1)
+        pthread_join(thread, nil)
+        self.thread = nil
+        for fd in listeners + Array(pending.keys) + Array(replySockets.values) + wake where fd >= 0 { close(fd) }
+        listeners = []
+        pending = [:]
+        replySockets = [:]
+    }
+
+    private func loop() {
+        var buffer = [UInt8](repeating: 0, count: 65_535)
+        while true {
+            var fds = [pollfd(fd: wake[0], events: Int16(POLLIN), revents: 0)]
+            fds += listeners.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+            fds += pending.keys.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+            let now = monotonicNanos()
+            let nextDeadline = pending.values.map(\.deadline).min()
+            let timeout = nextDeadline.map { Int32(clamping: ($0 > now ? $0 - now : 0) / 1_000_000 + 1) } ?? -1
+            let n = poll(&fds, nfds_t(fds.count), timeout)
+            if n < 0 && errno != EINTR { logger.error("dns poll: \(String(cString: strerror(errno)))") }
+            if fds[0].revents != 0 { return }
+            for p in fds.dropFirst() where p.revents != 0 {
+                if listeners.contains(p.fd) {
+                    while let d = UDPSockets.receive(p.fd, buffer: &buffer) { query(d.bytes, from: d.from, to: d.to) }
+                } else {
+                    answer(p.fd, buffer: &buffer)
+                }
+            }
+            expire(now: monotonicNanos())
+        }
+    }
+
+    private func context(client: SocketAddress, resolver: SocketAddress) -> ConnectionContext {
+        let snap = environment.snapshot
+        return ConnectionContext(clientIP: client.ip, clientPort: Int(client.port), serverIP: resolver.ip, serverPort: Int(resolver.port),
+                                 inventory: snap.inventory, plan: snap.plan, nodeName: environment.configuration.nodeName, udp: true)
+    }
+
+    private func query(_ bytes: [UInt8], from client: SocketAddress, to resolver: SocketAddress?) {
+        environment.count("dns_queries")
+        guard let resolver else {
+            environment.count("dns_no_original_destination")
+            return
+        }
+        let c = context(client: client, resolver: resolver)
+        let q: DNSMessage
+        switch DNSMessage.parse(bytes) {
+        case .success(let m) where !m.isResponse && !m.questions.isEmpty:
+            q = m
+        case .success:
+            reject(bytes, client: client, resolver: resolver, context: c, reason: "not a query with a question")
+            return
+        case .failure(let e):
+            reject(bytes, client: client, resolver: resolver, context: c, reason: e.description)
+            return
+        }
+        environment.record(DNSFlows.request(q, context: c))
+        do {
+            let fd = try UDPSockets.upstream(to: resolver, mark: environment.configuration.upstreamMark)
+            guard bytes.withUnsafeBytes({ Glibc.send(fd, $0.baseAddress, $0.count, 0) }) == bytes.count else {
+                close(fd)
+                throw UDPSockets.Failure(what: "send to \(resolver)", code: errno)
+            }
+            let now = monotonicNanos()
+            pending[fd] = Pending(client: client, resolver: resolver, query: q, context: c, started: now,
+                                  deadline: now + UInt64(environment.configuration.dnsTimeoutMilliseconds) * 1_000_000)
+        } catch {
+            environment.count("dns_upstream_errors")
+            fail(q, client: client, resolver: resolver, context: c, started: monotonicNanos(), note: "(upstream \(resolver): \(error))")
+        }
+    }
+
+    /// FORMERR for a malformed query that still has a header; shorter input is dropped. Both counted.
+    private func reject(_ bytes: [UInt8], client: SocketAddress, resolver: SocketAddress, context c: ConnectionContext, reason: String) {
+        environment.count("dns_malformed_queries")
+        let summary: String
+        if bytes.count >= 12 {
+            let id = UInt16(bytes[0]) << 8 | UInt16(bytes[1])
+            let formErr = DNSMessage(id: id, flags: 0x8000 | UInt16(DNSRCode.formErr.rawValue))
+            reply(formErr.serialize(), to: client, from: resolver)
+            summary = "DNS malformed query answered FORMERR: \(reason)"
+        } else {
+            summary = "DNS malformed query dropped: \(reason)"
+        }
+        environment.record(c.flow(verdict: .error, type: .l7, l7: Layer7(type: .request, latencyNs: 0, dns: DNS(query: "", qtypes: [])),
+                                  reply: false, summary: summary, udp: true))
+    }
+
+    private func answer(_ fd: Int32, buffer: inout [UInt8]) {
+        guard let p = pending.removeValue(forKey: fd) else { return }
+        let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        close(fd)
+        guard n > 0 else {
+            environment.count("dns_upstream_errors")
+            fail(p.query, client: p.client, resolver: p.resolver, context: p.context, started: p.started,
+                 note: "(upstream \(p.resolver): \(String(cString: strerror(errno))))")
+            return
+        }
+        let bytes = Array(buffer[0..<n])
+        // The answer goes back exactly as the resolver sent it (truncated answers included).
+        reply(bytes, to: p.client, from: p.resolver)
+        let latency = monotonicNanos() &- p.started
+        switch DNSMessage.parse(bytes) {
+        case .success(let r):
+            environment.record(DNSFlows.response(r, query: p.query, latencyNanos: latency, context: p.context))
+        case .failure(let e):
+            environment.count("dns_malformed_answers")
+            environment.record(p.context.flow(verdict: .error, type: .l7,
+                                              l7: Layer7(type: .response, latencyNs: latency, dns: DNS(query: p.query.questions.first?.name ?? ".", qtypes: [])),
+                                              reply: true, summary: "DNS malformed answer relayed unchanged: \(e)", udp: true))
+        }
+    }
+
+    private func expire(now: UInt64) {
+        for (fd, p) in pending where p.deadline <= now {
+            pending.removeValue(forKey: fd)
+            close(fd)
+            environment.count("dns_upstream_timeouts")
+            fail(p.query, client: p.client, resolver: p.resolver, context: p.context, started: p.started,
+                 note: "(upstream \(p.resolver) did not answer within \(environment.configuration.dnsTimeoutMilliseconds) ms)")
+        }
+    }
+
+    /// SERVFAIL to the client and an ERROR flow.
+    private func fail(_ q: DNSMessage, client: SocketAddress, resolver: SocketAddress, context c: ConnectionContext, started: UInt64, note: String) {
+        let servFail = DNSMessage.reply(to: q, rcode: .servFail)
+        reply(servFail.serialize(), to: client, from: resolver)
+        environment.record(DNSFlows.response(servFail, query: q, latencyNanos: monotonicNanos() &- started, context: c,
+                                             verdict: .error, note: note))
+    }
+
+    private func reply(_ bytes: [UInt8], to client: SocketAddress, from resolver: SocketAddress) {
+        var fd = replySockets[resolver] ?? -1
+        if fd < 0 {
+            if replySockets.count >= 256 {
+                for s in replySockets.values { close(s) }
+                replySockets.removeAll()
+            }
+            do {
+                fd = try UDPSockets.replySocket(from: resolver)
+                replySockets[resolver] = fd
+            } catch {
+                environment.count("dns_reply_errors")
+                logger.error("dns: cannot answer from \(resolver): \(error)")
+                return
+            }
+        }
+        if !UDPSockets.send(fd, bytes, to: client) { environment.count("dns_reply_errors") }
+    }
+}
