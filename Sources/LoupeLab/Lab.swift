@@ -205,6 +205,10 @@ public struct Lab {
             v6.append(hosts[i].ips[1])
         }
         try wire(netns: LabNetwork.worldNetns, hostVeth: LabNetwork.worldVeth, v4: v4, v6: v6)
+        // The whole world range is routed there, as beyond a real node's uplink: an address
+        // nobody holds is then silently unanswered (ARP fails), not "network unreachable".
+        try ip("-n", LabNetwork.nodeNetns, "route", "replace", "198.19.0.0/16", "dev", LabNetwork.worldVeth)
+        try ip("-n", LabNetwork.nodeNetns, "-6", "route", "replace", "2001:db8:19::/48", "dev", LabNetwork.worldVeth)
         for host in hosts where !host.command.isEmpty {
             let stem = "world_" + host.name
             let dir = podsDirectory + "/" + stem

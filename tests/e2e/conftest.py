@@ -49,7 +49,7 @@ def render_inventory(tmp_path, annotate_shop=True):
     if annotate_shop:
         return original
     text = original.read_text()
-    annotation = '    loupe.io/proxy-visibility: "<Egress/80/TCP/HTTP>,<Egress/8000/TCP/HTTP>,<Egress/7000/TCP/HTTP>"\n'
+    annotation = '    loupe.io/proxy-visibility: "<Egress/80/TCP/HTTP>,<Egress/8000/TCP/HTTP>,<Egress/7000/TCP/HTTP>,<Egress/53/UDP/DNS>"\n'
     assert annotation in text
     text = text.replace("  annotations:\n" + annotation, "", 1)
     path = REPO / "tests/e2e/.inventory-no-annotation.yaml"
@@ -66,7 +66,8 @@ class AgentProcess:
 
     def start(self):
         self.log = open(self.log_path, "a")
-        self.proc = subprocess.Popen([LOUPE, "agent", "--lab"], stdout=self.log, stderr=subprocess.STDOUT)
+        # A short DNS timeout keeps the upstream-down test quick.
+        self.proc = subprocess.Popen([LOUPE, "agent", "--lab", "--dns-timeout-ms", "1500"], stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.proc.poll() is not None:
