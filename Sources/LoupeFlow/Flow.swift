@@ -11,6 +11,7 @@ public struct Flow: Codable, Sendable, Equatable {
     public var destination: Endpoint
     public var type: FlowType
     public var nodeName: String
+    public var sourceNames: [String]?
     public var destinationNames: [String]?
     public var l7: Layer7?
     public var isReply: Bool
@@ -24,6 +25,7 @@ public struct Flow: Codable, Sendable, Equatable {
         case l4, source, destination
         case type = "Type"
         case nodeName = "node_name"
+        case sourceNames = "source_names"
         case destinationNames = "destination_names"
         case l7
         case isReply = "is_reply"
@@ -44,6 +46,7 @@ public struct Flow: Codable, Sendable, Equatable {
         destination = try c.decodeIfPresent(Endpoint.self, forKey: .destination) ?? Endpoint(id: nil, identity: 0, namespace: nil, labels: [], podName: nil)
         type = try c.decodeIfPresent(FlowType.self, forKey: .type) ?? .l3l4
         nodeName = try c.decodeIfPresent(String.self, forKey: .nodeName) ?? ""
+        sourceNames = try c.decodeIfPresent([String].self, forKey: .sourceNames)
         destinationNames = try c.decodeIfPresent([String].self, forKey: .destinationNames)
         l7 = try c.decodeIfPresent(Layer7.self, forKey: .l7)
         isReply = try c.decodeIfPresent(Bool.self, forKey: .isReply) ?? false
@@ -54,7 +57,7 @@ public struct Flow: Codable, Sendable, Equatable {
     public init(time: String, uuid: String, verdict: Verdict, dropReasonDesc: String? = nil, ip: IPInfo, l4: Layer4,
                 source: Endpoint, destination: Endpoint, type: FlowType, nodeName: String,
                 destinationNames: [String]? = nil, l7: Layer7? = nil, isReply: Bool,
-                trafficDirection: TrafficDirection, summary: String) {
+                trafficDirection: TrafficDirection, summary: String, sourceNames: [String]? = nil) {
         self.time = time
         self.uuid = uuid
         self.verdict = verdict
@@ -66,6 +69,7 @@ public struct Flow: Codable, Sendable, Equatable {
         self.type = type
         self.nodeName = nodeName
         self.destinationNames = destinationNames
+        self.sourceNames = sourceNames
         self.l7 = l7
         self.isReply = isReply
         self.trafficDirection = trafficDirection

@@ -40,6 +40,7 @@ struct FlowJSONWriter {
         o.field("destination", &out) { $0.endpoint(f.destination) }
         o.field("Type", &out) { $0.string(f.type.rawValue) }
         o.field("node_name", &out) { $0.string(f.nodeName) }
+        if let names = f.sourceNames, !names.isEmpty { o.field("source_names", &out) { $0.strings(names) } }
         if let names = f.destinationNames, !names.isEmpty { o.field("destination_names", &out) { $0.strings(names) } }
         if let l7 = f.l7 {
             o.field("l7", &out) { w in

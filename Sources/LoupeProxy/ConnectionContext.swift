@@ -13,6 +13,8 @@ public struct ConnectionContext: Sendable {
     public var direction: TrafficDirection
     public var rule: VisibilityRule?
     public var nodeName: String
+    /// Names the client resolved for the server's address through the DNS proxy.
+    public var serverNames: [String] = []
 
     public init(clientIP: String, clientPort: Int, serverIP: String, serverPort: Int,
                 inventory: Inventory, plan: RedirectPlan, nodeName: String, udp: Bool = false) {
@@ -40,8 +42,10 @@ public struct ConnectionContext: Sendable {
                           : Layer4.Ports(sourcePort: clientPort, destinationPort: serverPort)
         return Flow(time: FlowTime.nowRFC3339(), uuid: FlowUUID.make(), verdict: verdict, dropReasonDesc: dropReason,
                     ip: ip, l4: udp ? Layer4(udp: ports) : Layer4(tcp: ports), source: reply ? destination : source,
-                    destination: reply ? source : destination, type: type, nodeName: nodeName, l7: l7,
-                    isReply: reply, trafficDirection: direction, summary: summary)
+                    destination: reply ? source : destination, type: type, nodeName: nodeName,
+                    destinationNames: !reply && !serverNames.isEmpty ? serverNames : nil, l7: l7,
+                    isReply: reply, trafficDirection: direction, summary: summary,
+                    sourceNames: reply && !serverNames.isEmpty ? serverNames : nil)
     }
 }
 

@@ -167,6 +167,7 @@ public final class DNSProxy: @unchecked Sendable {
         switch DNSMessage.parse(bytes) {
         case .success(let r):
             environment.record(DNSFlows.response(r, query: p.query, latencyNanos: latency, context: p.context))
+            learn(r, query: p.query, client: p.client.ip)
         case .failure(let e):
             environment.count("dns_malformed_answers")
             environment.record(p.context.flow(verdict: .error, type: .l7,
@@ -174,6 +175,20 @@ public final class DNSProxy: @unchecked Sendable {
                                               reply: true, summary: "DNS malformed answer relayed unchanged: \(e)", udp: true))
         }
     }
+
+    /// Addresses in the answer, remembered with the names that led to them (query, CNAMEs).
+    private func learn(_ r: DNSMessage, query: DNSMessage, client: String) {
+        guard r.rcode == .noError, let q = query.questions.first?.name else { return }
+        let addresses = r.answers.compactMap(\.address)
+        guard !addresses.isEmpty else { return }
+        var names = [Self.trimDot(q)]
+        for rec in r.answers { if case .cname(let t) = rec.data { names.append(Self.trimDot(t)) } }
+        let ttl = r.answers.filter { $0.address != nil }.map(\.ttl).min() ?? 0
+        environment.fqdn.learn(client: client, names: names, addresses: addresses, ttl: ttl)
+    }
+
+    /// Hubble's destination_names carry no trailing dot.
+    static func trimDot(_ n: String) -> String { n.hasSuffix(".") && n.count > 1 ? String(n.dropLast()) : n }
 
     private func expire(now: UInt64) {
         for (fd, p) in pending where p.deadline <= now {

@@ -41,10 +41,12 @@ final class ProxyConnection {
         let snap = environment.snapshot
         let local = downstream.localAddress
         let remote = downstream.remoteAddress
-        context = ConnectionContext(clientIP: remote?.ipAddress ?? "?", clientPort: remote?.port ?? 0,
-                                    serverIP: local?.ipAddress ?? "?", serverPort: local?.port ?? 0,
-                                    inventory: snap.inventory, plan: snap.plan,
-                                    nodeName: environment.configuration.nodeName)
+        var c = ConnectionContext(clientIP: remote?.ipAddress ?? "?", clientPort: remote?.port ?? 0,
+                                  serverIP: local?.ipAddress ?? "?", serverPort: local?.port ?? 0,
+                                  inventory: snap.inventory, plan: snap.plan,
+                                  nodeName: environment.configuration.nodeName)
+        c.serverNames = environment.fqdn.names(client: c.clientIP, address: c.serverIP)
+        context = c
         decision = Self.decide(context, snap)
         decisionGeneration = snap.generation
     }

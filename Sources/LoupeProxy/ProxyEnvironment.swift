@@ -16,6 +16,8 @@ public final class ProxyEnvironment: Sendable {
     private let current: Mutex<Snapshot>
     public let flows: FlowStore
     public let configuration: ProxyConfiguration
+    /// Names pods resolved through the DNS proxy, for `destination_names`.
+    public let fqdn = FQDNCache()
     private let counters = Mutex<[String: UInt64]>([:])
 
     public init(inventory: Inventory, policy: PolicyEngine = PolicyEngine(), flows: FlowStore, configuration: ProxyConfiguration) {
@@ -26,6 +28,7 @@ public final class ProxyEnvironment: Sendable {
 
     public func update(inventory: Inventory, policy: PolicyEngine) {
         let plan = RedirectPlan(inventory: inventory)
+        fqdn.retain(clients: Set(inventory.pods.flatMap(\.ips)))
         current.withLock { $0 = Snapshot(inventory: inventory, plan: plan, policy: policy, generation: $0.generation + 1) }
     }
 

@@ -84,3 +84,25 @@ import Testing
         #expect(sm.responseEnd().isEmpty && sm.outstanding == 0)
     }
 }
+
+@Suite struct FQDNCacheTests {
+    @Test func namesExpireAfterTheirTTLAndLatestAnswerComesFirst() {
+        let cache = FQDNCache()
+        cache.learn(client: "198.18.0.10", names: ["api.example.test"], addresses: ["198.19.0.11"], ttl: 300, now: 1000)
+        cache.learn(client: "198.18.0.10", names: ["edge.example.test", "api.example.test"], addresses: ["198.19.0.11"], ttl: 300, now: 1001)
+        #expect(cache.names(client: "198.18.0.10", address: "198.19.0.11", now: 1002) == ["edge.example.test", "api.example.test"])
+        #expect(cache.names(client: "198.18.0.99", address: "198.19.0.11", now: 1002).isEmpty, "per pod")
+        #expect(cache.names(client: "198.18.0.10", address: "198.19.0.11", now: 1001 + 301).isEmpty)
+        cache.learn(client: "p", names: ["short.test"], addresses: ["1.2.3.4"], ttl: 0, now: 0)
+        #expect(cache.names(client: "p", address: "1.2.3.4", now: FQDNCache.minimumTTL - 1) == ["short.test"])
+    }
+
+    @Test func eachPodKeepsABoundedNumberOfAddresses() {
+        let cache = FQDNCache()
+        for i in 0..<(FQDNCache.maxEntriesPerPod + 10) {
+            cache.learn(client: "p", names: ["n\(i)"], addresses: ["10.0.\(i / 256).\(i % 256)"], ttl: 300, now: 0)
+        }
+        #expect(cache.names(client: "p", address: "10.0.0.0", now: 1).isEmpty, "the oldest went first")
+        #expect(!cache.names(client: "p", address: "10.0.16.9", now: 1).isEmpty)
+    }
+}
