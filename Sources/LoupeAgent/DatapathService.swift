@@ -129,11 +129,16 @@ public final class DatapathService: Service, @unchecked Sendable {
             }
             // Ports with L7 rules: redirected even without the annotation, fail closed.
             let l7 = policy.l7Ports(of: pod)
-            for port in l7.egress {
-                entries.append(RedirectEntry(match: .egress(ifindex: ifindex), port: port, proxyPort: proxyPort, enforce: true))
+            func enforced(_ p: PolicyEngine.L7Port) -> (UInt8, UInt16) {
+                p.tcp ? (UInt8(IPPROTO_TCP), proxyPort) : (UInt8(IPPROTO_UDP), dnsPort)
             }
-            for port in l7.ingress {
-                for a in addresses { entries.append(RedirectEntry(match: .ingress(address: a), port: port, proxyPort: proxyPort, enforce: true)) }
+            for p in l7.egress {
+                let (l4, target) = enforced(p)
+                entries.append(RedirectEntry(match: .egress(ifindex: ifindex), port: p.port, l4Protocol: l4, proxyPort: target, enforce: true))
+            }
+            for p in l7.ingress {
+                let (l4, target) = enforced(p)
+                for a in addresses { entries.append(RedirectEntry(match: .ingress(address: a), port: p.port, l4Protocol: l4, proxyPort: target, enforce: true)) }
             }
         }
         // One entry per key; enforcement wins over visibility.

@@ -28,8 +28,57 @@ public struct CiliumNetworkPolicy: Sendable {
 
     public struct PortRule: Sendable {
         public var ports: [PortProtocol]
-        /// nil: no L7 rules (all requests on these ports are allowed for the peers).
+        /// nil: no HTTP rules. With neither HTTP nor DNS rules, every request on these ports is
+        /// allowed for the peers.
         public var http: [HTTPRule]?
+        /// `rules.dns[]`: queries must match one.
+        public var dns: [DNSRule]?
+
+        public var hasL7: Bool { http != nil || dns != nil }
+    }
+
+    /// `rules.dns[]`: `matchName` (the exact name) or `matchPattern` (`*` matches any run of
+    /// name characters within one label; a lone `*` matches every name). Case-insensitive,
+    /// trailing dot ignored — Cilium's semantics.
+    public struct DNSRule: Sendable, CustomStringConvertible {
+        public var matchName: String?
+        public var matchPattern: String?
+
+        public func matches(_ query: String) -> Bool {
+            let name = Self.normalize(query)
+            if let n = matchName, Self.normalize(n) == name { return true }
+            if let p = matchPattern {
+                let pattern = Self.normalize(p)
+                if pattern == "*" { return true }
+                return Self.glob(Array(pattern.utf8)[...], Array(name.utf8)[...])
+            }
+            return false
+        }
+
+        static func normalize(_ s: String) -> String {
+            var n = s.lowercased()
+            while n.hasSuffix(".") { n.removeLast() }
+            return n
+        }
+
+        /// `*` matches zero or more characters other than `.`.
+        static func glob(_ p: ArraySlice<UInt8>, _ s: ArraySlice<UInt8>) -> Bool {
+            guard let first = p.first else { return s.isEmpty }
+            if first == UInt8(ascii: "*") {
+                var rest = s
+                while true {
+                    if glob(p.dropFirst(), rest) { return true }
+                    guard let c = rest.first, c != UInt8(ascii: ".") else { return false }
+                    rest = rest.dropFirst()
+                }
+            }
+            guard let c = s.first, c == first else { return false }
+            return glob(p.dropFirst(), s.dropFirst())
+        }
+
+        public var description: String {
+            matchName.map { "matchName=\($0)" } ?? matchPattern.map { "matchPattern=\($0)" } ?? "{}"
+        }
     }
 
     public struct PortProtocol: Sendable, Equatable {

@@ -18,14 +18,23 @@ public struct PolicyEngine: Sendable {
         case denied
         /// The peer is allowed on this port, every request.
         case allowAll
-        /// The peer is allowed; requests must match one of these rules.
-        case http([CiliumNetworkPolicy.HTTPRule])
+        /// The peer is allowed; requests must match one of these rules (HTTP requests the
+        /// HTTP rules, DNS queries the DNS rules).
+        case rules(http: [CiliumNetworkPolicy.HTTPRule], dns: [CiliumNetworkPolicy.DNSRule])
 
         func allows(_ request: HTTPRequestFacts) -> Bool {
             switch self {
             case .notEnforced, .allowAll: return true
             case .denied: return false
-            case .http(let rules): return rules.contains { $0.matches(request) }
+            case .rules(let http, _): return http.contains { $0.matches(request) }
+            }
+        }
+
+        func allows(dnsQuery name: String) -> Bool {
+            switch self {
+            case .notEnforced, .allowAll: return true
+            case .denied: return false
+            case .rules(_, let dns): return dns.contains { $0.matches(name) }
             }
         }
 
@@ -45,8 +54,8 @@ public struct PolicyEngine: Sendable {
         /// HTTP rules apply on this connection: bytes that are not HTTP/1 cannot be checked
         /// against them and must not pass.
         public var requiresHTTP: Bool {
-            if case .http = ingress { return true }
-            if case .http = egress { return true }
+            if case .rules(let h, _) = ingress, !h.isEmpty { return true }
+            if case .rules(let h, _) = egress, !h.isEmpty { return true }
             return false
         }
 
@@ -56,19 +65,35 @@ public struct PolicyEngine: Sendable {
         public func allows(_ request: HTTPRequestFacts) -> Bool {
             ingress.allows(request) && egress.allows(request)
         }
+
+        public func allows(dnsQuery name: String) -> Bool {
+            ingress.allows(dnsQuery: name) && egress.allows(dnsQuery: name)
+        }
     }
 
     /// `client`/`server` are nil for peers outside the inventory (the world).
-    public func decide(client: Pod?, server: Pod?, port: UInt16) -> ConnectionDecision {
+    public func decide(client: Pod?, server: Pod?, port: UInt16, tcp: Bool = true) -> ConnectionDecision {
         ConnectionDecision(
-            ingress: server.map { direction(endpoint: $0, peer: client, port: port, ingress: true) } ?? .notEnforced,
-            egress: client.map { direction(endpoint: $0, peer: server, port: port, ingress: false) } ?? .notEnforced)
+            ingress: server.map { direction(endpoint: $0, peer: client, port: port, tcp: tcp, ingress: true) } ?? .notEnforced,
+            egress: client.map { direction(endpoint: $0, peer: server, port: port, tcp: tcp, ingress: false) } ?? .notEnforced)
     }
 
-    /// Ports of `pod` that carry HTTP rules, per direction: these are redirected to the proxy
-    /// even without a visibility annotation, and fail closed.
-    public func l7Ports(of pod: Pod) -> (ingress: Set<UInt16>, egress: Set<UInt16>) {
-        var ingress = Set<UInt16>(), egress = Set<UInt16>()
+    /// A port with L7 rules: redirected to the proxy even without a visibility annotation,
+    /// and fail closed. `dns` ports go to the DNS proxy.
+    public struct L7Port: Hashable, Sendable {
+        public var port: UInt16
+        public var tcp: Bool
+        public var dns: Bool
+        public init(port: UInt16, tcp: Bool, dns: Bool) {
+            self.port = port
+            self.tcp = tcp
+            self.dns = dns
+        }
+    }
+
+    /// Ports of `pod` that carry HTTP or DNS rules, per direction.
+    public func l7Ports(of pod: Pod) -> (ingress: Set<L7Port>, egress: Set<L7Port>) {
+        var ingress = Set<L7Port>(), egress = Set<L7Port>()
         for (_, rule) in selectingRules(pod) {
             for pr in rule.ingress ?? [] { ingress.formUnion(Self.l7Ports(pr)) }
             for pr in rule.egress ?? [] { egress.formUnion(Self.l7Ports(pr)) }
@@ -76,10 +101,14 @@ public struct PolicyEngine: Sendable {
         return (ingress, egress)
     }
 
-    static func l7Ports(_ pr: CiliumNetworkPolicy.PeerRule) -> Set<UInt16> {
-        var out = Set<UInt16>()
-        for portRule in pr.toPorts ?? [] where portRule.http != nil {
-            for p in portRule.ports where p.l4 != .udp && p.port != 0 { out.insert(p.port) }
+    static func l7Ports(_ pr: CiliumNetworkPolicy.PeerRule) -> Set<L7Port> {
+        var out = Set<L7Port>()
+        for portRule in pr.toPorts ?? [] where portRule.hasL7 {
+            for p in portRule.ports where p.port != 0 {
+                let dns = portRule.dns != nil
+                if p.l4 != .udp { out.insert(L7Port(port: p.port, tcp: true, dns: dns)) }
+                if p.l4 != .tcp && dns { out.insert(L7Port(port: p.port, tcp: false, dns: true)) }
+            }
         }
         return out
     }
@@ -93,7 +122,7 @@ public struct PolicyEngine: Sendable {
         return out
     }
 
-    func direction(endpoint: Pod, peer: Pod?, port: UInt16, ingress: Bool) -> DirectionDecision {
+    func direction(endpoint: Pod, peer: Pod?, port: UInt16, tcp: Bool, ingress: Bool) -> DirectionDecision {
         let rules = selectingRules(endpoint).compactMap { p, r -> (CiliumNetworkPolicy, [CiliumNetworkPolicy.PeerRule])? in
             guard let prs = ingress ? r.ingress : r.egress else { return nil }
             return (p, prs)
@@ -101,6 +130,7 @@ public struct PolicyEngine: Sendable {
         if rules.isEmpty { return .notEnforced }
         var peerAllowed = false, allowAll = false
         var http: [CiliumNetworkPolicy.HTTPRule] = []
+        var dns: [CiliumNetworkPolicy.DNSRule] = []
         for (policy, peerRules) in rules {
             for pr in peerRules {
                 let peerMatches: Bool
@@ -115,14 +145,16 @@ public struct PolicyEngine: Sendable {
                     allowAll = true
                     continue
                 }
-                for portRule in toPorts where portRule.ports.isEmpty || portRule.ports.contains(where: { $0.matches(port: port, tcp: true) }) {
+                for portRule in toPorts where portRule.ports.isEmpty || portRule.ports.contains(where: { $0.matches(port: port, tcp: tcp) }) {
                     peerAllowed = true
-                    if let h = portRule.http { http += h } else { allowAll = true }
+                    if !portRule.hasL7 { allowAll = true }
+                    http += portRule.http ?? []
+                    dns += portRule.dns ?? []
                 }
             }
         }
         if !peerAllowed { return .denied }
-        return allowAll ? .allowAll : .http(http)
+        return allowAll ? .allowAll : .rules(http: http, dns: dns)
     }
 
     static func selector(_ s: LabelSelector, of policy: CiliumNetworkPolicy, matches peer: Pod) -> Bool {

@@ -225,12 +225,33 @@ public enum PolicyParser {
                 ports.append(.init(port: port, l4: l4))
             }
             var http: [CiliumNetworkPolicy.HTTPRule]?
-            if let rulesNode = f["rules"], let rf = fields(rulesNode, "\(path).rules", allowed: ["http"]) {
+            var dns: [CiliumNetworkPolicy.DNSRule]?
+            if let rulesNode = f["rules"], let rf = fields(rulesNode, "\(path).rules", allowed: ["http", "dns"]) {
                 if let h = rf["http"] {
                     http = (list(h, "\(path).rules.http") ?? []).enumerated().compactMap { httpRule($1, "\(path).rules.http[\($0)]") }
                 }
+                if let d = rf["dns"] {
+                    dns = (list(d, "\(path).rules.dns") ?? []).enumerated().compactMap { dnsRule($1, "\(path).rules.dns[\($0)]") }
+                }
             }
-            return .init(ports: ports, http: http)
+            return .init(ports: ports, http: http, dns: dns)
+        }
+
+        mutating func dnsRule(_ node: Node, _ path: String) -> CiliumNetworkPolicy.DNSRule? {
+            guard let f = fields(node, path, allowed: ["matchName", "matchPattern"]) else { return nil }
+            let name = string(f["matchName"], "\(path).matchName")
+            let pattern = string(f["matchPattern"], "\(path).matchPattern")
+            if (name == nil) == (pattern == nil) {
+                fail(node, path, "give exactly one of matchName or matchPattern")
+                return nil
+            }
+            let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.*".utf8)
+            if let v = name ?? pattern, !v.utf8.allSatisfy(allowed.contains) || (name != nil && v.contains("*")) {
+                fail(f["matchName"] ?? f["matchPattern"], "\(path).\(name != nil ? "matchName" : "matchPattern")",
+                     "\"\(v)\" is not a DNS name\(pattern != nil ? " pattern" : "")")
+                return nil
+            }
+            return .init(matchName: name, matchPattern: pattern)
         }
 
         mutating func httpRule(_ node: Node, _ path: String) -> CiliumNetworkPolicy.HTTPRule? {

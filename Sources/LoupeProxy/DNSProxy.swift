@@ -118,6 +118,19 @@ public final class DNSProxy: @unchecked Sendable {
             reject(bytes, client: client, resolver: resolver, context: c, reason: e.description)
             return
         }
+        // Policy: a query the DNS rules do not allow (or from a peer not allowed at all) is
+        // answered REFUSED by the proxy and never reaches the resolver.
+        let snap = environment.snapshot
+        let decision = snap.policy.decide(client: snap.inventory.pod(withIP: client.ip), server: snap.inventory.pod(withIP: resolver.ip),
+                                          port: resolver.port, tcp: false)
+        if decision.isEnforced, !decision.allows(dnsQuery: q.questions[0].name) {
+            environment.count("dns_queries_policy_denied")
+            environment.record(DNSFlows.request(q, context: c, verdict: .dropped, dropReason: "POLICY_DENIED"))
+            let refused = DNSMessage.reply(to: q, rcode: .refused)
+            reply(refused.serialize(), to: client, from: resolver)
+            environment.record(DNSFlows.response(refused, query: q, latencyNanos: 0, context: c, verdict: .dropped, dropReason: "POLICY_DENIED"))
+            return
+        }
         environment.record(DNSFlows.request(q, context: c))
         do {
             let fd = try UDPSockets.upstream(to: resolver, mark: environment.configuration.upstreamMark)

@@ -117,7 +117,7 @@ func engine(_ yaml: String) throws -> PolicyEngine {
         #expect(e.decide(client: tiefighter, server: deathstar, port: 8080).deniesConnection)
         // Pods nobody selects are not enforced.
         #expect(!e.decide(client: xwing, server: tiefighter, port: 80).isEnforced)
-        #expect(e.l7Ports(of: deathstar).ingress == [80])
+        #expect(e.l7Ports(of: deathstar).ingress == [PolicyEngine.L7Port(port: 80, tcp: true, dns: false)])
         #expect(e.l7Ports(of: tiefighter).ingress.isEmpty)
     }
 
@@ -218,6 +218,44 @@ func engine(_ yaml: String) throws -> PolicyEngine {
         let c = d.decide(client: xwing, server: deathstar, port: 80)
         #expect(c.allows(request("GET", "/v1/")) && !c.allows(request("POST", "/v1/request-landing")))
         #expect(d.decide(client: xwing, server: tiefighter, port: 80).deniesConnection)
-        #expect(d.l7Ports(of: xwing).egress == [80])
+        #expect(d.l7Ports(of: xwing).egress == [PolicyEngine.L7Port(port: 80, tcp: true, dns: false)])
+    }
+}
+
+@Suite struct DNSPolicyTests {
+    static let yaml = """
+    apiVersion: cilium.io/v2
+    kind: CiliumNetworkPolicy
+    metadata: {name: dns, namespace: shop}
+    spec:
+      endpointSelector: {matchLabels: {app: client}}
+      egress:
+      - toPorts:
+        - ports: [{port: "53", protocol: ANY}]
+          rules:
+            dns:
+            - matchPattern: "*.example.test"
+            - matchName: "Exact.Other.Test"
+    """
+
+    @Test func matchNameAndMatchPatternFollowCilium() throws {
+        let e = try engine(Self.yaml)
+        let client = pod("client", "shop", ["app": "client"])
+        let d = e.decide(client: client, server: nil, port: 53, tcp: false)
+        #expect(d.allows(dnsQuery: "api.example.test."))
+        #expect(d.allows(dnsQuery: "API.Example.Test"))
+        #expect(!d.allows(dnsQuery: "example.test."), "* needs the dot before it")
+        #expect(!d.allows(dnsQuery: "a.b.example.test."), "* stays within one label")
+        #expect(d.allows(dnsQuery: "exact.other.test."))
+        #expect(!d.allows(dnsQuery: "other.test."))
+        #expect(e.l7Ports(of: client).egress == [.init(port: 53, tcp: true, dns: true), .init(port: 53, tcp: false, dns: true)])
+        #expect(e.decide(client: client, server: nil, port: 80).deniesConnection, "egress is default-deny now")
+    }
+
+    @Test func badDNSRulesAreErrors() {
+        let bad = Self.yaml.replacingOccurrences(of: "- matchName: \"Exact.Other.Test\"", with: "- {matchName: \"a*b\"}\n        - {matchPattern: x, matchName: y}")
+        let e = PolicyParser.parse(bad, file: "d.yaml").errors.map(\.description)
+        #expect(e.contains { $0.contains("rules.dns[1].matchName: \"a*b\" is not a DNS name") }, "\(e)")
+        #expect(e.contains { $0.contains("rules.dns[2]: give exactly one of matchName or matchPattern") }, "\(e)")
     }
 }

@@ -110,3 +110,37 @@ def test_http_to_a_name_resolved_through_the_proxy_carries_destination_names(run
     req = flows("--http-path", "^/t13/named$", last=2)[0]
     assert req["destination_names"] == ["edge.example.test", "www.example.test", "api.example.test"]
     assert req["destination"]["labels"] == ["reserved:world"]
+
+
+DNS_POLICY = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: dns-only-example, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toPorts:
+    - ports: [{port: "53", protocol: UDP}]
+      rules:
+        dns:
+        - matchPattern: "*.example.test"
+"""
+
+
+def test_dns_policy_refuses_names_it_does_not_allow(running_agent, tmp_path):
+    f = tmp_path / "dns-only-example.yaml"
+    f.write_text(DNS_POLICY)
+    loupe("policy", "apply", "-f", str(f))
+    try:
+        time.sleep(1.0)
+        assert kdig("+short", "api.example.test").stdout.split() == ["198.19.0.11"]
+        denied = kdig("resolver.other.test")
+        assert "status: REFUSED" in denied.stdout, denied.stdout
+        req, resp = dns_flows("resolver.other.test.")
+        assert (req["verdict"], req["drop_reason_desc"]) == ("DROPPED", "POLICY_DENIED")
+        assert resp["l7"]["dns"]["rcode"] == 5 and resp["verdict"] == "DROPPED"
+    finally:
+        loupe("policy", "delete", "dns-only-example.yaml")
+        time.sleep(1.0)
+    kdig("resolver.other.test")  # now the resolver answers (dnsmasq refuses names it has no upstream for)
+    assert dns_flows("resolver.other.test.")[-1]["verdict"] == "FORWARDED"
