@@ -59,6 +59,13 @@ public struct PolicyEngine: Sendable {
             return false
         }
 
+        /// DNS rules apply on this connection (DNS over TCP is inspected frame by frame).
+        public var hasDNSRules: Bool {
+            if case .rules(_, let d) = ingress, !d.isEmpty { return true }
+            if case .rules(_, let d) = egress, !d.isEmpty { return true }
+            return false
+        }
+
         /// Which side denied, for flows.
         public var deniedDirection: String { ingress.isDenied ? "ingress" : "egress" }
 

@@ -3,19 +3,20 @@ import LoupeProtocols
 
 /// Hubble's DNS flows for one query and its answer (pure: messages in, flows out).
 enum DNSFlows {
-    static func request(_ q: DNSMessage, context c: ConnectionContext, verdict: Verdict = .forwarded, dropReason: String? = nil) -> Flow {
+    static func request(_ q: DNSMessage, context c: ConnectionContext, verdict: Verdict = .forwarded, dropReason: String? = nil,
+                        udp: Bool = true) -> Flow {
         let query = q.questions.first?.name ?? "."
         let qtypes = q.questions.map { $0.type.description }
         return c.flow(verdict: verdict, type: .l7,
                       l7: Layer7(type: .request, latencyNs: 0, dns: DNS(query: query, qtypes: qtypes)),
                       reply: false, summary: "DNS Query \(query) \(qtypes.joined(separator: ","))",
-                      dropReason: dropReason, udp: true)
+                      dropReason: dropReason, udp: udp)
     }
 
     /// `DNS Answer "198.19.0.20" TTL: 300 (Proxy api.example.test. A)` /
     /// `DNS Answer RCode: Non-Existent Domain TTL: 4294967295 (Proxy nx.example.test. A)`.
     static func response(_ r: DNSMessage, query q: DNSMessage, latencyNanos: UInt64, context c: ConnectionContext,
-                         verdict: Verdict = .forwarded, dropReason: String? = nil, note: String? = nil) -> Flow {
+                         verdict: Verdict = .forwarded, dropReason: String? = nil, note: String? = nil, udp: Bool = true) -> Flow {
         let query = q.questions.first?.name ?? r.questions.first?.name ?? "."
         let qtypes = q.questions.map { $0.type.description }
         let addresses = r.answers.compactMap(\.address)
@@ -27,6 +28,6 @@ enum DNSFlows {
         let what = r.rcode == .noError ? addresses.map { "\"\($0)\"" }.joined(separator: ",") : "RCode: \(r.rcode)"
         let summary = "DNS Answer \(what) TTL: \(ttl) (Proxy \(query) \(qtypes.joined(separator: ",")))" + (note.map { " \($0)" } ?? "")
         return c.flow(verdict: verdict, type: .l7, l7: Layer7(type: .response, latencyNs: latencyNanos, dns: dns),
-                      reply: true, summary: summary, dropReason: dropReason, udp: true)
+                      reply: true, summary: summary, dropReason: dropReason, udp: udp)
     }
 }

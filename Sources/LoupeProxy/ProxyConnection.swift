@@ -30,6 +30,8 @@ final class ProxyConnection {
     let context: ConnectionContext
     var mode: Mode = .connecting
     var http = HTTP1Intercept.StateMachine()
+    /// DNS over TCP: queries waiting for their answers, by id.
+    var dnsPending: [UInt16: (DNSMessage, UInt64)] = [:]
     var bytesFromClient: UInt64 = 0
     var bytesFromServer: UInt64 = 0
     private var detectHandler: DetectHandler?
@@ -143,6 +145,9 @@ final class ProxyConnection {
     /// Step 2 result: the client's first bytes decided the protocol.
     func detected(_ decision: ProtocolDetector.Decision) {
         guard mode == .detecting, let upstream, let detectHandler, let gate else { return }
+        // A DNS port (by annotation or by DNS policy rules) carries DNS over TCP, whatever
+        // its first bytes look like.
+        let decision = carriesDNS ? .opaque : decision
         if decision != .http1 && currentDecision().requiresHTTP {
             // A port with HTTP rules carries HTTP only: anything else would bypass the rules.
             environment.count("connections_policy_denied")
@@ -187,10 +192,17 @@ final class ProxyConnection {
                 ], position: .after(gate))
             default:
                 mode = .opaque
-                environment.count("connections_opaque")
                 let (a, b) = RelayHandler.pair(connection: self)
                 try ds.addHandler(a, position: .after(detectHandler))
                 try us.addHandler(b, position: .after(gate))
+                if carriesDNS {
+                    // DNS over TCP: frames inspected on their way through the relay.
+                    environment.count("connections_dns_tcp")
+                    try ds.addHandler(DNSStreamHandler(connection: self, fromClient: true), position: .after(detectHandler))
+                    try us.addHandler(DNSStreamHandler(connection: self, fromClient: false), position: .after(gate))
+                } else {
+                    environment.count("connections_opaque")
+                }
             }
         } catch {
             downstream.close(promise: nil)
@@ -210,6 +222,12 @@ final class ProxyConnection {
         var c = c
         c.automaticallySetFramingHeaders = false
         return c
+    }
+
+    /// The connection is DNS over TCP: its port's visibility rule says DNS, or DNS rules apply.
+    var carriesDNS: Bool {
+        if context.rule?.l7 == .dns { return true }
+        return currentDecision().hasDNSRules
     }
 
     /// A server that speaks before the client is not HTTP: relay it.
@@ -294,7 +312,7 @@ final class ProxyConnection {
     private func finish() {
         guard !finished else { return }
         finished = true
-        if mode == .opaque {
+        if mode == .opaque && !carriesDNS {
             environment.record(context.flow(
                 verdict: .forwarded, type: .l3l4, l7: nil, reply: false,
                 summary: "TCP opaque connection closed: \(bytesFromClient) bytes from client, \(bytesFromServer) bytes from server"))

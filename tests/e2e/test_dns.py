@@ -53,6 +53,17 @@ def test_a_aaaa_cname_and_nxdomain_get_the_resolvers_answers_and_flows(running_a
     assert any(f["l7"]["dns"]["query"] == "nx.example.test." for f in flows("--dns-rcode", "NXDOMAIN", last=5))
 
 
+def test_a_tcp_query_gets_the_answer_and_flows(running_agent):
+    out = kdig("+tcp", "+short", "www.example.test", "AAAA")
+    assert out.stdout.split() == ["api.example.test.", "2001:db8:19::b"]
+    req, resp = dns_flows("www.example.test.")
+    assert "TCP" in req["l4"] and req["l4"]["TCP"]["destination_port"] == 53
+    assert resp["l7"]["dns"]["ips"] == ["2001:db8:19::b"] and resp["l7"]["dns"]["cnames"] == ["api.example.test."]
+    # Several queries on one connection (kdig sends them one after the other with +keepopen).
+    out = kdig("+tcp", "+keepopen", "+short", "api.example.test", "A", "api.example.test", "AAAA")
+    assert out.stdout.split() == ["198.19.0.11", "2001:db8:19::b"]
+
+
 def test_ipv6_resolver_is_proxied_too(running_agent):
     out = in_pod("shop/client", "kdig", "+short", "+time=3", "+retry=0", "@2001:db8:19::a", "api.example.test", check=False)
     assert out.stdout.split() == ["198.19.0.11"]

@@ -1,0 +1,92 @@
+import LoupeFlow
+import LoupePolicy
+import LoupeProtocols
+import NIOCore
+
+/// DNS over TCP (RFC 7766): two-byte length, message, several per connection, both ways.
+/// Sits before the `RelayHandler` on each side and hands it whole frames; the bytes go on
+/// unchanged. Client side: each query is recorded, checked against DNS rules (a denied one
+/// is answered REFUSED here and not forwarded), and malformed queries are answered FORMERR.
+/// Server side: each answer is paired with its query by id for the RESPONSE flow.
+final class DNSStreamHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    static let maxFrame = 65_535
+    private let connection: ProxyConnection
+    private let fromClient: Bool
+    private var buffer: ByteBuffer?
+
+    init(connection: ProxyConnection, fromClient: Bool) {
+        self.connection = connection
+        self.fromClient = fromClient
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var incoming = unwrapInboundIn(data)
+        if buffer == nil { buffer = incoming } else { buffer!.writeBuffer(&incoming) }
+        while let frame = nextFrame() { handle(frame, context: context) }
+        // A frame is at most 64 KiB + 2: what is held is bounded.
+    }
+
+    private func nextFrame() -> ByteBuffer? {
+        guard var b = buffer, let length = b.getInteger(at: b.readerIndex, as: UInt16.self),
+              b.readableBytes >= 2 + Int(length) else { return nil }
+        let frame = b.readSlice(length: 2 + Int(length))!
+        buffer = b.readableBytes > 0 ? b : nil
+        return frame
+    }
+
+    private func handle(_ frame: ByteBuffer, context: ChannelHandlerContext) {
+        let message = Array(frame.readableBytesView.dropFirst(2))
+        let c = connection.context
+        let env = connection.environment
+        if fromClient {
+            switch DNSMessage.parse(message) {
+            case .success(let q) where !q.isResponse && !q.questions.isEmpty:
+                let decision = connection.currentDecision()
+                if decision.isEnforced, !decision.allows(dnsQuery: q.questions[0].name) {
+                    env.count("dns_queries_policy_denied")
+                    env.record(DNSFlows.request(q, context: c, verdict: .dropped, dropReason: "POLICY_DENIED", udp: false))
+                    let refused = DNSMessage.reply(to: q, rcode: .refused)
+                    env.record(DNSFlows.response(refused, query: q, latencyNanos: 0, context: c, verdict: .dropped, dropReason: "POLICY_DENIED", udp: false))
+                    answerLocally(refused, context: context)
+                    return
+                }
+                env.record(DNSFlows.request(q, context: c, udp: false))
+                connection.dnsPending[q.id] = (q, monotonicNanos())
+                context.fireChannelRead(wrapInboundOut(frame))
+            case .success:
+                reject(message, reason: "not a query with a question", context: context)
+            case .failure(let e):
+                reject(message, reason: e.description, context: context)
+            }
+        } else {
+            if case .success(let r) = DNSMessage.parse(message), let (q, started) = connection.dnsPending.removeValue(forKey: r.id) {
+                env.record(DNSFlows.response(r, query: q, latencyNanos: monotonicNanos() &- started, context: c, udp: false))
+            } else {
+                env.count("dns_unmatched_answers")
+            }
+            context.fireChannelRead(wrapInboundOut(frame)) // answers always go on unchanged
+        }
+    }
+
+    private func reject(_ message: [UInt8], reason: String, context: ChannelHandlerContext) {
+        connection.environment.count("dns_malformed_queries")
+        connection.environment.record(connection.context.flow(
+            verdict: .error, type: .l7, l7: Layer7(type: .request, latencyNs: 0, dns: DNS(query: "", qtypes: [])),
+            reply: false, summary: "DNS malformed query answered FORMERR: \(reason)"))
+        let id = message.count >= 2 ? UInt16(message[0]) << 8 | UInt16(message[1]) : 0
+        answerLocally(DNSMessage(id: id, flags: 0x8000 | UInt16(DNSRCode.formErr.rawValue)), context: context)
+    }
+
+    /// Writes `m` back to the client as a TCP DNS frame.
+    private func answerLocally(_ m: DNSMessage, context: ChannelHandlerContext) {
+        let bytes = m.serialize()
+        var out = context.channel.allocator.buffer(capacity: bytes.count + 2)
+        out.writeInteger(UInt16(bytes.count))
+        out.writeBytes(bytes)
+        connection.lastWriteToClient = context.writeAndFlush(wrapOutboundOut(out))
+    }
+}
