@@ -40,6 +40,19 @@ done
 MD=$(printf '%s\n' "${DIRECT[@]}" | median); ML=$(printf '%s\n' "${LOUPE_R[@]}" | median)
 FLOWS=$(( $(flows_total) - F0 ))
 
+# DNS: dnsperf at full speed, direct vs through the DNS proxy, alternating.
+RESOLVER=$(awk '/kind: LabHost/{f=1} f&&/hostIPs:/{getline; print $2; exit}' /run/loupe/lab/inventory.yaml)
+dnsperf_qps() { "$LOUPE" lab exec "$1" -- sh -c "printf 'api.example.test A\ndeathstar.empire.svc.cluster.local A\nnx.example.test A\n' > /tmp/loupe-bench-q.txt;
+  taskset -c 0 dnsperf -s $RESOLVER -d /tmp/loupe-bench-q.txt -l $D -c 4 -Q 500000 2>&1" |
+  awk '/Queries per second/{q=$4} /Queries lost/{l=$3} /Average Latency/{a=$4} END{printf "%.0f %s %s\n", q, l, a}'; }
+declare -a DNS_DIRECT DNS_LOUPE
+for r in $(seq "$ROUNDS"); do
+  d=$(dnsperf_qps direct/client); l=$(dnsperf_qps proxied/client)
+  echo "dns round $r: direct $d | loupe $l   (qps lost avg-latency-s)" >&2
+  DNS_DIRECT+=("${d%% *}"); DNS_LOUPE+=("${l%% *}")
+done
+MDD=$(printf '%s\n' "${DNS_DIRECT[@]}" | median); MDL=$(printf '%s\n' "${DNS_LOUPE[@]}" | median)
+
 # 1,000 idle keep-alive connections held by a client through the proxy.
 RSS_BEFORE=$(rss)
 coproc IDLE { "$LOUPE" lab exec proxied/client -- sh -c "ulimit -n 8192; exec python3 bench/idle_connections.py $NGINX 1000"; }
@@ -52,6 +65,9 @@ wait "$IDLE_PID" 2>/dev/null || true
 printf '\n%-34s %12s %10s\n' "HTTP/1.1 keep-alive (wrk -t1 -c64)" "req/s" "ratio"
 printf '%-34s %12s %10s\n' "direct (pod → pod)" "$MD" "1.00"
 printf '%-34s %12s %10s\n' "Loupe (tc redirect + proxy + flows)" "$ML" "$(awk -v a="$ML" -v b="$MD" 'BEGIN{printf "%.2f", a/b}')"
+printf '\n%-34s %12s %10s\n' "DNS (dnsperf -c4, max rate)" "qps" "ratio"
+printf '%-34s %12s %10s\n' "direct (pod → dnsmasq)" "$MDD" "1.00"
+printf '%-34s %12s %10s\n' "Loupe (tc redirect + DNS proxy)" "$MDL" "$(awk -v a="$MDL" -v b="$MDD" 'BEGIN{printf "%.2f", a/b}')"
 echo "flows recorded during the Loupe runs: $FLOWS for $SENT completed requests (2 per request; wrk's last in-flight requests add a few)"
 echo "agent RSS idle: ${RSS_IDLE} KiB; with $OK idle keep-alive connections: ${RSS_1000} KiB" \
      "(+$(( (RSS_1000 - RSS_BEFORE) )) KiB, $(( (RSS_1000 - RSS_BEFORE) * 1024 / (OK > 0 ? OK : 1) )) B per connection)"

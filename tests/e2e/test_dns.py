@@ -155,3 +155,15 @@ def test_dns_policy_refuses_names_it_does_not_allow(running_agent, tmp_path):
         time.sleep(1.0)
     kdig("resolver.other.test")  # now the resolver answers (dnsmasq refuses names it has no upstream for)
     assert dns_flows("resolver.other.test.")[-1]["verdict"] == "FORWARDED"
+
+
+def test_dnsperf_through_the_proxy_loses_no_queries(running_agent):
+    queries = "api.example.test A\nwww.example.test AAAA\nnx.example.test A\n"
+    p = in_pod("shop/client", "sh", "-c",
+               f"printf '{queries}' > /tmp/loupe-dnsperf.txt; "
+               f"dnsperf -s {RESOLVER} -d /tmp/loupe-dnsperf.txt -l 3 -Q 300 -c 4 -t 2; rm -f /tmp/loupe-dnsperf.txt",
+               timeout=30)
+    sent = int(p.stdout.split("Queries sent:")[1].split()[0])
+    lost = int(p.stdout.split("Queries lost:")[1].split()[0])
+    print(f"dnsperf through Loupe: {sent} sent, {lost} lost")
+    assert sent > 500 and lost == 0, p.stdout
