@@ -30,6 +30,8 @@ public final class DNSProxy: @unchecked Sendable {
         var deadline: UInt64
     }
     private var pending: [Int32: Pending] = [:]
+    /// Queries in flight at once; beyond this a query gets SERVFAIL at once (counted).
+    static let maxInFlight = 8192
     private var replySockets: [SocketAddress: Int32] = [:]
 
     public init(environment: ProxyEnvironment, logger: Logger) {
@@ -132,6 +134,13 @@ public final class DNSProxy: @unchecked Sendable {
             return
         }
         environment.record(DNSFlows.request(q, context: c))
+        guard pending.count < Self.maxInFlight else {
+            // Bounded: each query in flight holds a socket.
+            environment.count("dns_inflight_limit")
+            fail(q, client: client, resolver: resolver, context: c, started: monotonicNanos(),
+                 note: "(\(Self.maxInFlight) queries already in flight)")
+            return
+        }
         do {
             let fd = try UDPSockets.upstream(to: resolver, mark: environment.configuration.upstreamMark)
             guard bytes.withUnsafeBytes({ Glibc.send(fd, $0.baseAddress, $0.count, 0) }) == bytes.count else {
