@@ -17,13 +17,14 @@ public struct ConnectionContext: Sendable {
     public var serverNames: [String] = []
 
     public init(clientIP: String, clientPort: Int, serverIP: String, serverPort: Int,
-                inventory: Inventory, plan: RedirectPlan, nodeName: String, udp: Bool = false) {
+                snapshot: ProxyEnvironment.Snapshot, nodeName: String, udp: Bool = false) {
+        let plan = snapshot.plan
         self.clientIP = clientIP
         self.clientPort = clientPort
         self.serverIP = serverIP
         self.serverPort = serverPort
-        self.source = Endpoint(inventory.identity(ofIP: clientIP))
-        self.destination = Endpoint(inventory.identity(ofIP: serverIP))
+        self.source = snapshot.endpoint(ofIP: clientIP)
+        self.destination = snapshot.endpoint(ofIP: serverIP)
         self.rule = plan.rule(clientIP: clientIP, serverIP: serverIP, port: UInt16(clamping: serverPort), udp: udp)
         self.direction = rule?.direction == .ingress ? .ingress : .egress
         self.nodeName = nodeName

@@ -5,9 +5,11 @@ import LoupeProtocols
 import Synchronization
 
 /// The transparent DNS proxy over UDP. The tc program assigns a selected pod's datagrams to
-/// this socket; each query is parsed, recorded, and forwarded from a fresh marked socket to
-/// the resolver the pod asked (the datagram's original destination); the answer goes back
-/// unchanged from that resolver's own address and port, so the pod sees an ordinary exchange.
+/// this socket; each query is parsed, recorded, and forwarded — under an id of the proxy's, on
+/// one marked socket per resolver — to the resolver the pod asked (the datagram's original
+/// destination); the answer goes back with the pod's id restored, otherwise unchanged, from
+/// that resolver's own address and port, so the pod sees an ordinary exchange. An answer whose
+/// question differs from the query's is dropped and counted (spoofing, or a confused resolver).
 /// Many queries are in flight at once; one without an answer within the timeout gets
 /// SERVFAIL and an ERROR flow. A malformed query gets FORMERR (or, shorter than a header, is
 /// dropped) and an ERROR flow naming what was wrong.
@@ -29,7 +31,19 @@ public final class DNSProxy: @unchecked Sendable {
         var started: UInt64
         var deadline: UInt64
     }
-    private var pending: [Int32: Pending] = [:]
+    /// A query in flight: the resolver's socket and the id the proxy gave it there.
+    struct Key: Hashable {
+        var fd: Int32
+        var id: UInt16
+    }
+    private var pending: [Key: Pending] = [:]
+    /// Deadlines in the order they were set (all queries share one timeout, so this is sorted).
+    private var deadlines: [(deadline: UInt64, key: Key)] = []
+    private var deadlineHead = 0
+    /// One connected, marked socket per resolver, and the next id to use on it.
+    private var upstreams: [SocketAddress: Int32] = [:]
+    private var resolverOf: [Int32: SocketAddress] = [:]
+    private var nextID: [Int32: UInt16] = [:]
     /// Queries in flight at once; beyond this a query gets SERVFAIL at once (counted).
     static let maxInFlight = 8192
     private var replySockets: [SocketAddress: Int32] = [:]
@@ -67,9 +81,11 @@ public final class DNSProxy: @unchecked Sendable {
         _ = write(wake[1], &b, 1)
         pthread_join(thread, nil)
         self.thread = nil
-        for fd in listeners + Array(pending.keys) + Array(replySockets.values) + wake where fd >= 0 { close(fd) }
+        for fd in listeners + Array(upstreams.values) + Array(replySockets.values) + wake where fd >= 0 { close(fd) }
         listeners = []
         pending = [:]
+        upstreams = [:]
+        resolverOf = [:]
         replySockets = [:]
     }
 
@@ -78,9 +94,9 @@ public final class DNSProxy: @unchecked Sendable {
         while true {
             var fds = [pollfd(fd: wake[0], events: Int16(POLLIN), revents: 0)]
             fds += listeners.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-            fds += pending.keys.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+            fds += upstreams.values.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
             let now = monotonicNanos()
-            let nextDeadline = pending.values.map(\.deadline).min()
+            let nextDeadline = deadlineHead < deadlines.count ? deadlines[deadlineHead].deadline : nil
             let timeout = nextDeadline.map { Int32(clamping: ($0 > now ? $0 - now : 0) / 1_000_000 + 1) } ?? -1
             let n = poll(&fds, nfds_t(fds.count), timeout)
             if n < 0 && errno != EINTR { logger.error("dns poll: \(String(cString: strerror(errno)))") }
@@ -89,7 +105,7 @@ public final class DNSProxy: @unchecked Sendable {
                 if listeners.contains(p.fd) {
                     while let d = UDPSockets.receive(p.fd, buffer: &buffer) { query(d.bytes, from: d.from, to: d.to) }
                 } else {
-                    answer(p.fd, buffer: &buffer)
+                    answers(p.fd, buffer: &buffer)
                 }
             }
             expire(now: monotonicNanos())
@@ -97,9 +113,8 @@ public final class DNSProxy: @unchecked Sendable {
     }
 
     private func context(client: SocketAddress, resolver: SocketAddress) -> ConnectionContext {
-        let snap = environment.snapshot
-        return ConnectionContext(clientIP: client.ip, clientPort: Int(client.port), serverIP: resolver.ip, serverPort: Int(resolver.port),
-                                 inventory: snap.inventory, plan: snap.plan, nodeName: environment.configuration.nodeName, udp: true)
+        ConnectionContext(clientIP: client.ip, clientPort: Int(client.port), serverIP: resolver.ip, serverPort: Int(resolver.port),
+                          snapshot: environment.snapshot, nodeName: environment.configuration.nodeName, udp: true)
     }
 
     private func query(_ bytes: [UInt8], from client: SocketAddress, to resolver: SocketAddress?) {
@@ -142,14 +157,21 @@ public final class DNSProxy: @unchecked Sendable {
             return
         }
         do {
-            let fd = try UDPSockets.upstream(to: resolver, mark: environment.configuration.upstreamMark)
-            guard bytes.withUnsafeBytes({ Glibc.send(fd, $0.baseAddress, $0.count, 0) }) == bytes.count else {
-                close(fd)
-                throw UDPSockets.Failure(what: "send to \(resolver)", code: errno)
+            let fd = try upstream(for: resolver)
+            let id = freshID(on: fd)
+            var out = bytes
+            out[0] = UInt8(id >> 8)
+            out[1] = UInt8(id & 0xff)
+            if out.withUnsafeBytes({ Glibc.send(fd, $0.baseAddress, $0.count, 0) }) != out.count {
+                let code = errno
+                dropUpstream(fd) // e.g. ECONNREFUSED left by an earlier ICMP error: start afresh next time
+                throw UDPSockets.Failure(what: "send to \(resolver)", code: code)
             }
             let now = monotonicNanos()
-            pending[fd] = Pending(client: client, resolver: resolver, query: q, context: c, started: now,
-                                  deadline: now + UInt64(environment.configuration.dnsTimeoutMilliseconds) * 1_000_000)
+            let key = Key(fd: fd, id: id)
+            let deadline = now + UInt64(environment.configuration.dnsTimeoutMilliseconds) * 1_000_000
+            pending[key] = Pending(client: client, resolver: resolver, query: q, context: c, started: now, deadline: deadline)
+            deadlines.append((deadline, key))
         } catch {
             environment.count("dns_upstream_errors")
             fail(q, client: client, resolver: resolver, context: c, started: monotonicNanos(), note: "(upstream \(resolver): \(error))")
@@ -172,22 +194,68 @@ public final class DNSProxy: @unchecked Sendable {
                                   reply: false, summary: summary, udp: true))
     }
 
-    private func answer(_ fd: Int32, buffer: inout [UInt8]) {
-        guard let p = pending.removeValue(forKey: fd) else { return }
-        let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+    private func upstream(for resolver: SocketAddress) throws -> Int32 {
+        if let fd = upstreams[resolver] { return fd }
+        let fd = try UDPSockets.upstream(to: resolver, mark: environment.configuration.upstreamMark)
+        upstreams[resolver] = fd
+        resolverOf[fd] = resolver
+        nextID[fd] = UInt16.random(in: 0...UInt16.max)
+        return fd
+    }
+
+    private func dropUpstream(_ fd: Int32) {
+        if let r = resolverOf.removeValue(forKey: fd) { upstreams.removeValue(forKey: r) }
+        nextID.removeValue(forKey: fd)
         close(fd)
-        guard n > 0 else {
-            environment.count("dns_upstream_errors")
-            fail(p.query, client: p.client, resolver: p.resolver, context: p.context, started: p.started,
-                 note: "(upstream \(p.resolver): \(String(cString: strerror(errno))))")
+        // Queries still pending on it time out into SERVFAIL.
+    }
+
+    /// An id not in flight on this resolver's socket.
+    private func freshID(on fd: Int32) -> UInt16 {
+        var id = nextID[fd, default: 0]
+        while pending[Key(fd: fd, id: id)] != nil { id &+= 1 }
+        nextID[fd] = id &+ 1
+        return id
+    }
+
+    /// Every answer queued on a resolver's socket.
+    private func answers(_ fd: Int32, buffer: inout [UInt8]) {
+        while true {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+            if n < 0 {
+                if errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR { return }
+                environment.count("dns_upstream_errors") // ECONNREFUSED and the like: waiting queries time out
+                return
+            }
+            guard n >= 12 else {
+                environment.count("dns_malformed_answers")
+                continue
+            }
+            answer(Array(buffer[0..<n]), fd: fd)
+        }
+    }
+
+    private func answer(_ raw: [UInt8], fd: Int32) {
+        let key = Key(fd: fd, id: UInt16(raw[0]) << 8 | UInt16(raw[1]))
+        guard let p = pending[key] else {
+            environment.count("dns_unmatched_answers") // late (after SERVFAIL) or unsolicited
             return
         }
-        let bytes = Array(buffer[0..<n])
-        // The answer goes back exactly as the resolver sent it (truncated answers included).
+        let parsed = DNSMessage.parse(raw)
+        if case .success(let r) = parsed, r.questions != p.query.questions {
+            environment.count("dns_mismatched_answers")
+            return
+        }
+        pending.removeValue(forKey: key)
+        var bytes = raw
+        bytes[0] = UInt8(p.query.id >> 8)
+        bytes[1] = UInt8(p.query.id & 0xff)
+        // The answer goes back as the resolver sent it, with the pod's id (truncated answers included).
         reply(bytes, to: p.client, from: p.resolver)
         let latency = monotonicNanos() &- p.started
-        switch DNSMessage.parse(bytes) {
-        case .success(let r):
+        switch parsed {
+        case .success(var r):
+            r.id = p.query.id
             environment.record(DNSFlows.response(r, query: p.query, latencyNanos: latency, context: p.context))
             learn(r, query: p.query, client: p.client.ip)
         case .failure(let e):
@@ -213,12 +281,17 @@ public final class DNSProxy: @unchecked Sendable {
     static func trimDot(_ n: String) -> String { n.hasSuffix(".") && n.count > 1 ? String(n.dropLast()) : n }
 
     private func expire(now: UInt64) {
-        for (fd, p) in pending where p.deadline <= now {
-            pending.removeValue(forKey: fd)
-            close(fd)
+        while deadlineHead < deadlines.count, deadlines[deadlineHead].deadline <= now {
+            let key = deadlines[deadlineHead].key
+            deadlineHead += 1
+            guard let p = pending.removeValue(forKey: key) else { continue } // answered already
             environment.count("dns_upstream_timeouts")
             fail(p.query, client: p.client, resolver: p.resolver, context: p.context, started: p.started,
                  note: "(upstream \(p.resolver) did not answer within \(environment.configuration.dnsTimeoutMilliseconds) ms)")
+        }
+        if deadlineHead > 4096 && deadlineHead * 2 > deadlines.count {
+            deadlines.removeFirst(deadlineHead)
+            deadlineHead = 0
         }
     }
 

@@ -45,8 +45,7 @@ final class ProxyConnection {
         let remote = downstream.remoteAddress
         var c = ConnectionContext(clientIP: remote?.ipAddress ?? "?", clientPort: remote?.port ?? 0,
                                   serverIP: local?.ipAddress ?? "?", serverPort: local?.port ?? 0,
-                                  inventory: snap.inventory, plan: snap.plan,
-                                  nodeName: environment.configuration.nodeName)
+                                  snapshot: snap, nodeName: environment.configuration.nodeName)
         c.serverNames = environment.fqdn.names(client: c.clientIP, address: c.serverIP)
         context = c
         decision = Self.decide(context, snap)

@@ -11,6 +11,26 @@ public final class ProxyEnvironment: Sendable {
         public var plan: RedirectPlan
         public var policy: PolicyEngine
         public var generation: UInt64
+        /// Flow endpoints by pod address, computed once per inventory (not per connection or query).
+        public var endpoints: [String: Endpoint]
+
+        init(inventory: Inventory, policy: PolicyEngine, generation: UInt64) {
+            self.inventory = inventory
+            self.plan = RedirectPlan(inventory: inventory)
+            self.policy = policy
+            self.generation = generation
+            var endpoints: [String: Endpoint] = [:]
+            for pod in inventory.pods {
+                let e = Endpoint(EndpointIdentity(pod: pod))
+                for ip in pod.ips { endpoints[ip] = e }
+            }
+            self.endpoints = endpoints
+        }
+
+        /// The endpoint of `ip`: a pod, or the world.
+        public func endpoint(ofIP ip: String) -> Endpoint {
+            endpoints[ip] ?? Endpoint(EndpointIdentity.world)
+        }
     }
 
     private let current: Mutex<Snapshot>
@@ -21,15 +41,16 @@ public final class ProxyEnvironment: Sendable {
     private let counters = Mutex<[String: UInt64]>([:])
 
     public init(inventory: Inventory, policy: PolicyEngine = PolicyEngine(), flows: FlowStore, configuration: ProxyConfiguration) {
-        self.current = Mutex(Snapshot(inventory: inventory, plan: RedirectPlan(inventory: inventory), policy: policy, generation: 0))
+        self.current = Mutex(Snapshot(inventory: inventory, policy: policy, generation: 0))
         self.flows = flows
         self.configuration = configuration
     }
 
     public func update(inventory: Inventory, policy: PolicyEngine) {
-        let plan = RedirectPlan(inventory: inventory)
         fqdn.retain(clients: Set(inventory.pods.flatMap(\.ips)))
-        current.withLock { $0 = Snapshot(inventory: inventory, plan: plan, policy: policy, generation: $0.generation + 1) }
+        let generation = current.withLock { $0.generation } + 1
+        let next = Snapshot(inventory: inventory, policy: policy, generation: generation)
+        current.withLock { $0 = next }
     }
 
     public var snapshot: Snapshot { current.withLock { $0 } }
