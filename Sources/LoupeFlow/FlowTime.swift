@@ -18,9 +18,20 @@ public enum FlowTime {
             + "\(pad(Int(tm.tm_hour), 2)):\(pad(Int(tm.tm_min), 2)):\(pad(Int(tm.tm_sec), 2)).\(pad(nanoseconds, 9))Z"
     }
 
+    /// The date-and-second part changes once a second: formatted once, reused (the full
+    /// formatting cost ~5 % of the DNS proxy's CPU at 20k queries/s).
+    private static let secondPrefix = Mutex<(second: Int, prefix: String)>((-1, ""))
+
     public static func nowRFC3339() -> String {
         let n = now()
-        return rfc3339(seconds: n.seconds, nanoseconds: n.nanoseconds)
+        let prefix = secondPrefix.withLock { cache -> String in
+            if cache.second != n.seconds {
+                let full = rfc3339(seconds: n.seconds, nanoseconds: 0)
+                cache = (n.seconds, String(full.dropLast(10))) // without "000000000Z"
+            }
+            return cache.prefix
+        }
+        return prefix + pad(n.nanoseconds, 9) + "Z"
     }
 
     /// `Nov 24 22:45:32.123` from an RFC 3339 timestamp, as `hubble observe` prints it.

@@ -92,3 +92,10 @@ func sampleFlow(reply: Bool = false, code: Int? = nil, verdict: Verdict = .forwa
         #expect(r.flow.verdict == .dropped && r.flow.isReply == false && r.flow.summary == "TCP Flags: SYN")
     }
 }
+
+@Suite struct FlowTimeNowTests {
+    @Test func nowHasTheFullShape() {
+        let t = Array(FlowTime.nowRFC3339())
+        #expect(t.count == 30 && t[4] == "-" && t[10] == "T" && t[19] == "." && t[29] == "Z")
+    }
+}
