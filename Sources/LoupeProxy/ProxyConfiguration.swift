@@ -14,6 +14,9 @@ public struct ProxyConfiguration: Sendable {
     public var maxHeaderBytes: Int = 64 * 1024
     /// Upstream connect timeout.
     public var connectTimeoutMilliseconds: Int64 = 5000
+    /// Terminate and re-originate HTTP/2 (h2c) for per-stream flows; off: relayed opaque.
+    /// Experimental (see HTTP2Intercept).
+    public var interceptHTTP2 = false
     /// Name of this node in flows.
     public var nodeName: String = "loupe-node"
     /// Event-loop threads (default: one per core).

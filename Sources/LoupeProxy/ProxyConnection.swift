@@ -22,7 +22,7 @@ extension HTTPRequestEncoder.Configuration: FramingConfigurable {}
 extension HTTPResponseEncoder.Configuration: FramingConfigurable {}
 
 final class ProxyConnection {
-    enum Mode { case connecting, detecting, http1, opaque, closed }
+    enum Mode { case connecting, detecting, http1, http2, opaque, closed }
 
     let downstream: Channel
     var upstream: Channel?
@@ -147,6 +147,7 @@ final class ProxyConnection {
         // A DNS port (by annotation or by DNS policy rules) carries DNS over TCP, whatever
         // its first bytes look like.
         let decision = carriesDNS ? .opaque : decision
+        // (HTTP/2 too, until its streams are checked against the rules.)
         if decision != .http1 && currentDecision().requiresHTTP {
             // A port with HTTP rules carries HTTP only: anything else would bypass the rules.
             environment.count("connections_policy_denied")
@@ -189,6 +190,11 @@ final class ProxyConnection {
                                                              limitConfiguration: limits)),
                     up,
                 ], position: .after(gate))
+            case .http2 where !carriesDNS && environment.configuration.interceptHTTP2:
+                mode = .http2
+                environment.count("connections_http2")
+                try HTTP2Intercept.install(connection: self, downstream: ds, after: detectHandler,
+                                           upstream: upstream, us: us, after: gate)
             default:
                 mode = .opaque
                 let (a, b) = RelayHandler.pair(connection: self)

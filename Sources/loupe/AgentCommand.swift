@@ -20,6 +20,7 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Node name in flows.") var nodeName: String = "loupe-node"
     @Option(help: "Proxy event-loop threads (default: one per core).") var threads: Int?
     @Option(help: "Largest HTTP header block accepted, bytes.") var maxHeaderBytes: Int = 64 * 1024
+    @Flag(help: "Experimental: intercept HTTP/2 (h2c) per stream instead of relaying it opaque.") var interceptHttp2 = false
     @Flag(help: "Log at debug level.") var debug = false
 
     func run() async throws {
@@ -52,6 +53,7 @@ struct AgentCommand: AsyncParsableCommand {
         cfg.proxy.nodeName = nodeName
         if let threads { cfg.proxy.threads = threads }
         cfg.proxy.maxHeaderBytes = maxHeaderBytes
+        cfg.proxy.interceptHTTP2 = interceptHttp2
         let logger = Logger(label: "loupe.agent")
         do {
             try await Agent(configuration: cfg, logger: logger).run()

@@ -49,7 +49,7 @@ def render_inventory(tmp_path, annotate_shop=True):
     if annotate_shop:
         return original
     text = original.read_text()
-    annotation = '    loupe.io/proxy-visibility: "<Egress/80/TCP/HTTP>,<Egress/8000/TCP/HTTP>,<Egress/7000/TCP/HTTP>,<Egress/53/ANY/DNS>"\n'
+    annotation = '    loupe.io/proxy-visibility: "<Egress/80/TCP/HTTP>,<Egress/8000/TCP/HTTP>,<Egress/7000/TCP/HTTP>,<Egress/53/ANY/DNS>,<Egress/8080/TCP/HTTP>"\n'
     assert annotation in text
     text = text.replace("  annotations:\n" + annotation, "", 1)
     path = REPO / "tests/e2e/.inventory-no-annotation.yaml"
@@ -64,15 +64,17 @@ class AgentProcess:
         self.log_path = log_path
         self.proc = None
 
-    def start(self):
+    def start(self, *extra):
         self.log = open(self.log_path, "a")
+        mark = Path(self.log_path).stat().st_size if Path(self.log_path).exists() else 0
         # A short DNS timeout keeps the upstream-down test quick.
-        self.proc = subprocess.Popen([LOUPE, "agent", "--lab", "--dns-timeout-ms", "1500"], stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([LOUPE, "agent", "--lab", "--dns-timeout-ms", "1500", *extra],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"agent exited {self.proc.returncode}: {Path(self.log_path).read_text()}")
-            if "inventory applied" in Path(self.log_path).read_text() and \
+            if "inventory applied" in Path(self.log_path).read_text()[mark:] and \
                     run(LOUPE, "status", check=False).returncode == 0:
                 return
             time.sleep(0.1)
