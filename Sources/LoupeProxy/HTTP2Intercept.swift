@@ -4,10 +4,11 @@ import NIOCore
 import NIOHPACK
 import NIOHTTP2
 
-/// EXPERIMENTAL (off by default: `loupe agent --intercept-http2`). Known bug: curl 7.88
-/// reusing the connection for a second URL fails ("Error in the HTTP2 framing layer") before
-/// sending it, while h2load, nghttp and a hand-written client work; without the flag h2c is
-/// relayed opaque as before.
+/// EXPERIMENTAL (off by default: `loupe agent --intercept-http2`): no per-stream policy, no
+/// configured limits or GOAWAY draining yet. curl 7.88 (Debian 12) fails when it reuses a
+/// prior-knowledge connection for a second URL ("Error in the HTTP2 framing layer", before it
+/// sends anything): that is curl's bug #10634, fixed in 7.89 — h2load, nghttp and a
+/// hand-written client reuse the connection fine. Without the flag h2c is relayed opaque.
 ///
 /// HTTP/2 (prior knowledge, h2c) interception: the client's connection is terminated by an
 /// HTTP/2 server stack and a client stack speaks to the original destination; each client
