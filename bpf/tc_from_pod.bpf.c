@@ -47,30 +47,43 @@ static __always_inline int loupe_assign(struct __sk_buff *skb, struct bpf_sock *
     return TC_ACT_OK;
 }
 
-/* UDP (DNS): every selected datagram goes to the proxy's transparent UDP socket, which reads
- * the original destination from IP_ORIGDSTADDR. */
-static __always_inline int loupe_steer_udp(struct __sk_buff *skb, struct loupe_packet *p,
-                                           struct loupe_redirect_value *rule, __u32 tuple_len)
+/* The proxy's listener as a lookup tuple: 127.0.0.1 / ::1 at the rule's proxy port (a lookup
+ * of the loopback address also finds a 0.0.0.0 / [::] socket). */
+static __always_inline struct bpf_sock_tuple loupe_listener_tuple(__u8 family, struct loupe_redirect_value *rule)
 {
     struct bpf_sock_tuple ln = {};
-    struct bpf_sock *sk;
 
-    if (p->family == 4) {
+    if (family == 4) {
         ln.ipv4.daddr = loupe_listener_v4;
         ln.ipv4.dport = bpf_htons(rule->proxy_port);
     } else {
         ln.ipv6.daddr[3] = bpf_htonl(1);
         ln.ipv6.dport = bpf_htons(rule->proxy_port);
     }
-    sk = bpf_sk_lookup_udp(skb, &ln, tuple_len, BPF_F_CURRENT_NETNS, 0);
-    if (!sk) {
-        if (rule->flags & LOUPE_REDIRECT_ENFORCE) {
-            loupe_count(LOUPE_CNT_PROXY_ABSENT_DROP);
-            return TC_ACT_SHOT;
-        }
-        loupe_count(LOUPE_CNT_PROXY_ABSENT_PASS);
-        return TC_ACT_OK;
+    return ln;
+}
+
+/* No proxy socket: a visibility-only port passes (fail open), an enforced one drops. */
+static __always_inline int loupe_proxy_absent(struct loupe_redirect_value *rule)
+{
+    if (rule->flags & LOUPE_REDIRECT_ENFORCE) {
+        loupe_count(LOUPE_CNT_PROXY_ABSENT_DROP);
+        return TC_ACT_SHOT;
     }
+    loupe_count(LOUPE_CNT_PROXY_ABSENT_PASS);
+    return TC_ACT_OK;
+}
+
+/* UDP (DNS): every selected datagram goes to the proxy's transparent UDP socket, which reads
+ * the original destination from IP_ORIGDSTADDR. */
+static __always_inline int loupe_steer_udp(struct __sk_buff *skb, struct loupe_packet *p,
+                                           struct loupe_redirect_value *rule, __u32 tuple_len)
+{
+    struct bpf_sock_tuple ln = loupe_listener_tuple(p->family, rule);
+    struct bpf_sock *sk = bpf_sk_lookup_udp(skb, &ln, tuple_len, BPF_F_CURRENT_NETNS, 0);
+
+    if (!sk)
+        return loupe_proxy_absent(rule);
     return loupe_assign(skb, sk, LOUPE_CNT_ASSIGNED_LISTENER);
 }
 
@@ -112,23 +125,10 @@ int loupe_from_pod(struct __sk_buff *skb)
         return TC_ACT_OK;
     }
     /* 2. A new connection: the proxy's listener. */
-    struct bpf_sock_tuple ln = {};
-    if (p.family == 4) {
-        ln.ipv4.daddr = loupe_listener_v4;
-        ln.ipv4.dport = bpf_htons(rule->proxy_port);
-    } else {
-        ln.ipv6.daddr[3] = bpf_htonl(1);
-        ln.ipv6.dport = bpf_htons(rule->proxy_port);
-    }
+    struct bpf_sock_tuple ln = loupe_listener_tuple(p.family, rule);
     sk = bpf_skc_lookup_tcp(skb, &ln, tuple_len, BPF_F_CURRENT_NETNS, 0);
-    if (!sk) {
-        if (rule->flags & LOUPE_REDIRECT_ENFORCE) {
-            loupe_count(LOUPE_CNT_PROXY_ABSENT_DROP);
-            return TC_ACT_SHOT;
-        }
-        loupe_count(LOUPE_CNT_PROXY_ABSENT_PASS);
-        return TC_ACT_OK;
-    }
+    if (!sk)
+        return loupe_proxy_absent(rule);
     if (sk->state != BPF_TCP_LISTEN) {
         bpf_sk_release(sk);
         loupe_count(LOUPE_CNT_PROXY_ABSENT_PASS);
