@@ -72,18 +72,7 @@ struct FlowJSONWriter {
         o.field("labels", &out) { $0.strings(e.labels) }
         if let p = e.podName { o.field("pod_name", &out) { $0.string(p) } }
         if let ws = e.workloads, !ws.isEmpty {
-            o.field("workloads", &out) { w in
-                w.out += "["
-                for (i, wl) in ws.enumerated() {
-                    if i > 0 { w.out += "," }
-                    w.out += "{\"name\":"
-                    w.string(wl.name)
-                    w.out += ",\"kind\":"
-                    w.string(wl.kind)
-                    w.out += "}"
-                }
-                w.out += "]"
-            }
+            o.field("workloads", &out) { $0.pairs(ws, "name", "kind") { ($0.name, $0.kind) } }
         }
         o.close(&out)
     }
@@ -95,18 +84,7 @@ struct FlowJSONWriter {
         if !h.url.isEmpty { o.field("url", &out) { $0.string(h.url) } }
         o.field("protocol", &out) { $0.string(h.protocol) }
         if !h.headers.isEmpty {
-            o.field("headers", &out) { w in
-                w.out += "["
-                for (i, kv) in h.headers.enumerated() {
-                    if i > 0 { w.out += "," }
-                    w.out += "{\"key\":"
-                    w.string(kv.key)
-                    w.out += ",\"value\":"
-                    w.string(kv.value)
-                    w.out += "}"
-                }
-                w.out += "]"
-            }
+            o.field("headers", &out) { $0.pairs(h.headers, "key", "value") { ($0.key, $0.value) } }
         }
         o.close(&out)
     }
@@ -122,6 +100,21 @@ struct FlowJSONWriter {
         if !d.qtypes.isEmpty { o.field("qtypes", &out) { $0.strings(d.qtypes) } }
         if !d.rrtypes.isEmpty { o.field("rrtypes", &out) { $0.strings(d.rrtypes) } }
         o.close(&out)
+    }
+
+    /// `[{"first":…,"second":…},…]`: workloads and headers.
+    private mutating func pairs<T>(_ items: [T], _ first: String, _ second: String, _ fields: (T) -> (String, String)) {
+        out += "["
+        for (i, item) in items.enumerated() {
+            let (a, b) = fields(item)
+            out += i > 0 ? ",{\"" : "{\""
+            out += first + "\":"
+            string(a)
+            out += ",\"" + second + "\":"
+            string(b)
+            out += "}"
+        }
+        out += "]"
     }
 
     private mutating func strings(_ list: [String]) {

@@ -267,23 +267,14 @@ public enum PolicyParser {
             for (i, h) in (list(f["headers"], "\(path).headers") ?? []).enumerated() {
                 guard let s = string(h, "\(path).headers[\(i)]") else { continue }
                 if let colon = s.firstIndex(of: ":") {
-                    let name = s[..<colon].trimmingSpaces
-                    let value = s[s.index(after: colon)...].trimmingSpaces
+                    let name = s[..<colon].trimmed(" \t")
+                    let value = s[s.index(after: colon)...].trimmed(" \t")
                     headers.append(.init(name: name, value: value))
                 } else {
-                    headers.append(.init(name: s.trimmingSpaces, value: nil))
+                    headers.append(.init(name: s.trimmed(" \t"), value: nil))
                 }
             }
             return .init(method: regex("method"), path: regex("path"), host: regex("host"), headers: headers)
         }
-    }
-}
-
-extension StringProtocol {
-    var trimmingSpaces: String {
-        var s = Substring(self)
-        while s.first == " " || s.first == "\t" { s = s.dropFirst() }
-        while s.last == " " || s.last == "\t" { s = s.dropLast() }
-        return String(s)
     }
 }

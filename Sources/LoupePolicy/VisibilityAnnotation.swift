@@ -78,9 +78,10 @@ public enum VisibilityAnnotation {
     }
 }
 
-extension String {
+extension StringProtocol {
+    /// Without leading and trailing characters from `set`.
     func trimmed(_ set: String) -> String {
-        var s = Substring(self)
+        var s = self[...]
         while let f = s.first, set.contains(f) { s = s.dropFirst() }
         while let l = s.last, set.contains(l) { s = s.dropLast() }
         return String(s)

@@ -25,6 +25,18 @@ public struct DNSMessage: Equatable, Sendable {
     public var isTruncated: Bool { flags & 0x0200 != 0 }
     public var rcode: DNSRCode { DNSRCode(rawValue: UInt8(flags & 0xF)) }
 
+    /// The shortest TTL among the A/AAAA answers (how long the addresses may be used), nil
+    /// when there are none.
+    public var addressTTL: UInt32? {
+        answers.filter { $0.address != nil }.map(\.ttl).min()
+    }
+
+    /// FORMERR for a malformed query, echoing its id when the first two bytes are there.
+    public static func formatError(replyingTo bytes: [UInt8]) -> DNSMessage {
+        let id = bytes.count >= 2 ? UInt16(bytes[0]) << 8 | UInt16(bytes[1]) : 0
+        return DNSMessage(id: id, flags: 0x8000 | UInt16(DNSRCode.formErr.rawValue))
+    }
+
     /// A response to `query` with `rcode` and no records (REFUSED, SERVFAIL, FORMERR from the
     /// proxy itself): same id, question echoed, RD copied, RA set.
     public static func reply(to query: DNSMessage, rcode: DNSRCode) -> DNSMessage {

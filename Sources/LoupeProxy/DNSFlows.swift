@@ -20,7 +20,7 @@ enum DNSFlows {
         let query = q.questions.first?.name ?? r.questions.first?.name ?? "."
         let qtypes = q.questions.map { $0.type.description }
         let addresses = r.answers.compactMap(\.address)
-        let ttl = r.answers.filter { $0.address != nil }.map(\.ttl).min() ?? UInt32.max
+        let ttl = r.addressTTL ?? UInt32.max
         let cnames = r.answers.compactMap { rec -> String? in if case .cname(let t) = rec.data { return t } else { return nil } }
         let rrtypes = r.answers.map { $0.type.description }
         let dns = DNS(query: query, ips: addresses, ttl: ttl == UInt32.max ? 0 : ttl, cnames: cnames,

@@ -183,9 +183,7 @@ public final class DNSProxy: @unchecked Sendable {
         environment.count("dns_malformed_queries")
         let summary: String
         if bytes.count >= 12 {
-            let id = UInt16(bytes[0]) << 8 | UInt16(bytes[1])
-            let formErr = DNSMessage(id: id, flags: 0x8000 | UInt16(DNSRCode.formErr.rawValue))
-            reply(formErr.serialize(), to: client, from: resolver)
+            reply(DNSMessage.formatError(replyingTo: bytes).serialize(), to: client, from: resolver)
             summary = "DNS malformed query answered FORMERR: \(reason)"
         } else {
             summary = "DNS malformed query dropped: \(reason)"
@@ -273,7 +271,7 @@ public final class DNSProxy: @unchecked Sendable {
         guard !addresses.isEmpty else { return }
         var names = [Self.trimDot(q)]
         for rec in r.answers { if case .cname(let t) = rec.data { names.append(Self.trimDot(t)) } }
-        let ttl = r.answers.filter { $0.address != nil }.map(\.ttl).min() ?? 0
+        let ttl = r.addressTTL ?? 0
         environment.fqdn.learn(client: client, names: names, addresses: addresses, ttl: ttl)
     }
 

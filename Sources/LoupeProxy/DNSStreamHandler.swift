@@ -77,8 +77,7 @@ final class DNSStreamHandler: ChannelInboundHandler, RemovableChannelHandler {
         connection.environment.record(connection.context.flow(
             verdict: .error, type: .l7, l7: Layer7(type: .request, latencyNs: 0, dns: DNS(query: "", qtypes: [])),
             reply: false, summary: "DNS malformed query answered FORMERR: \(reason)"))
-        let id = message.count >= 2 ? UInt16(message[0]) << 8 | UInt16(message[1]) : 0
-        answerLocally(DNSMessage(id: id, flags: 0x8000 | UInt16(DNSRCode.formErr.rawValue)), context: context)
+        answerLocally(DNSMessage.formatError(replyingTo: message), context: context)
     }
 
     /// Writes `m` back to the client as a TCP DNS frame.

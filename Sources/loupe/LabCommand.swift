@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import LoupeBPF
 import LoupeLab
 
 /// `loupe lab up|down|exec`: the netns lab that stands in for a node with pods.
@@ -28,7 +29,7 @@ struct LabCommand: ParsableCommand {
             try requireRoot()
             try Lab().down()
             // The lab's agent pins its maps here; a crashed agent leaves them behind.
-            removePins(in: "/sys/fs/bpf/loupe")
+            BPFFilesystem.removePins(in: Datapath.defaultPinRoot)
         }
     }
 
@@ -65,10 +66,4 @@ func execvpOrFail(_ argv: [String]) -> Never {
     execvp(argv[0], &cargs)
     FileHandle.standardError.write(Data("loupe: exec \(argv[0]): \(String(cString: strerror(errno)))\n".utf8))
     exit(127)
-}
-
-func removePins(in dir: String) {
-    guard let names = try? FileManager.default.contentsOfDirectory(atPath: dir) else { return }
-    for n in names { unlink(dir + "/" + n) }
-    rmdir(dir)
 }
