@@ -16,7 +16,7 @@ public struct FlowFilter: @unchecked Sendable {
     public var pods: [String] = []
     public var fromPods: [String] = []
     public var toPods: [String] = []
-    /// `--protocol`: http, tcp, udp, dns…
+    /// `--protocol`: http, grpc, dns, tcp, udp.
     public var protocols: [String] = []
     public var verdicts: [Verdict] = []
     /// `--http-status`: `403`, `5+`, `40+`.
@@ -25,6 +25,9 @@ public struct FlowFilter: @unchecked Sendable {
     public var httpPaths: [String] = []
     /// `--dns-rcode`: a number or a name (`NXDOMAIN`, `SERVFAIL`, `REFUSED`, …).
     public var dnsRCodes: [String] = []
+    /// `--grpc-status`: a number or a name (`NOT_FOUND`, `PERMISSION_DENIED`, …); matches gRPC
+    /// response flows whose `grpc-status` is one of them.
+    public var grpcStatuses: [String] = []
     private var pathRegexes: [Regex<AnyRegexOutput>] = []
 
     public init() {}
@@ -33,7 +36,7 @@ public struct FlowFilter: @unchecked Sendable {
     public var asDictionary: [String: [String]] {
         ["namespace": namespaces, "pod": pods, "from-pod": fromPods, "to-pod": toPods, "protocol": protocols,
          "verdict": verdicts.map(\.rawValue), "http-status": httpStatuses, "http-method": httpMethods, "http-path": httpPaths,
-         "dns-rcode": dnsRCodes]
+         "dns-rcode": dnsRCodes, "grpc-status": grpcStatuses]
             .filter { !$0.value.isEmpty }
     }
 
@@ -57,6 +60,7 @@ public struct FlowFilter: @unchecked Sendable {
             case "http-method": httpMethods = values
             case "http-path": httpPaths = values
             case "dns-rcode": dnsRCodes = values
+            case "grpc-status": grpcStatuses = values
             default: throw FilterError.invalid(flag: key, value: values.joined(separator: ","), reason: "unknown filter")
             }
         }
@@ -72,6 +76,12 @@ public struct FlowFilter: @unchecked Sendable {
         }
         for r in dnsRCodes where Self.rcodeNumber(r) == nil {
             throw FilterError.invalid(flag: "--dns-rcode", value: r, reason: "expected a number or NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED")
+        }
+        for p in protocols where !Self.knownProtocols.contains(p.lowercased()) {
+            throw FilterError.invalid(flag: "--protocol", value: p, reason: "expected one of \(Self.knownProtocols.joined(separator: ", "))")
+        }
+        for g in grpcStatuses where GRPCStatus.code(g) == nil {
+            throw FilterError.invalid(flag: "--grpc-status", value: g, reason: "expected a number or a gRPC status name like NOT_FOUND")
         }
         for s in httpStatuses {
             let digits = s.hasSuffix("+") ? String(s.dropLast()) : s
@@ -103,6 +113,10 @@ public struct FlowFilter: @unchecked Sendable {
             guard let dns = f.l7?.dns, f.l7?.type == .response else { return false }
             if !dnsRCodes.contains(where: { Self.rcodeNumber($0) == dns.rcode }) { return false }
         }
+        if !grpcStatuses.isEmpty {
+            guard let status = Self.grpcStatus(of: f) else { return false }
+            if !grpcStatuses.contains(where: { GRPCStatus.code($0) == status }) { return false }
+        }
         if !pathRegexes.isEmpty {
             guard let url = f.l7?.http?.url else { return false }
             let path = Self.path(ofURL: url)
@@ -124,11 +138,20 @@ public struct FlowFilter: @unchecked Sendable {
     static func proto(_ p: String, matches f: Flow) -> Bool {
         switch p {
         case "http": return f.l7?.http != nil
+        case "grpc": return f.l7?.http?.headers.contains { $0.key.lowercased() == "content-type" && GRPCStatus.isGRPC(contentType: $0.value) } ?? false
         case "dns": return f.l7?.dns != nil
         case "tcp": return f.l4.tcp != nil
         case "udp": return f.l4.udp != nil
         default: return false
         }
+    }
+
+    static let knownProtocols = ["http", "grpc", "dns", "tcp", "udp"]
+
+    /// The `grpc-status` a response flow carries in its headers.
+    static func grpcStatus(of f: Flow) -> Int? {
+        guard f.l7?.type == .response, let v = f.l7?.http?.headers.first(where: { $0.key == "grpc-status" })?.value else { return nil }
+        return Int(v)
     }
 
     static func rcodeNumber(_ s: String) -> UInt32? {

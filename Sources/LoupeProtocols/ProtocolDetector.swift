@@ -44,4 +44,16 @@ public enum ProtocolDetector {
         }
         return couldStillMatch ? .needMore : .opaque
     }
+
+    /// Whether a server's first bytes are an HTTP/2 server preface (a SETTINGS frame on stream 0,
+    /// not an ACK). HTTP/2 servers send it as soon as they accept, often before the client's
+    /// preface reaches the proxy; such a server has not "spoken first" in the sense of a
+    /// server-first protocol, and detection keeps waiting for the client.
+    public static func isHTTP2ServerPreface<C: Collection>(_ bytes: C) -> Bool where C.Element == UInt8 {
+        let b = Array(bytes.prefix(9))
+        guard b.count == 9 else { return false }
+        let length = Int(b[0]) << 16 | Int(b[1]) << 8 | Int(b[2])
+        let streamID = (UInt32(b[5]) << 24 | UInt32(b[6]) << 16 | UInt32(b[7]) << 8 | UInt32(b[8])) & 0x7fff_ffff
+        return b[3] == 0x04 && b[4] & 0x01 == 0 && streamID == 0 && length % 6 == 0
+    }
 }

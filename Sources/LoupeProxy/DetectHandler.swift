@@ -55,7 +55,12 @@ final class UpstreamGate: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        if buffered != nil { connection.upstreamSpokeFirst() }
+        guard let b = buffered else { return }
+        if ProtocolDetector.isHTTP2ServerPreface(b.readableBytesView) {
+            connection.upstreamSentHTTP2Preface()
+        } else {
+            connection.upstreamSpokeFirst()
+        }
     }
 
     func read(context: ChannelHandlerContext) {

@@ -1,194 +1,195 @@
 import LoupeFlow
-import LoupePolicy
 import NIOCore
 import NIOHPACK
 import NIOHTTP2
 
-/// EXPERIMENTAL (off by default: `loupe agent --intercept-http2`): no per-stream policy, no
-/// configured limits or GOAWAY draining yet. curl 7.88 (Debian 12) fails when it reuses a
-/// prior-knowledge connection for a second URL ("Error in the HTTP2 framing layer", before it
-/// sends anything): that is curl's bug #10634, fixed in 7.89 — h2load, nghttp and a
-/// hand-written client reuse the connection fine. Without the flag h2c is relayed opaque.
-///
 /// HTTP/2 (prior knowledge, h2c) interception: the client's connection is terminated by an
-/// HTTP/2 server stack and a client stack speaks to the original destination; each client
-/// stream gets its own upstream stream, and frames (headers, data, trailers) are relayed per
-/// stream with per-stream backpressure (a stream reads only while its partner stream can
-/// take more, so one slow reader stalls only its own stream). Each stream gives a REQUEST and
-/// a RESPONSE flow; for gRPC the response flow waits for the trailers to carry `grpc-status`.
+/// HTTP/2 server stack, and a client stack speaks to the original destination. Steps per stream:
+///   1. the client's HEADERS → REQUEST flow, policy verdict (`:method`, `:path`, `:authority`);
+///   2. allowed → one upstream stream, frames relayed both ways with per-stream backpressure
+///      (`StreamRelay`); denied → `403 Access denied` on this stream only;
+///   3. the response (gRPC: its trailers) → RESPONSE flow (`Exchange`).
+/// Connection level (`Session`): SETTINGS and PING are answered hop by hop by NIO; a GOAWAY or
+/// close from the destination becomes a GOAWAY to the client, whose open streams drain before
+/// its connection closes; limits (`HTTP2Limits`) and protocol errors end in RST_STREAM/GOAWAY
+/// with an ERROR flow (`ConnectionWatcher`).
+///
+/// Known client quirk: curl 7.88 (Debian 12) fails when it reuses a prior-knowledge connection
+/// for a second URL ("Error in the HTTP2 framing layer", before sending anything) — curl bug
+/// #10634, fixed in 7.89; h2load, nghttp, grpcio and python `h2` reuse connections fine.
 enum HTTP2Intercept {
+    @discardableResult
     static func install(connection: ProxyConnection, downstream ds: ChannelPipeline.SynchronousOperations,
                         after detect: ChannelHandler, upstream: Channel, us: ChannelPipeline.SynchronousOperations,
-                        after gate: ChannelHandler) throws {
-        let upstreamMux = try us.configureHTTP2Pipeline(
-            mode: .client, connectionConfiguration: .init(), streamConfiguration: .init(),
+                        after gate: ChannelHandler) throws -> Session {
+        let limits = connection.environment.configuration.http2
+        let session = Session(connection: connection)
+        session.upstreamMux = try us.configureHTTP2Pipeline(
+            mode: .client, connectionConfiguration: limits.connection, streamConfiguration: limits.stream,
             position: .after(gate),
             inboundStreamInitializer: { ch in ch.close() } // no server push through the proxy
         )
         _ = try ds.configureHTTP2Pipeline(
-            mode: .server, connectionConfiguration: .init(), streamConfiguration: .init(),
+            mode: .server, connectionConfiguration: limits.connection, streamConfiguration: limits.stream,
             position: .after(detect),
-            inboundStreamInitializer: { stream in
-                // A client stream: pair it with a new upstream stream.
-                let down = StreamRelay(connection: connection, client: true)
-                let up = StreamRelay(connection: connection, client: false)
-                down.partner = up
-                up.partner = down
-                upstreamMux.createStreamChannel(promise: nil) { upstreamStream in
-                    upstreamStream.eventLoop.makeCompletedFuture { try upstreamStream.pipeline.syncOperations.addHandler(up) }
-                }
-                return stream.eventLoop.makeCompletedFuture { try stream.pipeline.syncOperations.addHandler(down) }
-            }
+            inboundStreamInitializer: { stream in session.clientStreamOpened(stream) }
         )
+        try ds.addHandler(ConnectionWatcher(session: session, client: true))
+        try us.addHandler(ConnectionWatcher(session: session, client: false))
+        return session
     }
 
-    /// One side of a stream pair. Frames that arrive before the partner stream exists wait
-    /// here (at most one flow-control window's worth).
-    final class StreamRelay: ChannelDuplexHandler {
-        typealias InboundIn = HTTP2Frame.FramePayload
-        typealias OutboundIn = HTTP2Frame.FramePayload
-        typealias OutboundOut = HTTP2Frame.FramePayload
-
+    /// The connection-level state of one intercepted HTTP/2 connection pair.
+    final class Session {
         let connection: ProxyConnection
-        let client: Bool
-        var partner: StreamRelay?
-        var context: ChannelHandlerContext?
-        private var waiting: [HTTP2Frame.FramePayload] = []
-        /// The last frame written into this stream: closing waits for it.
-        private var lastWrite: EventLoopFuture<Void>?
-        /// This side's peer ended its half of the stream (END_STREAM seen inbound).
-        private var receivedEnd = false
-        private var pendingRead = false
-        // Flow state (client side records the request, server side the response).
-        private var exchange: (method: String, url: String, started: UInt64)?
-        private var grpc = false
-        private var responseHead: HPACKHeaders?
+        var upstreamMux: NIOHTTP2Handler.StreamMultiplexer?
+        private(set) var openClientStreams = 0
+        /// The destination sent GOAWAY or closed: no new upstream streams.
+        private(set) var upstreamGoingAway = false
+        private var upstreamGone = false
+        private var goAwaySent = false
+        /// ERROR flows recorded for stream-level errors on this connection: past a few, only counted.
+        private var errorFlows = 0
+        static let maxErrorFlowsPerConnection = 16
+        static let drainDeadlineSeconds: Int64 = 30
 
-        init(connection: ProxyConnection, client: Bool) {
-            self.connection = connection
+        init(connection: ProxyConnection) { self.connection = connection }
+
+        /// A new client stream (step 1 happens when its HEADERS arrive).
+        func clientStreamOpened(_ stream: Channel) -> EventLoopFuture<Void> {
+            openClientStreams += 1
+            stream.closeFuture.whenComplete { _ in self.clientStreamClosed() }
+            let relay = StreamRelay(session: self, client: true, pair: StreamPair())
+            return stream.eventLoop.makeCompletedFuture { try stream.pipeline.syncOperations.addHandler(relay) }
+        }
+
+        private func clientStreamClosed() {
+            openClientStreams -= 1
+            if upstreamGone && openClientStreams == 0 { connection.downstream.close(promise: nil) }
+        }
+
+        /// Step 2 for an allowed request: its upstream stream.
+        func openUpstream(for client: StreamRelay) {
+            guard !upstreamGoingAway, let mux = upstreamMux else {
+                client.refuse()
+                return
+            }
+            let server = StreamRelay(session: self, client: false, pair: client.pair)
+            client.partner = server
+            server.partner = client
+            let created = connection.downstream.eventLoop.makePromise(of: Channel.self)
+            created.futureResult.whenFailure { _ in client.refuse() }
+            mux.createStreamChannel(promise: created) { ch in
+                ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(server) }
+            }
+        }
+
+        /// The last stream the destination said (GOAWAY) it will process; later ones it never saw.
+        private(set) var upstreamLastStreamID: HTTP2StreamID?
+
+        /// The destination sent GOAWAY: the client is told to open no more streams here; the
+        /// streams in flight finish (those the destination did not take are refused one by one,
+        /// REFUSED_STREAM, which clients retry elsewhere).
+        func upstreamGoAway(lastStreamID: HTTP2StreamID) {
+            upstreamGoingAway = true
+            upstreamLastStreamID = min(upstreamLastStreamID ?? .maxID, lastStreamID)
+            sendGoAwayToClient()
+        }
+
+        /// The destination's connection closed: the client's connection follows once its open
+        /// streams have drained (bounded by a deadline).
+        func upstreamClosed() {
+            upstreamGoingAway = true
+            upstreamGone = true
+            sendGoAwayToClient()
+            let ds = connection.downstream
+            if openClientStreams == 0 {
+                ds.close(promise: nil)
+            } else {
+                let deadline = ds.eventLoop.scheduleTask(in: .seconds(Self.drainDeadlineSeconds)) { ds.close(promise: nil) }
+                ds.closeFuture.whenComplete { _ in deadline.cancel() }
+            }
+        }
+
+        /// GOAWAY with the highest stream id: "no new streams", while every open stream may
+        /// still complete (RFC 9113 §6.8, the first of a graceful shutdown's two GOAWAYs).
+        private func sendGoAwayToClient() {
+            guard !goAwaySent, connection.downstream.isActive else { return }
+            goAwaySent = true
+            connection.environment.count("http2_goaway_to_client")
+            let frame = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: .maxID, errorCode: .noError, opaqueData: nil))
+            connection.downstream.writeAndFlush(frame, promise: nil)
+        }
+
+        /// An error from one side's HTTP/2 stack. NIO has already sent the RST_STREAM (stream
+        /// error) or GOAWAY (connection error); here it becomes an ERROR flow and, for a
+        /// connection error, the end of the connection.
+        func stackError(_ error: Error, client: Bool, context: ChannelHandlerContext) {
+            let streamLevel = error is NIOHTTP2Errors.StreamError
+            let limits = connection.environment.configuration.http2
+            let side = client ? "client" : "server"
+            let summary: String
+            if let breach = limits.breach(error) {
+                connection.environment.count("http2_limit_\(breach.counter)")
+                summary = "HTTP/2 limit breached by \(side): \(breach.description); " + (streamLevel ? "stream reset" : "connection closed with GOAWAY")
+            } else if Self.isProtocolError(error) {
+                connection.environment.count("http2_protocol_errors")
+                summary = "HTTP/2 protocol error from \(side): \(describe(error)); " + (streamLevel ? "stream reset" : "connection closed with GOAWAY")
+            } else {
+                // I/O errors (a reset peer): the connection ends, nothing to record here.
+                if !streamLevel { context.close(promise: nil) }
+                return
+            }
+            if streamLevel && errorFlows >= Self.maxErrorFlowsPerConnection {
+                connection.environment.count("http2_error_flows_not_recorded")
+            } else {
+                errorFlows += 1
+                connection.environment.record(connection.context.flow(
+                    verdict: .error, type: .l7,
+                    l7: Layer7(type: client ? .request : .response, latencyNs: 0,
+                               http: HTTP(method: "", url: "", protocol: "HTTP/2", headers: [])),
+                    reply: !client, summary: summary))
+            }
+            if !streamLevel { context.close(promise: nil) }
+        }
+
+        /// A peer's protocol violation, as opposed to our own writes racing a close.
+        static func isProtocolError(_ error: Error) -> Bool {
+            let base = (error as? NIOHTTP2Errors.StreamError)?.baseError ?? error
+            if base is NIOHTTP2Errors.IOOnClosedConnection || base is NIOHTTP2Errors.StreamClosed { return false }
+            return base is any NIOHTTP2Error || base is any NIOHPACKError
+        }
+
+        func describe(_ error: Error) -> String {
+            if let e = error as? NIOHTTP2Errors.StreamError { return "stream \(e.streamID): \(e.baseError)" }
+            if error is NIOHTTP2Errors.UnableToParseFrame {
+                // NIO reports every decoding failure this way, HPACK ones included.
+                let limit = connection.environment.configuration.http2.maxHeaderListBytes
+                return "a frame or header block could not be decoded (malformed, HPACK misuse, or a header list decoding to more than \(limit) bytes)"
+            }
+            return "\(error)"
+        }
+    }
+
+    /// At the end of each side's connection pipeline: sees the connection-level frames
+    /// (stream 0) and the HTTP/2 stack's errors.
+    final class ConnectionWatcher: ChannelInboundHandler {
+        typealias InboundIn = HTTP2Frame
+
+        let session: Session
+        let client: Bool
+
+        init(session: Session, client: Bool) {
+            self.session = session
             self.client = client
         }
 
-        func handlerAdded(context: ChannelHandlerContext) {
-            self.context = context
-            flushWaiting()
-        }
-
-        func handlerRemoved(context: ChannelHandlerContext) {
-            self.context = nil
-            partner = nil
-        }
-
-        /// Writes (into this stream) the frames the partner received before this stream existed.
-        private func flushWaiting() {
-            guard let partner, let context, !partner.waiting.isEmpty else { return }
-            for f in partner.waiting { lastWrite = context.write(wrapOutboundOut(f)) }
-            partner.waiting.removeAll()
-            context.flush()
-        }
-
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-            let payload = unwrapInboundIn(data)
-            switch payload {
-            case .headers(let h) where h.endStream: receivedEnd = true
-            case .data(let d) where d.endStream: receivedEnd = true
-            default: break
-            }
-            observe(payload)
-            guard let partner, let target = partner.context else {
-                waiting.append(payload)
-                return
-            }
-            partner.lastWrite = target.write(wrapOutboundOut(payload))
-        }
-
-        func channelReadComplete(context: ChannelHandlerContext) {
-            partner?.context?.flush()
-        }
-
-        func channelWritabilityChanged(context: ChannelHandlerContext) {
-            if context.channel.isWritable, let p = partner, p.pendingRead, let pc = p.context {
-                p.pendingRead = false
-                pc.read()
-            }
-            context.fireChannelWritabilityChanged()
-        }
-
-        func read(context: ChannelHandlerContext) {
-            if partner?.context?.channel.isWritable ?? true { context.read() } else { pendingRead = true }
-        }
-
-        func channelInactive(context: ChannelHandlerContext) {
-            // Ended normally (END_STREAM both ways went through us): the partner stream ends by
-            // itself. Reset or aborted: the partner goes too, once what was relayed into it is
-            // written (an RST then tells its peer). Closing a finished stream would put a
-            // spurious RST_STREAM on the wire, which clients count as an error.
-            if let p = partner, let pc = p.context, !(receivedEnd && p.receivedEnd) {
-                pc.flush()
-                (p.lastWrite ?? pc.eventLoop.makeSucceededVoidFuture()).whenComplete { _ in pc.close(promise: nil) }
-            }
-            if !client, let e = partner?.exchange, responseHead != nil, grpc { recordResponse(e, trailers: nil) }
-            context.fireChannelInactive()
+            if !client, case .goAway(let last, _, _) = unwrapInboundIn(data).payload { session.upstreamGoAway(lastStreamID: last) }
         }
 
         func errorCaught(context: ChannelHandlerContext, error: Error) {
-            context.close(promise: nil)
-        }
-
-        // MARK: flows
-
-        private func observe(_ payload: HTTP2Frame.FramePayload) {
-            guard case .headers(let h) = payload else { return }
-            if client {
-                guard exchange == nil else { return } // trailers from the client: nothing to record
-                let method = h.headers.first(name: ":method") ?? "?"
-                let scheme = h.headers.first(name: ":scheme") ?? "http"
-                let authority = h.headers.first(name: ":authority") ?? connection.context.authorityFallback
-                let path = h.headers.first(name: ":path") ?? "/"
-                let url = Redaction.url("\(scheme)://\(authority)\(path)")
-                exchange = (method, url, monotonicNanos())
-                connection.environment.record(connection.context.flow(
-                    verdict: .forwarded, type: .l7,
-                    l7: Layer7(type: .request, latencyNs: 0, http: HTTP(method: method, url: url, protocol: "HTTP/2",
-                                                                        headers: Self.flowHeaders(h.headers))),
-                    reply: false, summary: "HTTP/2 \(method) \(url)"))
-            } else {
-                guard let e = partner?.exchange else { return }
-                if responseHead == nil {
-                    guard let status = h.headers.first(name: ":status"), let code = Int(status), code >= 200 else { return }
-                    responseHead = h.headers
-                    grpc = h.headers.first(name: "content-type")?.hasPrefix("application/grpc") ?? false
-                    // gRPC carries its outcome in the trailers: record the response then.
-                    if !grpc || h.endStream { recordResponse(e, trailers: h.endStream ? h.headers : nil) }
-                } else if grpc {
-                    recordResponse(e, trailers: h.headers)
-                }
-            }
-        }
-
-        private var recorded = false
-        private func recordResponse(_ e: (method: String, url: String, started: UInt64), trailers: HPACKHeaders?) {
-            guard !recorded, let head = responseHead else { return }
-            recorded = true
-            let code = Int(head.first(name: ":status") ?? "") ?? 0
-            let latency = monotonicNanos() &- e.started
-            var headers = Self.flowHeaders(head)
-            var summary = "HTTP/2 \(code) \(latency / 1_000_000)ms (\(e.method) \(e.url))"
-            if grpc {
-                let status = trailers?.first(name: "grpc-status") ?? head.first(name: "grpc-status")
-                let message = trailers?.first(name: "grpc-message") ?? head.first(name: "grpc-message")
-                if let status { headers.append(.init(key: "grpc-status", value: status)); summary += " grpc-status=\(status)" }
-                if let message { headers.append(.init(key: "grpc-message", value: message)) }
-            }
-            connection.environment.record(connection.context.flow(
-                verdict: .forwarded, type: .l7,
-                l7: Layer7(type: .response, latencyNs: latency, http: HTTP(code: code, method: e.method, url: e.url,
-                                                                           protocol: "HTTP/2", headers: headers)),
-                reply: true, summary: summary))
-        }
-
-        static func flowHeaders(_ h: HPACKHeaders) -> [HTTP.Header] {
-            Redaction.headers(h.filter { !$0.name.hasPrefix(":") }.map { ($0.name, $0.value) })
+            session.stackError(error, client: client, context: context)
         }
     }
 }

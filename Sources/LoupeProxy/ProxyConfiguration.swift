@@ -14,9 +14,11 @@ public struct ProxyConfiguration: Sendable {
     public var maxHeaderBytes: Int = 64 * 1024
     /// Upstream connect timeout.
     public var connectTimeoutMilliseconds: Int64 = 5000
-    /// Terminate and re-originate HTTP/2 (h2c) for per-stream flows; off: relayed opaque.
-    /// Experimental (see HTTP2Intercept).
-    public var interceptHTTP2 = false
+    /// Terminate and re-originate HTTP/2 (h2c) for per-stream flows and policy; off: h2c is
+    /// relayed opaque (and refused on ports with HTTP policy rules).
+    public var interceptHTTP2 = true
+    /// HTTP/2 abuse limits (concurrent streams, header list, HPACK table, CONTINUATION, resets).
+    public var http2 = HTTP2Limits()
     /// Name of this node in flows.
     public var nodeName: String = "loupe-node"
     /// Event-loop threads (default: one per core).

@@ -34,6 +34,8 @@ final class ProxyConnection {
     var dnsPending: [UInt16: (DNSMessage, UInt64)] = [:]
     var bytesFromClient: UInt64 = 0
     var bytesFromServer: UInt64 = 0
+    /// HTTP/2: the intercepted connection's session (streams, GOAWAY, drain).
+    var http2: HTTP2Intercept.Session?
     private var detectHandler: DetectHandler?
     private var gate: UpstreamGate?
 
@@ -147,12 +149,13 @@ final class ProxyConnection {
         // A DNS port (by annotation or by DNS policy rules) carries DNS over TCP, whatever
         // its first bytes look like.
         let decision = carriesDNS ? .opaque : decision
-        // (HTTP/2 too, until its streams are checked against the rules.)
-        if decision != .http1 && currentDecision().requiresHTTP {
+        // HTTP/2 streams are checked one by one when intercepted; relayed opaque they could not be.
+        let interceptsHTTP2 = decision == .http2 && environment.configuration.interceptHTTP2
+        if decision != .http1 && !interceptsHTTP2 && currentDecision().requiresHTTP {
             // A port with HTTP rules carries HTTP only: anything else would bypass the rules.
             environment.count("connections_policy_denied")
             environment.record(context.flow(verdict: .dropped, type: .l3l4, l7: nil, reply: false,
-                                            summary: "TCP connection denied: not HTTP/1 on a port with HTTP policy rules",
+                                            summary: "TCP connection denied: not HTTP on a port with HTTP policy rules",
                                             dropReason: "POLICY_DENIED"))
             mode = .closed
             upstream.close(promise: nil)
@@ -193,8 +196,8 @@ final class ProxyConnection {
             case .http2 where !carriesDNS && environment.configuration.interceptHTTP2:
                 mode = .http2
                 environment.count("connections_http2")
-                try HTTP2Intercept.install(connection: self, downstream: ds, after: detectHandler,
-                                           upstream: upstream, us: us, after: gate)
+                http2 = try HTTP2Intercept.install(connection: self, downstream: ds, after: detectHandler,
+                                                   upstream: upstream, us: us, after: gate)
             default:
                 mode = .opaque
                 let (a, b) = RelayHandler.pair(connection: self)
@@ -239,6 +242,17 @@ final class ProxyConnection {
     func upstreamSpokeFirst() {
         if mode == .detecting { detected(.opaque) }
     }
+
+    /// An HTTP/2 server's SETTINGS came before the client's preface: keep waiting for the client
+    /// (it speaks without waiting for the server), but not forever.
+    func upstreamSentHTTP2Preface() {
+        guard mode == .detecting else { return }
+        downstream.eventLoop.scheduleTask(in: .seconds(Self.http2PrefaceWaitSeconds)) {
+            if self.mode == .detecting { self.detected(.opaque) }
+        }
+    }
+
+    static let http2PrefaceWaitSeconds: Int64 = 5
 
     /// The HTTP exchange asked for a tunnel (101 Switching Protocols, CONNECT 2xx): from now on
     /// both directions are relayed as opaque bytes. Codecs are removed after the relay is in
@@ -308,6 +322,11 @@ final class ProxyConnection {
     }
 
     private func upstreamClosed() {
+        if let http2 {
+            http2.upstreamClosed() // the client's streams drain first
+            finish()
+            return
+        }
         let ds = downstream
         (lastWriteToClient ?? ds.eventLoop.makeSucceededVoidFuture()).whenComplete { _ in ds.close(promise: nil) }
         finish()
@@ -323,5 +342,6 @@ final class ProxyConnection {
                 summary: "TCP opaque connection closed: \(bytesFromClient) bytes from client, \(bytesFromServer) bytes from server"))
         }
         mode = .closed
+        http2 = nil // the session's handlers keep it while streams drain; this breaks the cycle
     }
 }

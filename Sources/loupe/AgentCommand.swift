@@ -20,7 +20,13 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Node name in flows.") var nodeName: String = "loupe-node"
     @Option(help: "Proxy event-loop threads (default: one per core).") var threads: Int?
     @Option(help: "Largest HTTP header block accepted, bytes.") var maxHeaderBytes: Int = 64 * 1024
-    @Flag(help: "Experimental: intercept HTTP/2 (h2c) per stream instead of relaying it opaque.") var interceptHttp2 = false
+    @Flag(inversion: .prefixedNo, help: "Intercept HTTP/2 (h2c) per stream (flows, policy); --no-intercept-http2 relays it opaque.")
+    var interceptHttp2 = true
+    @Option(help: "HTTP/2: concurrent streams per connection (beyond: REFUSED_STREAM).") var http2MaxConcurrentStreams: Int = 100
+    @Option(help: "HTTP/2: largest header list, bytes (beyond: GOAWAY).") var http2MaxHeaderListBytes: Int = 16 * 1024
+    @Option(help: "HTTP/2: HPACK dynamic table size a peer may use, bytes.") var http2HpackTableBytes: Int = 4096
+    @Option(help: "HTTP/2: CONTINUATION frames allowed after one HEADERS frame.") var http2MaxContinuationFrames: Int = 5
+    @Option(help: "HTTP/2: stream resets a peer may send per 30 s (rapid reset; beyond: GOAWAY).") var http2MaxResets: Int = 200
     @Flag(help: "Log at debug level.") var debug = false
 
     func run() async throws {
@@ -54,6 +60,11 @@ struct AgentCommand: AsyncParsableCommand {
         if let threads { cfg.proxy.threads = threads }
         cfg.proxy.maxHeaderBytes = maxHeaderBytes
         cfg.proxy.interceptHTTP2 = interceptHttp2
+        cfg.proxy.http2.maxConcurrentStreams = http2MaxConcurrentStreams
+        cfg.proxy.http2.maxHeaderListBytes = http2MaxHeaderListBytes
+        cfg.proxy.http2.hpackTableBytes = http2HpackTableBytes
+        cfg.proxy.http2.maxContinuationFrames = http2MaxContinuationFrames
+        cfg.proxy.http2.maxResetsPerWindow = http2MaxResets
         let logger = Logger(label: "loupe.agent")
         do {
             try await Agent(configuration: cfg, logger: logger).run()

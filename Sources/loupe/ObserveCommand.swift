@@ -18,12 +18,14 @@ struct ObserveCommand: ParsableCommand {
     @Option(help: "Flows from or to this pod ([namespace/]pod-name prefix).") var pod: [String] = []
     @Option(help: "Flows from this pod (the client).") var fromPod: [String] = []
     @Option(help: "Flows to this pod (the server).") var toPod: [String] = []
-    @Option(help: "Protocol: http, dns, tcp, udp.") var `protocol`: [String] = []
+    @Option(help: "Protocol: http, grpc, dns, tcp, udp.") var `protocol`: [String] = []
     @Option(help: "Verdict: FORWARDED, DROPPED, ERROR, AUDIT.") var verdict: [String] = []
     @Option(help: "HTTP status code, or a prefix like 5+.") var httpStatus: [String] = []
     @Option(help: "HTTP method.") var httpMethod: [String] = []
     @Option(help: "HTTP path regular expression.") var httpPath: [String] = []
     @Option(help: "DNS response code: a number or NOERROR, SERVFAIL, NXDOMAIN, REFUSED, …") var dnsRcode: [String] = []
+
+    @Option(help: "gRPC status of a response: a number or OK, NOT_FOUND, PERMISSION_DENIED, …") var grpcStatus: [String] = []
 
     func run() throws {
         var filter = FlowFilter()
@@ -36,6 +38,7 @@ struct ObserveCommand: ParsableCommand {
         filter.httpMethods = httpMethod
         filter.httpPaths = httpPath
         filter.dnsRCodes = dnsRcode
+        filter.grpcStatuses = grpcStatus
         do {
             filter.verdicts = try FlowFilter(dictionary: verdict.isEmpty ? [:] : ["verdict": verdict]).verdicts
             try filter.prepare()

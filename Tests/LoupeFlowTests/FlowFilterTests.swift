@@ -49,6 +49,21 @@ import Testing
             #expect("\(error)".contains("--http-status \"4x\""))
         }
     }
+
+    @Test func grpcProtocolAndStatusFilters() throws {
+        var call = sampleFlow(reply: true, code: 200)
+        call.l7?.http?.headers = [.init(key: "content-type", value: "application/grpc"), .init(key: "grpc-status", value: "5")]
+        let plain = sampleFlow(reply: true, code: 200)
+        #expect(try filter(["protocol": ["grpc"]]).matches(call))
+        #expect(try !filter(["protocol": ["grpc"]]).matches(plain))
+        #expect(try filter(["protocol": ["http"]]).matches(call))
+        #expect(try filter(["grpc-status": ["NOT_FOUND"]]).matches(call))
+        #expect(try filter(["grpc-status": ["5"]]).matches(call))
+        #expect(try !filter(["grpc-status": ["OK"]]).matches(call))
+        #expect(try !filter(["grpc-status": ["0"]]).matches(plain))
+        #expect(throws: FlowFilter.FilterError.self) { try filter(["grpc-status": ["NOT_A_STATUS"]]) }
+        #expect(throws: FlowFilter.FilterError.self) { try filter(["protocol": ["gopher"]]) }
+    }
 }
 
 @Suite struct FlowStoreTests {
@@ -85,4 +100,5 @@ import Testing
 final class Box: @unchecked Sendable {
     private(set) var values: [String] = []
     func add(_ v: String) { values.append(v) }
+
 }

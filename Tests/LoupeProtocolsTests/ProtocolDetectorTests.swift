@@ -22,4 +22,16 @@ import Testing
         #expect(ProtocolDetector.detect(Array("GETX / HTTP/1.1".utf8)) == .opaque)
         #expect(ProtocolDetector.detect(Array("get / HTTP/1.1".utf8)) == .opaque)
     }
+
+    @Test func anHTTP2ServersSettingsAreNotAServerFirstProtocol() {
+        // grpc-core's and nginx's first bytes: SETTINGS (3 and 4 settings), before the client speaks.
+        let grpc: [UInt8] = [0, 0, 18, 0x04, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100, 0, 4, 0, 0x40, 0, 0, 0, 6, 0, 0, 0x40, 0]
+        #expect(ProtocolDetector.isHTTP2ServerPreface(grpc))
+        #expect(ProtocolDetector.isHTTP2ServerPreface([0, 0, 0, 0x04, 0, 0, 0, 0, 0])) // empty SETTINGS
+        #expect(!ProtocolDetector.isHTTP2ServerPreface([0, 0, 0, 0x04, 0x01, 0, 0, 0, 0])) // an ACK
+        #expect(!ProtocolDetector.isHTTP2ServerPreface([0, 0, 6, 0x04, 0, 0, 0, 0, 1])) // not stream 0
+        #expect(!ProtocolDetector.isHTTP2ServerPreface([0, 0, 5, 0x04, 0, 0, 0, 0, 0])) // not n × 6 bytes
+        #expect(!ProtocolDetector.isHTTP2ServerPreface(Array("220 smtp.example.test ESMTP\r\n".utf8)))
+        #expect(!ProtocolDetector.isHTTP2ServerPreface(Array("SSH-2.0".utf8)))
+    }
 }

@@ -49,7 +49,7 @@ def render_inventory(tmp_path, annotate_shop=True):
     if annotate_shop:
         return original
     text = original.read_text()
-    annotation = '    loupe.io/proxy-visibility: "<Egress/80/TCP/HTTP>,<Egress/8000/TCP/HTTP>,<Egress/7000/TCP/HTTP>,<Egress/53/ANY/DNS>,<Egress/8080/TCP/HTTP>"\n'
+    annotation = '    loupe.io/proxy-visibility: "<Egress/80/TCP/HTTP>,<Egress/8000/TCP/HTTP>,<Egress/7000/TCP/HTTP>,<Egress/53/ANY/DNS>,<Egress/8080/TCP/HTTP>,<Egress/8081/TCP/HTTP>,<Egress/50051/TCP/HTTP>"\n'
     assert annotation in text
     text = text.replace("  annotations:\n" + annotation, "", 1)
     path = REPO / "tests/e2e/.inventory-no-annotation.yaml"
