@@ -14,4 +14,5 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-python3 -c 'import pytest' 2>/dev/null || pip install -q pytest
+# Test clients and servers: pytest, python h2 (crafted HTTP/2), grpcio (a real gRPC client and server).
+python3 -c 'import pytest, h2, grpc' 2>/dev/null || pip install -q pytest h2 grpcio

@@ -191,6 +191,8 @@ extension HTTP1Intercept {
         var context: ChannelHandlerContext?
         private var pendingRead = false
         private var tunnelAfterEnd = false
+        /// What opened the tunnel (`Upgrade: websocket`, `CONNECT`), for the connection's flow.
+        private var tunnel = ""
         private var closeAfterEnd = false
 
         init(connection: ProxyConnection) { self.connection = connection }
@@ -217,6 +219,7 @@ extension HTTP1Intercept {
                 case .forwardThenTunnel(let e, let latency, _):
                     record(e, head: head, latency: latency, context: c)
                     tunnelAfterEnd = true
+                    tunnel = code == 101 ? "Upgrade: \(head.headers.first(name: "upgrade") ?? "?")" : e.method
                 case .informational:
                     break
                 case .unsolicited:
@@ -239,7 +242,7 @@ extension HTTP1Intercept {
                 if tunnelAfterEnd, let partner {
                     partner.context?.flush()
                     tunnelAfterEnd = false
-                    connection.switchToTunnel(downstreamHTTP: partner, upstreamHTTP: self)
+                    connection.switchToTunnel(downstreamHTTP: partner, upstreamHTTP: self, after: tunnel)
                 }
             }
         }

@@ -34,6 +34,8 @@ final class ProxyConnection {
     var dnsPending: [UInt16: (DNSMessage, UInt64)] = [:]
     var bytesFromClient: UInt64 = 0
     var bytesFromServer: UInt64 = 0
+    /// What turned this HTTP/1 connection into an opaque tunnel (`Upgrade: h2c`, `CONNECT`).
+    var tunnel: String?
     /// HTTP/2: the intercepted connection's session (streams, GOAWAY, drain).
     var http2: HTTP2Intercept.Session?
     private var detectHandler: DetectHandler?
@@ -257,9 +259,10 @@ final class ProxyConnection {
     /// The HTTP exchange asked for a tunnel (101 Switching Protocols, CONNECT 2xx): from now on
     /// both directions are relayed as opaque bytes. Codecs are removed after the relay is in
     /// place so their leftover bytes flow into it.
-    func switchToTunnel(downstreamHTTP: ChannelHandler, upstreamHTTP: ChannelHandler) {
+    func switchToTunnel(downstreamHTTP: ChannelHandler, upstreamHTTP: ChannelHandler, after opening: String) {
         guard mode == .http1, let upstream else { return }
         mode = .opaque
+        tunnel = opening
         environment.count("connections_tunneled")
         let ds = downstream.pipeline.syncOperations
         let us = upstream.pipeline.syncOperations
@@ -337,9 +340,15 @@ final class ProxyConnection {
         guard !finished else { return }
         finished = true
         if mode == .opaque && !carriesDNS {
+            var what = "TCP opaque connection"
+            if let tunnel {
+                what = "TCP tunnel after \(tunnel)"
+                // The HTTP/1 → HTTP/2 upgrade is not intercepted: say so rather than look complete.
+                if tunnel.lowercased() == "upgrade: h2c" { what += " (HTTP/2 streams inside not inspected)" }
+            }
             environment.record(context.flow(
                 verdict: .forwarded, type: .l3l4, l7: nil, reply: false,
-                summary: "TCP opaque connection closed: \(bytesFromClient) bytes from client, \(bytesFromServer) bytes from server"))
+                summary: "\(what) closed: \(bytesFromClient) bytes from client, \(bytesFromServer) bytes from server"))
         }
         mode = .closed
         http2 = nil // the session's handlers keep it while streams drain; this breaks the cycle

@@ -90,7 +90,7 @@ def test_rules_match_whole_values_case_sensitively(policies):
     # rules such bytes are refused outright (Cilium's proxy answers 403); either way, denied.
     assert ship("tiefighter", "post", "/v1/request-landing")[0] != 200
     last = flows("--from-pod", "default/tiefighter", "--verdict", "DROPPED", last=1)[0]
-    assert last["drop_reason_desc"] == "POLICY_DENIED" and "not HTTP/1" in last["Summary"]
+    assert last["drop_reason_desc"] == "POLICY_DENIED" and "not HTTP on a port with HTTP policy rules" in last["Summary"]
     assert ship("tiefighter", "POST", "/v1/request-landing")[0] == 200
 
 

@@ -2,7 +2,7 @@
 
 POST /upload      -> 200, body = sha256 hex of the request body (read in 1 MiB chunks)
 GET  /bytes/N     -> 200, N bytes of a deterministic pattern, streamed in 1 MiB chunks
-GET  /upgrade     -> with `Upgrade: echo`: 101 Switching Protocols, then echoes raw bytes
+GET  /upgrade     -> with `Upgrade: echo` (or h2c): 101 Switching Protocols, then echoes raw bytes
 """
 import hashlib
 import sys
@@ -51,9 +51,9 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self):
-        if self.path == "/upgrade" and self.headers.get("Upgrade") == "echo":
+        if self.path == "/upgrade" and self.headers.get("Upgrade") in ("echo", "h2c"):
             self.send_response(101)
-            self.send_header("Upgrade", "echo")
+            self.send_header("Upgrade", self.headers.get("Upgrade"))
             self.send_header("Connection", "Upgrade")
             self.end_headers()
             self.wfile.flush()
