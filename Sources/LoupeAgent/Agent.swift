@@ -28,11 +28,13 @@ public struct Agent {
         let dns = DNSProxyService(environment: environment, logger: logger)
         let api = FlowAPIService(group: group, path: configuration.socketPath, environment: environment,
                                  datapathCounters: { datapath.counters() }, logger: logger)
+        var parts: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: datapath, serviceName: "datapath")]
+        if !configuration.datapathOnly {
+            parts += [.init(service: proxy, serviceName: "proxy"), .init(service: dns, serviceName: "dns")]
+        }
+        parts.append(.init(service: api, serviceName: "api"))
         let services = ServiceGroup(
-            configuration: .init(services: [.init(service: datapath, serviceName: "datapath"),
-                                            .init(service: proxy, serviceName: "proxy"),
-                                            .init(service: dns, serviceName: "dns"),
-                                            .init(service: api, serviceName: "api")],
+            configuration: .init(services: parts,
                                  gracefulShutdownSignals: [.sigterm, .sigint],
                                  logger: logger))
         do {

@@ -21,6 +21,9 @@ public struct AgentConfiguration: Sendable {
     /// Remove pins on clean shutdown (a crash leaves them for the next agent to reuse).
     public var unpinOnShutdown: Bool = true
     public var proxy = ProxyConfiguration()
+    /// Steer selected traffic to `proxy.port` but run no proxy there: another transparent proxy
+    /// listens on that port (the benchmarks put Envoy behind the same redirect this way).
+    public var datapathOnly: Bool = false
 
     public init() {}
 }

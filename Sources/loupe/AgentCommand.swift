@@ -27,6 +27,8 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "HTTP/2: HPACK dynamic table size a peer may use, bytes.") var http2HpackTableBytes: Int = 4096
     @Option(help: "HTTP/2: CONTINUATION frames allowed after one HEADERS frame.") var http2MaxContinuationFrames: Int = 5
     @Option(help: "HTTP/2: stream resets a peer may send per 30 s (rapid reset; beyond: GOAWAY).") var http2MaxResets: Int = 200
+    @Flag(help: "Steer traffic to --proxy-port but run no proxy there (another transparent proxy listens; used by the benchmarks).")
+    var datapathOnly = false
     @Flag(help: "Log at debug level.") var debug = false
 
     func run() async throws {
@@ -60,6 +62,7 @@ struct AgentCommand: AsyncParsableCommand {
         if let threads { cfg.proxy.threads = threads }
         cfg.proxy.maxHeaderBytes = maxHeaderBytes
         cfg.proxy.interceptHTTP2 = interceptHttp2
+        cfg.datapathOnly = datapathOnly
         cfg.proxy.http2.maxConcurrentStreams = http2MaxConcurrentStreams
         cfg.proxy.http2.maxHeaderListBytes = http2MaxHeaderListBytes
         cfg.proxy.http2.hpackTableBytes = http2HpackTableBytes
