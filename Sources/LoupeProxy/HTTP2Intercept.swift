@@ -4,15 +4,19 @@ import NIOHPACK
 import NIOHTTP2
 
 /// HTTP/2 (prior knowledge, h2c) interception: the client's connection is terminated by an
-/// HTTP/2 server stack, and a client stack speaks to the original destination. Steps per stream:
+/// HTTP/2 server stack, and a client stack speaks to the original destination. Frames are
+/// relayed stream by stream at the frame level (`FrameRelay` on each side, one `Session` per
+/// connection pair) — no channel per stream. Steps per stream:
 ///   1. the client's HEADERS → REQUEST flow, policy verdict (`:method`, `:path`, `:authority`);
-///   2. allowed → one upstream stream, frames relayed both ways with per-stream backpressure
-///      (`StreamRelay`); denied → `403 Access denied` on this stream only;
+///   2. allowed → a stream toward the destination, frames relayed both ways; denied →
+///      `403 Access denied` on this stream only;
 ///   3. the response (gRPC: its trailers) → RESPONSE flow (`Exchange`).
-/// Connection level (`Session`): SETTINGS and PING are answered hop by hop by NIO; a GOAWAY or
-/// close from the destination becomes a GOAWAY to the client, whose open streams drain before
-/// its connection closes; limits (`HTTP2Limits`) and protocol errors end in RST_STREAM/GOAWAY
-/// with an ERROR flow (`ConnectionWatcher`).
+/// Flow control is end to end per stream: a DATA frame's bytes are credited back to its sender
+/// (WINDOW_UPDATE) only once they were written to the other side, so a slow reader holds back
+/// only its own stream and the proxy holds at most one window per stream. SETTINGS and PING are
+/// answered hop by hop by NIO; a GOAWAY or close from the destination becomes a GOAWAY to the
+/// client, whose open streams drain before its connection closes; limits (`HTTP2Limits`) and
+/// protocol errors end in RST_STREAM/GOAWAY with an ERROR flow.
 ///
 /// Known client quirk: curl 7.88 (Debian 12) fails when it reuses a prior-knowledge connection
 /// for a second URL ("Error in the HTTP2 framing layer", before sending anything) — curl bug
@@ -24,28 +28,33 @@ enum HTTP2Intercept {
                         after gate: ChannelHandler) throws -> Session {
         let limits = connection.environment.configuration.http2
         let session = Session(connection: connection)
-        session.upstreamMux = try us.configureHTTP2Pipeline(
-            mode: .client, connectionConfiguration: limits.connection, streamConfiguration: limits.stream,
-            position: .after(gate),
-            inboundStreamInitializer: { ch in ch.close() } // no server push through the proxy
-        )
-        _ = try ds.configureHTTP2Pipeline(
-            mode: .server, connectionConfiguration: limits.connection, streamConfiguration: limits.stream,
-            position: .after(detect),
-            inboundStreamInitializer: { stream in session.clientStreamOpened(stream) }
-        )
-        try ds.addHandler(ConnectionWatcher(session: session, client: true))
-        try us.addHandler(ConnectionWatcher(session: session, client: false))
+        let client = FrameRelay(session: session, client: true)
+        let server = FrameRelay(session: session, client: false)
+        session.client = client
+        session.server = server
+        let upstreamHTTP2 = NIOHTTP2Handler(mode: .client, connectionConfiguration: limits.connection,
+                                            streamConfiguration: limits.stream)
+        let downstreamHTTP2 = NIOHTTP2Handler(mode: .server, connectionConfiguration: limits.connection,
+                                              streamConfiguration: limits.stream)
+        try us.addHandler(upstreamHTTP2, position: .after(gate))
+        try us.addHandler(server, position: .after(upstreamHTTP2))
+        try ds.addHandler(downstreamHTTP2, position: .after(detect))
+        try ds.addHandler(client, position: .after(downstreamHTTP2))
+        server.openConnectionWindow()
+        client.openConnectionWindow()
         return session
     }
 
-    /// The connection-level state of one intercepted HTTP/2 connection pair.
+    /// The state of one intercepted connection pair: its streams, flow-control credit, GOAWAY.
     final class Session {
         let connection: ProxyConnection
-        var upstreamMux: NIOHTTP2Handler.StreamMultiplexer?
-        private(set) var openClientStreams = 0
+        var client: FrameRelay?
+        var server: FrameRelay?
+        var streams = StreamTable()
         /// The destination sent GOAWAY or closed: no new upstream streams.
         private(set) var upstreamGoingAway = false
+        /// The last stream the destination said (GOAWAY) it will process; later ones it never saw.
+        private(set) var upstreamLastStreamID: HTTP2StreamID?
         private var upstreamGone = false
         private var goAwaySent = false
         /// ERROR flows recorded for stream-level errors on this connection: past a few, only counted.
@@ -55,37 +64,7 @@ enum HTTP2Intercept {
 
         init(connection: ProxyConnection) { self.connection = connection }
 
-        /// A new client stream (step 1 happens when its HEADERS arrive).
-        func clientStreamOpened(_ stream: Channel) -> EventLoopFuture<Void> {
-            openClientStreams += 1
-            stream.closeFuture.whenComplete { _ in self.clientStreamClosed() }
-            let relay = StreamRelay(session: self, client: true, pair: StreamPair())
-            return stream.eventLoop.makeCompletedFuture { try stream.pipeline.syncOperations.addHandler(relay) }
-        }
-
-        private func clientStreamClosed() {
-            openClientStreams -= 1
-            if upstreamGone && openClientStreams == 0 { connection.downstream.close(promise: nil) }
-        }
-
-        /// Step 2 for an allowed request: its upstream stream.
-        func openUpstream(for client: StreamRelay) {
-            guard !upstreamGoingAway, let mux = upstreamMux else {
-                client.refuse()
-                return
-            }
-            let server = StreamRelay(session: self, client: false, pair: client.pair)
-            client.partner = server
-            server.partner = client
-            let created = connection.downstream.eventLoop.makePromise(of: Channel.self)
-            created.futureResult.whenFailure { _ in client.refuse() }
-            mux.createStreamChannel(promise: created) { ch in
-                ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(server) }
-            }
-        }
-
-        /// The last stream the destination said (GOAWAY) it will process; later ones it never saw.
-        private(set) var upstreamLastStreamID: HTTP2StreamID?
+        func relay(client: Bool) -> FrameRelay? { client ? self.client : self.server }
 
         /// The destination sent GOAWAY: the client is told to open no more streams here; the
         /// streams in flight finish (those the destination did not take are refused one by one,
@@ -96,14 +75,17 @@ enum HTTP2Intercept {
             sendGoAwayToClient()
         }
 
-        /// The destination's connection closed: the client's connection follows once its open
-        /// streams have drained (bounded by a deadline).
+        /// The destination's connection closed: its unfinished streams are reset toward the
+        /// client, and the client's connection follows once its open streams have drained
+        /// (bounded by a deadline).
         func upstreamClosed() {
             upstreamGoingAway = true
             upstreamGone = true
             sendGoAwayToClient()
+            for id in streams.unfinishedUpstream() { upstreamStreamClosed(id, reason: .cancel) }
+            client?.flush()
             let ds = connection.downstream
-            if openClientStreams == 0 {
+            if streams.openClientStreams == 0 {
                 ds.close(promise: nil)
             } else {
                 let deadline = ds.eventLoop.scheduleTask(in: .seconds(Self.drainDeadlineSeconds)) { ds.close(promise: nil) }
@@ -111,14 +93,18 @@ enum HTTP2Intercept {
             }
         }
 
+        func clientStreamsDrained() {
+            if upstreamGone && streams.openClientStreams == 0 { connection.downstream.close(promise: nil) }
+        }
+
         /// GOAWAY with the highest stream id: "no new streams", while every open stream may
         /// still complete (RFC 9113 §6.8, the first of a graceful shutdown's two GOAWAYs).
         private func sendGoAwayToClient() {
-            guard !goAwaySent, connection.downstream.isActive else { return }
+            guard !goAwaySent, let client else { return }
             goAwaySent = true
             connection.environment.count("http2_goaway_to_client")
-            let frame = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: .maxID, errorCode: .noError, opaqueData: nil))
-            connection.downstream.writeAndFlush(frame, promise: nil)
+            client.write(HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: .maxID, errorCode: .noError, opaqueData: nil)))
+            client.flush()
         }
 
         /// An error from one side's HTTP/2 stack. NIO has already sent the RST_STREAM (stream
@@ -135,6 +121,8 @@ enum HTTP2Intercept {
             } else if Self.isProtocolError(error) {
                 connection.environment.count("http2_protocol_errors")
                 summary = "HTTP/2 protocol error from \(side): \(describe(error)); " + (streamLevel ? "stream reset" : "connection closed with GOAWAY")
+            } else if Self.isLocalRace(error) {
+                return // our write met a stream or connection that had just closed
             } else {
                 // I/O errors (a reset peer): the connection ends, nothing to record here.
                 if !streamLevel { context.close(promise: nil) }
@@ -156,8 +144,12 @@ enum HTTP2Intercept {
         /// A peer's protocol violation, as opposed to our own writes racing a close.
         static func isProtocolError(_ error: Error) -> Bool {
             let base = (error as? NIOHTTP2Errors.StreamError)?.baseError ?? error
-            if base is NIOHTTP2Errors.IOOnClosedConnection || base is NIOHTTP2Errors.StreamClosed { return false }
-            return base is any NIOHTTP2Error || base is any NIOHPACKError
+            return !isLocalRace(base) && (base is any NIOHTTP2Error || base is any NIOHPACKError)
+        }
+
+        static func isLocalRace(_ error: Error) -> Bool {
+            let base = (error as? NIOHTTP2Errors.StreamError)?.baseError ?? error
+            return base is NIOHTTP2Errors.IOOnClosedConnection || base is NIOHTTP2Errors.StreamClosed
         }
 
         func describe(_ error: Error) -> String {
@@ -168,28 +160,6 @@ enum HTTP2Intercept {
                 return "a frame or header block could not be decoded (malformed, HPACK misuse, or a header list decoding to more than \(limit) bytes)"
             }
             return "\(error)"
-        }
-    }
-
-    /// At the end of each side's connection pipeline: sees the connection-level frames
-    /// (stream 0) and the HTTP/2 stack's errors.
-    final class ConnectionWatcher: ChannelInboundHandler {
-        typealias InboundIn = HTTP2Frame
-
-        let session: Session
-        let client: Bool
-
-        init(session: Session, client: Bool) {
-            self.session = session
-            self.client = client
-        }
-
-        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-            if !client, case .goAway(let last, _, _) = unwrapInboundIn(data).payload { session.upstreamGoAway(lastStreamID: last) }
-        }
-
-        func errorCaught(context: ChannelHandlerContext, error: Error) {
-            session.stackError(error, client: client, context: context)
         }
     }
 }

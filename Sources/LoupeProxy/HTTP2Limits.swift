@@ -32,6 +32,7 @@ public struct HTTP2Limits: Sendable, Equatable {
             HTTP2Setting(parameter: .maxConcurrentStreams, value: maxConcurrentStreams),
             HTTP2Setting(parameter: .maxHeaderListSize, value: maxHeaderListBytes),
             HTTP2Setting(parameter: .headerTableSize, value: hpackTableBytes),
+            HTTP2Setting(parameter: .enablePush, value: 0), // nothing is pushed through the proxy
         ]
         c.maximumSequentialContinuationFrames = maxContinuationFrames
         // Frames still in flight for streams we reset are ignored, not a connection error: when a

@@ -1,0 +1,270 @@
+import LoupeFlow
+import LoupePolicy
+import NIOCore
+import NIOHPACK
+import NIOHTTP2
+
+extension HTTP2Intercept {
+    /// One client stream and the destination stream it was paired with.
+    final class StreamPair {
+        let clientID: HTTP2StreamID
+        var upstreamID: HTTP2StreamID?
+        var exchange = Exchange()
+        /// Each side's stream is still open (NIO has not reported it closed).
+        var clientOpen = true
+        var upstreamOpen = false
+        /// END_STREAM received from that side.
+        var clientEnded = false
+        var upstreamEnded = false
+        /// DATA bytes relayed to the other side and not yet credited back to their sender.
+        var creditForClient = 0
+        var creditForUpstream = 0
+
+        init(clientID: HTTP2StreamID) { self.clientID = clientID }
+    }
+
+    /// The streams of one connection pair, by client and by destination stream id.
+    struct StreamTable {
+        private(set) var byClient: [HTTP2StreamID: StreamPair] = [:]
+        private(set) var byUpstream: [HTTP2StreamID: StreamPair] = [:]
+        private(set) var openClientStreams = 0
+        private var nextUpstreamID = HTTP2StreamID(1)
+
+        mutating func add(_ pair: StreamPair) {
+            byClient[pair.clientID] = pair
+            openClientStreams += 1
+        }
+
+        /// The next client-initiated stream id toward the destination (odd, ascending).
+        mutating func pairUpstream(_ pair: StreamPair) -> HTTP2StreamID {
+            let id = nextUpstreamID
+            nextUpstreamID = HTTP2StreamID(Int32(id) + 2)
+            pair.upstreamID = id
+            pair.upstreamOpen = true
+            byUpstream[id] = pair
+            return id
+        }
+
+        mutating func clientClosed(_ pair: StreamPair) {
+            pair.clientOpen = false
+            openClientStreams -= 1
+            forgetIfClosed(pair)
+        }
+
+        mutating func upstreamClosed(_ pair: StreamPair) {
+            pair.upstreamOpen = false
+            forgetIfClosed(pair)
+        }
+
+        private mutating func forgetIfClosed(_ pair: StreamPair) {
+            guard !pair.clientOpen && !pair.upstreamOpen else { return }
+            byClient[pair.clientID] = nil
+            if let id = pair.upstreamID { byUpstream[id] = nil }
+        }
+
+        func unfinishedUpstream() -> [HTTP2StreamID] {
+            byUpstream.filter { $0.value.upstreamOpen }.map(\.key)
+        }
+    }
+}
+
+extension HTTP2Intercept.Session {
+    /// A DATA frame's bytes credited back (WINDOW_UPDATE) once this many were relayed: half the
+    /// default stream window, so the sender never waits on a full window.
+    static let streamCreditThreshold = 32_768
+
+    /// A frame on a client stream.
+    func fromClient(_ frame: HTTP2Frame) {
+        let id = frame.streamID
+        switch frame.payload {
+        case .headers(let h):
+            guard let pair = streams.byClient[id] else { return newClientStream(id, h) }
+            // Trailers.
+            if h.endStream { pair.clientEnded = true }
+            if let up = pair.upstreamID, pair.upstreamOpen { server?.write(HTTP2Frame(streamID: up, payload: frame.payload)) }
+        case .data(let d):
+            let n = Self.flowControlledLength(d)
+            client?.connectionCredit += n
+            guard let pair = streams.byClient[id] else { return }
+            if d.endStream { pair.clientEnded = true }
+            guard let up = pair.upstreamID, pair.upstreamOpen, let server else { return } // denied: discarded
+            relayData(frame.payload, streamID: up, length: n, ended: d.endStream, to: server) { [weak self] in
+                self?.credit(pair, n, client: true)
+            }
+        default:
+            break // RST_STREAM arrives as StreamClosedEvent; WINDOW_UPDATE and PRIORITY are NIO's
+        }
+    }
+
+    /// A frame on a destination stream.
+    func fromServer(_ frame: HTTP2Frame) {
+        let id = frame.streamID
+        switch frame.payload {
+        case .headers(let h):
+            guard let pair = streams.byUpstream[id] else { return }
+            if h.endStream { pair.upstreamEnded = true }
+            observeResponse(pair, h)
+            if pair.clientOpen { client?.write(HTTP2Frame(streamID: pair.clientID, payload: frame.payload)) }
+        case .data(let d):
+            let n = Self.flowControlledLength(d)
+            server?.connectionCredit += n
+            guard let pair = streams.byUpstream[id] else { return }
+            if d.endStream { pair.upstreamEnded = true }
+            guard pair.clientOpen, let client else { return }
+            relayData(frame.payload, streamID: pair.clientID, length: n, ended: d.endStream, to: client) { [weak self] in
+                self?.credit(pair, n, client: false)
+            }
+        default:
+            break
+        }
+    }
+
+    /// Writes DATA toward the other side; its bytes are credited back to the sender once written
+    /// (end-to-end flow control: a reader that stops holds back only its own stream).
+    private func relayData(_ payload: HTTP2Frame.FramePayload, streamID: HTTP2StreamID, length: Int, ended: Bool,
+                           to target: HTTP2Intercept.FrameRelay, credited: @escaping () -> Void) {
+        guard length > 0 && !ended else {
+            target.write(HTTP2Frame(streamID: streamID, payload: payload))
+            return
+        }
+        let written = connection.downstream.eventLoop.makePromise(of: Void.self)
+        target.write(HTTP2Frame(streamID: streamID, payload: payload), promise: written)
+        written.futureResult.whenSuccess(credited)
+    }
+
+    /// `n` bytes the client (`client: true`) or the destination sent on this stream were written
+    /// to the other side: credit them back, in batches.
+    private func credit(_ pair: HTTP2Intercept.StreamPair, _ n: Int, client fromClient: Bool) {
+        if fromClient {
+            guard pair.clientOpen && !pair.clientEnded, let client else { return }
+            pair.creditForClient += n
+            guard pair.creditForClient >= Self.streamCreditThreshold else { return }
+            client.write(HTTP2Frame(streamID: pair.clientID, payload: .windowUpdate(windowSizeIncrement: pair.creditForClient)))
+            pair.creditForClient = 0
+            client.flush()
+        } else {
+            guard pair.upstreamOpen && !pair.upstreamEnded, let up = pair.upstreamID, let server else { return }
+            pair.creditForUpstream += n
+            guard pair.creditForUpstream >= Self.streamCreditThreshold else { return }
+            server.write(HTTP2Frame(streamID: up, payload: .windowUpdate(windowSizeIncrement: pair.creditForUpstream)))
+            pair.creditForUpstream = 0
+            server.flush()
+        }
+    }
+
+    static func flowControlledLength(_ d: HTTP2Frame.FramePayload.Data) -> Int {
+        d.data.readableBytes + (d.paddingBytes.map { $0 + 1 } ?? 0)
+    }
+
+    /// Step 1: a new client stream's HEADERS → REQUEST flow and policy verdict; step 2: its
+    /// destination stream, or the local 403.
+    private func newClientStream(_ id: HTTP2StreamID, _ h: HTTP2Frame.FramePayload.Headers) {
+        let pair = HTTP2Intercept.StreamPair(clientID: id)
+        pair.clientEnded = h.endStream
+        streams.add(pair)
+        let headers = h.headers
+        let authority = headers.first(name: ":authority")
+        let path = headers.first(name: ":path")
+        guard let req = pair.exchange.request(
+            method: headers.first(name: ":method"), scheme: headers.first(name: ":scheme"), authority: authority,
+            path: path, contentType: headers.first(name: "content-type"),
+            fallbackAuthority: connection.context.authorityFallback, now: monotonicNanos()
+        ) else { return }
+        let decision = connection.currentDecision()
+        // Facts are built only when a policy applies: the unenforced path stays lean.
+        let denied = decision.isEnforced && !decision.allows(HTTPRequestFacts(
+            method: req.method, path: path ?? "/", host: authority ?? connection.context.authorityFallback,
+            headers: headers.filter { !$0.name.hasPrefix(":") }.map { (name: $0.name, value: $0.value) }))
+        connection.environment.record(connection.context.flow(
+            verdict: denied ? .dropped : .forwarded, type: .l7,
+            l7: Layer7(type: .request, latencyNs: 0, http: HTTP(method: req.method, url: req.url, protocol: "HTTP/2",
+                                                                headers: Self.flowHeaders(headers))),
+            reply: false, summary: "HTTP/2 \(req.method) \(req.url)", dropReason: denied ? "POLICY_DENIED" : nil))
+        if denied { return respondDenied(pair) }
+        guard !upstreamGoingAway, let server else { return refuse(pair) }
+        let up = streams.pairUpstream(pair)
+        server.write(HTTP2Frame(streamID: up, payload: .headers(h)))
+    }
+
+    /// The policy's answer on this stream alone: `403 Access denied`, as for HTTP/1 (gRPC
+    /// clients map 403 to PERMISSION_DENIED). Other streams of the connection go on. A request
+    /// still sending its body is then told to stop (RST_STREAM NO_ERROR, RFC 9113 §8.1).
+    private func respondDenied(_ pair: HTTP2Intercept.StreamPair) {
+        guard let client else { return }
+        connection.environment.count("http_requests_policy_denied")
+        if let r = pair.exchange.answeredLocally(code: 403, now: monotonicNanos()) {
+            recordResponse(r, verdict: .dropped, dropReason: "POLICY_DENIED")
+        }
+        let body = HTTP1Intercept.DownstreamHandler.accessDenied
+        let head = HPACKHeaders([(":status", "403"), ("content-type", "text/plain"),
+                                 ("content-length", String(body.readableBytes))])
+        client.write(HTTP2Frame(streamID: pair.clientID, payload: .headers(.init(headers: head))))
+        client.write(HTTP2Frame(streamID: pair.clientID, payload: .data(.init(data: .byteBuffer(body), endStream: true))))
+        if !pair.clientEnded { client.write(HTTP2Frame(streamID: pair.clientID, payload: .rstStream(.noError))) }
+    }
+
+    /// No destination stream can be had (it is going away): REFUSED_STREAM tells the client the
+    /// request was not processed and may be retried.
+    private func refuse(_ pair: HTTP2Intercept.StreamPair) {
+        connection.environment.count("http2_streams_refused")
+        client?.write(HTTP2Frame(streamID: pair.clientID, payload: .rstStream(.refusedStream)))
+    }
+
+    /// Step 3: the destination's HEADERS (response head or trailers).
+    private func observeResponse(_ pair: HTTP2Intercept.StreamPair, _ h: HTTP2Frame.FramePayload.Headers) {
+        let headers = h.headers
+        if let r = pair.exchange.response(
+            status: headers.first(name: ":status"), headers: Self.flowHeaders(headers),
+            grpcStatus: headers.first(name: "grpc-status"), grpcMessage: headers.first(name: "grpc-message"),
+            contentType: headers.first(name: "content-type"), endStream: h.endStream, now: monotonicNanos()
+        ) {
+            recordResponse(r, verdict: .forwarded)
+        }
+    }
+
+    /// NIO closed a stream on one side. A reset (or abort) resets the partner stream too — with
+    /// REFUSED_STREAM for a stream the destination's GOAWAY dropped unprocessed (NIO reports
+    /// those as CANCEL), so the client may retry it; a normal end needs nothing (an RST after a
+    /// finished stream would be counted as an error by clients).
+    func streamClosed(client fromClient: Bool, id: HTTP2StreamID, reason: HTTP2ErrorCode?) {
+        if fromClient {
+            guard let pair = streams.byClient[id], pair.clientOpen else { return }
+            if reason != nil, pair.upstreamOpen, let up = pair.upstreamID {
+                server?.write(HTTP2Frame(streamID: up, payload: .rstStream(.cancel)))
+            }
+            finish(pair)
+            streams.clientClosed(pair)
+            clientStreamsDrained()
+        } else {
+            upstreamStreamClosed(id, reason: reason)
+        }
+    }
+
+    func upstreamStreamClosed(_ id: HTTP2StreamID, reason: HTTP2ErrorCode?) {
+        guard let pair = streams.byUpstream[id], pair.upstreamOpen else { return }
+        if var code = reason, pair.clientOpen {
+            if let last = upstreamLastStreamID, id > last { code = .refusedStream }
+            client?.write(HTTP2Frame(streamID: pair.clientID, payload: .rstStream(code)))
+        }
+        finish(pair)
+        streams.upstreamClosed(pair)
+    }
+
+    /// A response never completed (reset, aborted, gRPC without trailers): recorded now.
+    private func finish(_ pair: HTTP2Intercept.StreamPair) {
+        if let r = pair.exchange.closed(now: monotonicNanos()) { recordResponse(r, verdict: .forwarded) }
+    }
+
+    private func recordResponse(_ r: HTTP2Intercept.Exchange.Response, verdict: Verdict, dropReason: String? = nil) {
+        connection.environment.record(connection.context.flow(
+            verdict: r.incomplete ? .error : verdict, type: .l7,
+            l7: Layer7(type: .response, latencyNs: r.latencyNanos,
+                       http: HTTP(code: r.code == 0 ? nil : r.code, method: r.request.method, url: r.request.url,
+                                  protocol: "HTTP/2", headers: r.headers)),
+            reply: true, summary: r.summary, dropReason: dropReason))
+    }
+
+    static func flowHeaders(_ h: HPACKHeaders) -> [HTTP.Header] {
+        Redaction.headers(h.filter { !$0.name.hasPrefix(":") }.map { ($0.name, $0.value) })
+    }
+}
