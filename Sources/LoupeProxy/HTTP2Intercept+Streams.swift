@@ -23,6 +23,39 @@ extension HTTP2Intercept {
         init(clientID: HTTP2StreamID) { self.clientID = clientID }
     }
 
+    /// One pass over a header block: the fields the proxy reads, and the regular (non-pseudo)
+    /// fields for flows and policy. HTTP/2 field names are lower case (NIO validates them).
+    struct HeaderFacts {
+        var method, scheme, authority, path, status, contentType, grpcStatus, grpcMessage: String?
+        var regular: [(name: String, value: String)] = []
+
+        init(_ headers: HPACKHeaders) {
+            regular.reserveCapacity(headers.count)
+            for (name, value, _) in headers {
+                if name.utf8.first == UInt8(ascii: ":") {
+                    switch name {
+                    case ":method": method = value
+                    case ":scheme": scheme = value
+                    case ":authority": authority = value
+                    case ":path": path = value
+                    case ":status": status = value
+                    default: break
+                    }
+                    continue
+                }
+                switch name {
+                case "content-type": contentType = value
+                case "grpc-status": grpcStatus = value
+                case "grpc-message": grpcMessage = value
+                default: break
+                }
+                regular.append((name, value))
+            }
+        }
+
+        var flowHeaders: [HTTP.Header] { Redaction.headers(regular.map { ($0.name, $0.value) }) }
+    }
+
     /// The streams of one connection pair, by client and by destination stream id.
     struct StreamTable {
         private(set) var byClient: [HTTP2StreamID: StreamPair] = [:]
@@ -162,23 +195,20 @@ extension HTTP2Intercept.Session {
         let pair = HTTP2Intercept.StreamPair(clientID: id)
         pair.clientEnded = h.endStream
         streams.add(pair)
-        let headers = h.headers
-        let authority = headers.first(name: ":authority")
-        let path = headers.first(name: ":path")
+        let f = HTTP2Intercept.HeaderFacts(h.headers)
         guard let req = pair.exchange.request(
-            method: headers.first(name: ":method"), scheme: headers.first(name: ":scheme"), authority: authority,
-            path: path, contentType: headers.first(name: "content-type"),
+            method: f.method, scheme: f.scheme, authority: f.authority, path: f.path, contentType: f.contentType,
             fallbackAuthority: connection.context.authorityFallback, now: monotonicNanos()
         ) else { return }
         let decision = connection.currentDecision()
         // Facts are built only when a policy applies: the unenforced path stays lean.
         let denied = decision.isEnforced && !decision.allows(HTTPRequestFacts(
-            method: req.method, path: path ?? "/", host: authority ?? connection.context.authorityFallback,
-            headers: headers.filter { !$0.name.hasPrefix(":") }.map { (name: $0.name, value: $0.value) }))
+            method: req.method, path: f.path ?? "/", host: f.authority ?? connection.context.authorityFallback,
+            headers: f.regular))
         connection.environment.record(connection.context.flow(
             verdict: denied ? .dropped : .forwarded, type: .l7,
             l7: Layer7(type: .request, latencyNs: 0, http: HTTP(method: req.method, url: req.url, protocol: "HTTP/2",
-                                                                headers: Self.flowHeaders(headers))),
+                                                                headers: f.flowHeaders)),
             reply: false, summary: "HTTP/2 \(req.method) \(req.url)", dropReason: denied ? "POLICY_DENIED" : nil))
         if denied { return respondDenied(pair) }
         guard !upstreamGoingAway, let server else { return refuse(pair) }
@@ -212,11 +242,10 @@ extension HTTP2Intercept.Session {
 
     /// Step 3: the destination's HEADERS (response head or trailers).
     private func observeResponse(_ pair: HTTP2Intercept.StreamPair, _ h: HTTP2Frame.FramePayload.Headers) {
-        let headers = h.headers
+        let f = HTTP2Intercept.HeaderFacts(h.headers)
         if let r = pair.exchange.response(
-            status: headers.first(name: ":status"), headers: Self.flowHeaders(headers),
-            grpcStatus: headers.first(name: "grpc-status"), grpcMessage: headers.first(name: "grpc-message"),
-            contentType: headers.first(name: "content-type"), endStream: h.endStream, now: monotonicNanos()
+            status: f.status, headers: f.flowHeaders, grpcStatus: f.grpcStatus, grpcMessage: f.grpcMessage,
+            contentType: f.contentType, endStream: h.endStream, now: monotonicNanos()
         ) {
             recordResponse(r, verdict: .forwarded)
         }
@@ -262,9 +291,5 @@ extension HTTP2Intercept.Session {
                        http: HTTP(code: r.code == 0 ? nil : r.code, method: r.request.method, url: r.request.url,
                                   protocol: "HTTP/2", headers: r.headers)),
             reply: true, summary: r.summary, dropReason: dropReason))
-    }
-
-    static func flowHeaders(_ h: HPACKHeaders) -> [HTTP.Header] {
-        Redaction.headers(h.filter { !$0.name.hasPrefix(":") }.map { ($0.name, $0.value) })
     }
 }

@@ -1,5 +1,6 @@
 import LoupeFlow
 @testable import LoupeProxy
+import NIOHPACK
 import Testing
 
 @Suite struct HTTP2ExchangeTests {
@@ -66,5 +67,19 @@ import Testing
         var e = requested()
         #expect(e.answeredLocally(code: 403, now: 2_000_000)?.summary == "HTTP/2 403 1ms (GET http://web:8080/h2/one)")
         #expect(e.closed(now: 3_000_000) == nil)
+    }
+
+    @Test func headerFactsReadOneBlockInOnePassAndRedactForFlows() {
+        let f = HTTP2Intercept.HeaderFacts(HPACKHeaders([
+            (":method", "POST"), (":scheme", "http"), (":authority", "greeter:50051"),
+            (":path", "/helloworld.Greeter/SayHello"), ("content-type", "application/grpc"),
+            ("authorization", "Bearer secret"), ("te", "trailers"),
+        ]))
+        #expect(f.method == "POST" && f.scheme == "http" && f.authority == "greeter:50051")
+        #expect(f.path == "/helloworld.Greeter/SayHello" && f.contentType == "application/grpc" && f.status == nil)
+        #expect(f.regular.map(\.name) == ["content-type", "authorization", "te"])
+        #expect(f.flowHeaders.first { $0.key == "authorization" }?.value != "Bearer secret")
+        let trailers = HTTP2Intercept.HeaderFacts(HPACKHeaders([("grpc-status", "5"), ("grpc-message", "no such greeting")]))
+        #expect(trailers.grpcStatus == "5" && trailers.grpcMessage == "no such greeting")
     }
 }
