@@ -34,15 +34,22 @@ wrk_rps() { "$LOUPE" lab exec "$1" -- taskset -c 0 wrk -t1 -c64 -d"${D}s" --late
   awk '/Requests\/sec/{r=$2} / 50%/{p50=$2} / 99%/{p99=$2} /requests in/{n=$1} /Socket errors|Non-2xx/{e=e" "$0} END{printf "%.0f %s %s %d%s\n", r, p50, p99, n, e}'; }
 flows_total() { "$LOUPE" status -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["flows"]["total"])'; }
 median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
-declare -a DIRECT LOUPE_R
-F0=$(flows_total); SENT=0
-for r in $(seq "$ROUNDS"); do
-  d=$(wrk_rps direct/client direct); l=$(wrk_rps proxied/client loupe)
-  echo "round $r: direct $d | loupe $l   (req/s p50 p99 completed)" >&2
-  DIRECT+=("${d%% *}"); LOUPE_R+=("${l%% *}")
-  SENT=$((SENT + $(echo "$l" | awk '{print $4}')))
-done
-MD=$(printf '%s\n' "${DIRECT[@]}" | median); ML=$(printf '%s\n' "${LOUPE_R[@]}" | median)
+# alternate LABEL FIELD FN: ROUNDS rounds of `FN direct/client direct` then `FN proxied/client
+# loupe` (FN prints a result line starting with the rate); prints the two medians and the sum
+# of field FIELD of Loupe's lines (completed requests).
+alternate() {
+  local label=$1 field=$2 fn=$3 d l done=0 ds=() ls=()
+  for r in $(seq "$ROUNDS"); do
+    d=$($fn direct/client direct); l=$($fn proxied/client loupe)
+    echo "$label round $r: direct $d | loupe $l" >&2
+    ds+=("${d%% *}"); ls+=("${l%% *}")
+    done=$((done + $(echo "$l" | awk -v f="$field" '{print $f}')))
+  done
+  echo "$(printf '%s\n' "${ds[@]}" | median) $(printf '%s\n' "${ls[@]}" | median) $done"
+}
+F0=$(flows_total)
+echo "wrk: req/s p50 p99 completed" >&2
+read -r MD ML SENT < <(alternate http1 4 wrk_rps)
 FLOWS=$(( $(flows_total) - F0 ))
 
 # DNS: dnsperf at full speed, direct vs through the DNS proxy, alternating.
@@ -50,26 +57,17 @@ RESOLVER=$(awk '/kind: LabHost/{f=1} f&&/hostIPs:/{getline; print $2; exit}' /ru
 dnsperf_qps() { "$LOUPE" lab exec "$1" -- sh -c "printf 'api.example.test A\ndeathstar.empire.svc.cluster.local A\nnx.example.test A\n' > /tmp/loupe-bench-q.txt;
   taskset -c 0 dnsperf -s $RESOLVER -d /tmp/loupe-bench-q.txt -l $D -c 4 -Q 500000 2>&1" |
   awk '/Queries per second/{q=$4} /Queries lost/{l=$3} /Average Latency/{a=$4} END{printf "%.0f %s %s\n", q, l, a}'; }
-declare -a DNS_DIRECT DNS_LOUPE
-for r in $(seq "$ROUNDS"); do
-  d=$(dnsperf_qps direct/client); l=$(dnsperf_qps proxied/client)
-  echo "dns round $r: direct $d | loupe $l   (qps lost avg-latency-s)" >&2
-  DNS_DIRECT+=("${d%% *}"); DNS_LOUPE+=("${l%% *}")
-done
-MDD=$(printf '%s\n' "${DNS_DIRECT[@]}" | median); MDL=$(printf '%s\n' "${DNS_LOUPE[@]}" | median)
+echo "dnsperf: qps lost avg-latency-s" >&2
+read -r MDD MDL DNS_LOST < <(alternate dns 2 dnsperf_qps)
 
 # HTTP/2 (h2c prior knowledge): h2load -c16 -m16, direct vs Loupe, alternating.
 h2load_rps() { "$LOUPE" lab exec "$1" -- taskset -c 0 h2load -c16 -m16 -D "$D" "http://$NGINX:8080/$2" |
   awk '/finished in/{r=$4} /^requests:/{d=$8; f=$12; e=$14} END{printf "%.0f %d %d %d\n", r, d, f, e}'; }
-declare -a H2_DIRECT H2_LOUPE
-F0=$(flows_total); H2_DONE=0
-for r in $(seq "$ROUNDS"); do
-  d=$(h2load_rps direct/client direct); l=$(h2load_rps proxied/client loupe)
-  echo "h2 round $r: direct $d | loupe $l   (req/s done failed errored)" >&2
-  H2_DIRECT+=("${d%% *}"); H2_LOUPE+=("${l%% *}")
-  H2_DONE=$((H2_DONE + $(echo "$l" | awk '{print $2}')))
-done
-MH2D=$(printf '%s\n' "${H2_DIRECT[@]}" | median); MH2L=$(printf '%s\n' "${H2_LOUPE[@]}" | median)
+h2_warmup() { "$LOUPE" lab exec proxied/client -- h2load -n 5000 -c16 -m16 "http://$NGINX:8080/warmup" >/dev/null; }
+h2_warmup
+F0=$(flows_total)
+echo "h2load: req/s done failed errored" >&2
+read -r MH2D MH2L H2_DONE < <(alternate h2 2 h2load_rps)
 H2_FLOWS=$(( $(flows_total) - F0 ))
 
 # 1,000 idle keep-alive connections held by a client through the proxy.
@@ -98,6 +96,7 @@ if [[ -x "$ENVOY_BIN" ]]; then
   # Ready means Envoy's listener is up: until then the datapath fails open (straight to nginx).
   for _ in $(seq 150); do [[ "$("$LOUPE" lab exec node -- curl -s -m1 127.0.0.1:19903/ready 2>/dev/null)" == LIVE* ]] && break; sleep 0.2; done
   envoy_requests() { "$LOUPE" lab exec node -- curl -s -m2 127.0.0.1:19903/stats | awk -F': ' '$1=="http.t.downstream_rq_total"{print $2}'; }
+  h2_warmup
   E0=$(envoy_requests); E_DONE=0
   declare -a H2_ENVOY
   for r in $(seq "$ROUNDS"); do
@@ -125,6 +124,7 @@ echo "HTTP/2 flows recorded during the Loupe runs: $H2_FLOWS for $H2_DONE comple
 printf '\n%-34s %12s %10s\n' "DNS (dnsperf -c4, max rate)" "qps" "ratio"
 printf '%-34s %12s %10s\n' "direct (pod → dnsmasq)" "$MDD" "1.00"
 printf '%-34s %12s %10s\n' "Loupe (tc redirect + DNS proxy)" "$MDL" "$(awk -v a="$MDL" -v b="$MDD" 'BEGIN{printf "%.2f", a/b}')"
+echo "dnsperf queries lost through Loupe: $DNS_LOST"
 echo "flows recorded during the Loupe runs: $FLOWS for $SENT completed requests (2 per request; wrk's last in-flight requests add a few)"
 echo "agent RSS idle: ${RSS_IDLE} KiB; with $OK idle keep-alive connections: ${RSS_1000} KiB" \
      "(+$(( (RSS_1000 - RSS_BEFORE) )) KiB, $(( (RSS_1000 - RSS_BEFORE) * 1024 / (OK > 0 ? OK : 1) )) B per connection)"

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import LOUPE, flows, in_pod, loupe, status
 from test_policy import apply, policies  # noqa: F401 (fixture)
+from test_spine import UPGRADE
 
 WEB = "198.18.0.11"
 H2 = f"http://{WEB}:8080"        # backend/web: nginx `listen 8080 http2`
@@ -188,19 +189,8 @@ def test_abuse_ends_in_goaway_with_a_flow_naming_the_limit(running_agent, scenar
 
 
 def test_upgrade_to_h2c_is_relayed_opaque_with_a_flow_that_says_so(running_agent):
-    script = """
-import socket
-s = socket.create_connection(("198.18.0.12", 8000), timeout=5)
-s.sendall(b"GET /upgrade HTTP/1.1\\r\\nHost: files\\r\\nUpgrade: h2c\\r\\nConnection: Upgrade, HTTP2-Settings\\r\\nHTTP2-Settings: AAMAAABkAAQAAP__\\r\\n\\r\\n")
-head = b""
-while b"\\r\\n\\r\\n" not in head:
-    head += s.recv(1)
-s.sendall(b"opaque after upgrade")
-print(head.split(b"\\r\\n")[0].decode(), s.recv(100).decode())
-s.close()
-"""
-    p = in_pod("shop/client", "python3", "-c", script, timeout=20)
-    assert p.stdout.strip() == "HTTP/1.1 101 Switching Protocols opaque after upgrade"
+    p = in_pod("shop/client", "python3", "-c", UPGRADE, "h2c", timeout=20)
+    assert p.stdout.strip() == "HTTP/1.1 101 Switching Protocols True"
     deadline = time.time() + 5
     while time.time() < deadline:
         closed = [f for f in flows("--to-pod", "backend/files", "--protocol", "tcp", last=5)

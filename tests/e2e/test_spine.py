@@ -307,10 +307,12 @@ def test_pipelined_requests_pair_with_their_responses(running_agent):
     assert sum(not f["is_reply"] for f in fl) == 3
 
 
+# An HTTP/1.1 Upgrade to PROTOCOL (the files server answers 101 for `echo` and `h2c`), then
+# 16 KiB of bytes that must come back through the tunnel.
 UPGRADE = """
-import socket
+import socket, sys
 s = socket.create_connection(("%s", 8000), timeout=5)
-s.sendall(b"GET /upgrade HTTP/1.1\\r\\nHost: files\\r\\nUpgrade: echo\\r\\nConnection: Upgrade\\r\\n\\r\\n")
+s.sendall(b"GET /upgrade HTTP/1.1\\r\\nHost: files\\r\\nUpgrade: " + sys.argv[1].encode() + b"\\r\\nConnection: Upgrade\\r\\n\\r\\n")
 head = b""
 while b"\\r\\n\\r\\n" not in head:
     head += s.recv(1)
@@ -324,7 +326,7 @@ print(head.split(b"\\r\\n")[0].decode(), got == msg)
 
 
 def test_upgrade_switches_to_an_opaque_tunnel_after_101(running_agent):
-    p = in_pod("shop/client", "python3", "-c", UPGRADE, timeout=20)
+    p = in_pod("shop/client", "python3", "-c", UPGRADE, "echo", timeout=20)
     assert p.stdout.strip() == "HTTP/1.1 101 Switching Protocols True", p.stdout
     fl = flows("--to-pod", "backend/files", "--http-path", "^/upgrade$", last=2)
     assert [f["l7"]["type"] for f in fl] == ["REQUEST", "RESPONSE"] and fl[1]["l7"]["http"]["code"] == 101
