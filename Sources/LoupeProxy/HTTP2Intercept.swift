@@ -156,8 +156,9 @@ enum HTTP2Intercept {
             if let e = error as? NIOHTTP2Errors.StreamError { return "stream \(e.streamID): \(e.baseError)" }
             if error is NIOHTTP2Errors.UnableToParseFrame {
                 // NIO reports every decoding failure this way, HPACK ones included.
-                let limit = connection.environment.configuration.http2.maxHeaderListBytes
-                return "a frame or header block could not be decoded (malformed, HPACK misuse, or a header list decoding to more than \(limit) bytes)"
+                let limits = connection.environment.configuration.http2
+                return "a frame or header block could not be decoded: malformed, HPACK misuse (e.g. its table resized past "
+                    + "\(limits.hpackTableBytes) bytes) or a header list decoding to more than \(limits.maxHeaderListBytes) bytes"
             }
             return "\(error)"
         }

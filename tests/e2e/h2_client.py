@@ -8,6 +8,7 @@ scenario prints its outcome as one JSON object.
     h2_client.py HOST PORT continuation N           one HEADERS and N CONTINUATION frames — CVE-2024-27316
     h2_client.py HOST PORT bigheaders BYTES         one header block that decodes to BYTES
     h2_client.py HOST PORT streams N PATH           N stream opens without waiting for answers
+    h2_client.py HOST PORT hpacktable BYTES         a header block that resizes the HPACK table to BYTES
 """
 import hashlib
 import json
@@ -267,6 +268,22 @@ def bigheaders(size):
             "responses": r.counts["headers"]}
 
 
+def hpacktable(size):
+    # HPACK dynamic table size update (RFC 7541 §6.3: 001 + 5-bit prefix integer) past our SETTINGS.
+    r = Raw()
+    prefix, rest = 31, size - 31
+    update = bytearray([0x20 | prefix])
+    while rest >= 128:
+        update.append((rest & 0x7F) | 0x80)
+        rest >>= 7
+    update.append(rest)
+    f = r.headers(1, "/h2/hpack")
+    f.data = bytes(update) + f.data
+    r.send(f)
+    r.read()
+    return {"goaway": r.goaway, "closed": r.closed, "responses": r.counts["headers"]}
+
+
 def streams(n, path):
     r = Raw()
     sender_done = threading.Event()
@@ -297,6 +314,8 @@ elif SCENARIO == "continuation":
     out = continuation(int(ARGS[0]))
 elif SCENARIO == "bigheaders":
     out = bigheaders(int(ARGS[0]))
+elif SCENARIO == "hpacktable":
+    out = hpacktable(int(ARGS[0]))
 elif SCENARIO == "streams":
     out = streams(int(ARGS[0]), ARGS[1])
 else:

@@ -188,6 +188,15 @@ def test_abuse_ends_in_goaway_with_a_flow_naming_the_limit(running_agent, scenar
     assert_good_clients_still_work()
 
 
+def test_an_hpack_table_resized_past_the_limit_ends_in_goaway_compression_error(running_agent):
+    out = h2("hpacktable", "65536")
+    assert out["goaway"] == {"error": 9, "last_stream_id": 2147483647} and out["closed"], out  # COMPRESSION_ERROR
+    named = breach_flows("HPACK misuse (e.g. its table resized past 4096 bytes)")
+    assert named and named[-1]["Summary"].startswith("HTTP/2 protocol error from client: a frame or header block could not be decoded")
+    assert h2("hpacktable", "4096")["responses"] == 1  # within the limit: answered
+    assert_good_clients_still_work()
+
+
 def test_upgrade_to_h2c_is_relayed_opaque_with_a_flow_that_says_so(running_agent):
     p = in_pod("shop/client", "python3", "-c", UPGRADE, "h2c", timeout=20)
     assert p.stdout.strip() == "HTTP/1.1 101 Switching Protocols True"
