@@ -36,12 +36,16 @@ test: build
 	swift test $(SWIFT_BUILD_FLAGS)
 	python3 -m pytest -v tests/e2e
 
-# libFuzzer over the DNS codec (FUZZ_SECONDS, default 60); corpus in .build/fuzz-corpus.
+# libFuzzer over the DNS codec and the TLS ClientHello parser (FUZZ_SECONDS each, default 60);
+# corpora in .build/fuzz-corpus-*.
 FUZZ_SECONDS ?= 60
 fuzz:
-	@mkdir -p .build/fuzz-corpus
+	@mkdir -p .build/fuzz-corpus-dns .build/fuzz-corpus-tls
 	swiftc -O -sanitize=fuzzer,address -parse-as-library Sources/LoupeProtocols/*.swift fuzz/FuzzDNS.swift -o .build/fuzz-dns
-	.build/fuzz-dns -max_total_time=$(FUZZ_SECONDS) .build/fuzz-corpus
+	.build/fuzz-dns -max_total_time=$(FUZZ_SECONDS) .build/fuzz-corpus-dns
+	swiftc -O -sanitize=fuzzer,address -parse-as-library Sources/LoupeProtocols/*.swift fuzz/FuzzClientHello.swift -o .build/fuzz-tls
+	for f in Tests/LoupeProtocolsTests/Fixtures/*.hex; do python3 -c 'import sys; sys.stdout.buffer.write(bytes.fromhex(open(sys.argv[1]).read()))' $$f > .build/fuzz-corpus-tls/$$(basename $$f .hex); done
+	.build/fuzz-tls -max_total_time=$(FUZZ_SECONDS) .build/fuzz-corpus-tls
 
 bench: deps bpf
 	bench/run.sh
