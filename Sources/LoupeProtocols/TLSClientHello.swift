@@ -30,13 +30,32 @@ public struct TLSClientHello: Equatable, Sendable {
     /// A hello longer than this is not waited for (real ones are 0.2–2 KB; post-quantum key
     /// shares make them ~1.8 KB).
     public static let maxHelloBytes = 65_536
+    /// Records one hello may span: real clients use one or two; a client that drips a hello
+    /// in tiny records costs a parse per record, so this bounds the work.
+    public static let maxRecords = 256
+
+    /// The buffer length at which `parse` can next make progress: the end of the first
+    /// incomplete record, or of its header. Cheap (reads record headers only), for callers
+    /// that buffer a stream and should not parse again on every byte.
+    public static func bytesNeeded<C: RandomAccessCollection>(_ bytes: C) -> Int where C.Element == UInt8, C.Index == Int {
+        var offset = 0
+        while true {
+            guard bytes.count >= offset + 5 else { return offset + 5 }
+            let length = Int(bytes[bytes.startIndex + offset + 3]) << 8 | Int(bytes[bytes.startIndex + offset + 4])
+            guard bytes.count >= offset + 5 + length else { return offset + 5 + length }
+            offset += 5 + length
+        }
+    }
 
     public static func parse<C: Collection>(_ bytes: C) -> Result where C.Element == UInt8 {
         var handshake: [UInt8] = []
         var reader = ByteReader(Array(bytes))
         var consumed = 0
+        var records = 0
         // Reassemble the handshake message from consecutive handshake records.
         while true {
+            records += 1
+            guard records <= maxRecords else { return .malformed("ClientHello spans more than \(maxRecords) records") }
             guard reader.remaining >= 5 else { return reader.remaining == 0 && !handshake.isEmpty ? .needMore : prefixCheck(reader) }
             let recordStart = reader.offset
             let type = reader.u8()!, major = reader.u8()!, _ = reader.u8()!, length = Int(reader.u16()!)

@@ -20,12 +20,26 @@ final class DetectHandler: ChannelInboundHandler, RemovableChannelHandler {
             return
         }
         if buffered == nil { buffered = bytes } else { buffered!.writeBuffer(&bytes) }
-        let decision = ProtocolDetector.detect(buffered!.readableBytesView)
-        if decision != .needMore {
+        let view = buffered!.readableBytesView
+        let decision = ProtocolDetector.detect(view)
+        if decision == .tls {
+            // TLS: wait for the whole ClientHello (SNI, ALPN), parsing only when a record is complete.
+            guard view.count >= helloNeeds else { return }
+            let hello = TLSClientHello.parse(view)
+            if hello == .needMore {
+                helloNeeds = TLSClientHello.bytesNeeded(view)
+                return
+            }
+            decided = true
+            connection.detected(.tls, hello: hello)
+        } else if decision != .needMore {
             decided = true
             connection.detected(decision)
         }
     }
+
+    /// Buffer length at which the ClientHello parse can next make progress.
+    private var helloNeeds = 0
 
     func handlerRemoved(context: ChannelHandlerContext) {
         if let b = buffered, b.readableBytes > 0 {

@@ -27,7 +27,7 @@ final class ProxyConnection {
     let downstream: Channel
     var upstream: Channel?
     let environment: ProxyEnvironment
-    let context: ConnectionContext
+    private(set) var context: ConnectionContext
     var mode: Mode = .connecting
     var http = HTTP1Intercept.StateMachine()
     /// DNS over TCP: queries waiting for their answers, by id.
@@ -145,12 +145,13 @@ final class ProxyConnection {
         }
     }
 
-    /// Step 2 result: the client's first bytes decided the protocol.
-    func detected(_ decision: ProtocolDetector.Decision) {
+    /// Step 2 result: the client's first bytes decided the protocol (for TLS: with what its
+    /// ClientHello says).
+    func detected(_ decision: ProtocolDetector.Decision, hello: TLSClientHello.Result? = nil) {
         guard mode == .detecting, let upstream, let detectHandler, let gate else { return }
         // A DNS port (by annotation or by DNS policy rules) carries DNS over TCP, whatever
         // its first bytes look like.
-        let decision = carriesDNS ? .opaque : decision
+        var decision = carriesDNS ? .opaque : decision
         // HTTP/2 streams are checked one by one when intercepted; relayed opaque they could not be.
         let interceptsHTTP2 = decision == .http2 && environment.configuration.interceptHTTP2
         if decision != .http1 && !interceptsHTTP2 && currentDecision().requiresHTTP {
@@ -163,6 +164,15 @@ final class ProxyConnection {
             upstream.close(promise: nil)
             reset(downstream)
             return
+        }
+        if decision == .tls, let hello {
+            tlsHelloSeen(hello)
+        } else if context.rule?.l7 == .tls {
+            // A TLS visibility port that carries something else: relayed as it is, and said so.
+            environment.count("tls_port_not_tls")
+            environment.record(context.flow(verdict: .forwarded, type: .l3l4, l7: nil, reply: false,
+                                            summary: "not TLS on a TLS visibility port (first bytes: \(decision)): relayed opaque"))
+            decision = .opaque
         }
         let ds = downstream.pipeline.syncOperations
         let us = upstream.pipeline.syncOperations
@@ -224,6 +234,29 @@ final class ProxyConnection {
         self.detectHandler = nil
         self.gate = nil
     }
+
+    /// The ClientHello of a TLS connection (which is then relayed unchanged): a flow with the
+    /// server name and ALPN; later flows of the connection carry the name in destination_names.
+    private func tlsHelloSeen(_ result: TLSClientHello.Result) {
+        switch result {
+        case .hello(let h):
+            environment.count("tls_client_hellos")
+            tlsServerName = h.serverName ?? ""
+            if let sni = h.serverName, !context.serverNames.contains(sni) { context.serverNames.insert(sni, at: 0) }
+            var summary = "TLS ClientHello " + (h.serverName.map { "SNI=\($0)" } ?? "without SNI")
+            if !h.alpn.isEmpty { summary += " ALPN=" + h.alpn.joined(separator: ",") }
+            environment.record(context.flow(verdict: .forwarded, type: .l3l4, l7: nil, reply: false, summary: summary))
+        case .notTLS(let why), .malformed(let why):
+            environment.count("tls_client_hellos_unreadable")
+            environment.record(context.flow(verdict: .forwarded, type: .l3l4, l7: nil, reply: false,
+                                            summary: "TLS ClientHello unreadable (\(why)): relayed opaque"))
+        case .needMore:
+            break
+        }
+    }
+
+    /// The SNI of a relayed TLS connection ("" without SNI), for its closing flow.
+    private var tlsServerName: String?
 
     /// A transparent proxy keeps each message's framing as the peer wrote it: NIO's encoders
     /// would otherwise add `transfer-encoding: chunked` to a body-less POST (and the server then
@@ -341,6 +374,7 @@ final class ProxyConnection {
         finished = true
         if mode == .opaque && !carriesDNS {
             var what = "TCP opaque connection"
+            if let sni = tlsServerName { what = sni.isEmpty ? "TLS connection without SNI" : "TLS connection to \(sni)" }
             if let tunnel {
                 what = "TCP tunnel after \(tunnel)"
                 // The HTTP/1 → HTTP/2 upgrade is not intercepted: say so rather than look complete.

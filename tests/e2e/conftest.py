@@ -6,6 +6,7 @@ everything it created at the end.
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -49,7 +50,7 @@ def render_inventory(tmp_path, annotate_shop=True):
     if annotate_shop:
         return original
     text = original.read_text()
-    annotation = '    loupe.io/proxy-visibility: "<Egress/80/TCP/HTTP>,<Egress/8000/TCP/HTTP>,<Egress/7000/TCP/HTTP>,<Egress/53/ANY/DNS>,<Egress/8080/TCP/HTTP>,<Egress/8081/TCP/HTTP>,<Egress/50051/TCP/HTTP>"\n'
+    annotation = '    loupe.io/proxy-visibility: "<Egress/80/TCP/HTTP>,<Egress/8000/TCP/HTTP>,<Egress/7000/TCP/HTTP>,<Egress/53/ANY/DNS>,<Egress/8080/TCP/HTTP>,<Egress/8081/TCP/HTTP>,<Egress/50051/TCP/HTTP>,<Egress/443/TCP/TLS>"\n'
     assert annotation in text
     text = text.replace("  annotations:\n" + annotation, "", 1)
     path = REPO / "tests/e2e/.inventory-no-annotation.yaml"
@@ -118,6 +119,7 @@ def lab(tmp_path_factory):
     loupe("lab", "up", "-f", str(inv))
     yield {"inventory": inv, "tmp": tmp}
     loupe("lab", "down")
+    shutil.rmtree("/tmp/loupe-e2e-tls", ignore_errors=True)  # tls_server.py's test certificate
     netns, pins = lab_leftovers()
     assert netns == [] and pins == [], f"left behind: netns {netns}, pins {pins}"
 
