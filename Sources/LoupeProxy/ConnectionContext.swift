@@ -15,6 +15,8 @@ public struct ConnectionContext: Sendable {
     public var nodeName: String
     /// Names the client resolved for the server's address through the DNS proxy.
     public var serverNames: [String] = []
+    /// `https` once the proxy terminates the connection's TLS (HTTPS interception).
+    public var scheme = "http"
 
     public init(clientIP: String, clientPort: Int, serverIP: String, serverPort: Int,
                 snapshot: ProxyEnvironment.Snapshot, nodeName: String, udp: Bool = false) {

@@ -39,7 +39,7 @@ extension HTTP1Intercept {
                     method: head.method.rawValue, uri: head.uri, host: host,
                     fallbackAuthority: c.authorityFallback, version: Self.versionString(head.version),
                     upgrade: head.headers.contains(name: "upgrade"), nowNanos: monotonicNanos(),
-                    denied: denied, keepAlive: head.isKeepAlive)
+                    denied: denied, keepAlive: head.isKeepAlive, scheme: c.scheme)
                 switch action {
                 case .forward(let exchange):
                     recordRequest(exchange, head: head, verdict: .forwarded)

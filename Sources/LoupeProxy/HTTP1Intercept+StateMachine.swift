@@ -54,14 +54,14 @@ extension HTTP1Intercept {
 
         public mutating func requestHead(method: String, uri: String, host: String?, fallbackAuthority: String,
                                          version: String, upgrade: Bool, nowNanos: UInt64, denied: Bool = false,
-                                         keepAlive: Bool = true) -> RequestAction {
+                                         keepAlive: Bool = true, scheme: String = "http") -> RequestAction {
             let url: String
             if uri.hasPrefix("http://") || uri.hasPrefix("https://") {
                 url = uri // absolute-form (a proxy request)
             } else if method == "CONNECT" {
                 url = "http://\(uri)"
             } else {
-                url = "http://\(host ?? fallbackAuthority)\(uri.hasPrefix("/") ? uri : "/" + uri)"
+                url = "\(scheme)://\(host ?? fallbackAuthority)\(uri.hasPrefix("/") ? uri : "/" + uri)"
             }
             let e = Exchange(method: method, url: url, version: version, startNanos: nowNanos,
                              wantsTunnel: upgrade || method == "CONNECT", denied: denied, keepAlive: keepAlive)

@@ -19,6 +19,11 @@ public struct ProxyConfiguration: Sendable {
     public var interceptHTTP2 = true
     /// HTTP/2 abuse limits (concurrent streams, header list, HPACK table, CONTINUATION, resets).
     public var http2 = HTTP2Limits()
+    /// The node CA (`ca.pem`, `ca.key`) that signs the leaves of HTTPS interception; loaded on
+    /// first use. Without it, `<…/TCP/HTTPS>` ports get TLS visibility only (and a flow says so).
+    public var caDirectory: String? = "/etc/loupe/ca"
+    /// PEM bundle trusted for destinations besides the system trust store (HTTPS interception).
+    public var upstreamCABundle: String?
     /// Name of this node in flows.
     public var nodeName: String = "loupe-node"
     /// Event-loop threads (default: one per core).

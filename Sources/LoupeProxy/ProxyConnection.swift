@@ -22,24 +22,30 @@ extension HTTPRequestEncoder.Configuration: FramingConfigurable {}
 extension HTTPResponseEncoder.Configuration: FramingConfigurable {}
 
 final class ProxyConnection {
-    enum Mode { case connecting, detecting, http1, http2, opaque, closed }
+    enum Mode { case connecting, detecting, tlsHandshake, http1, http2, opaque, closed }
 
     let downstream: Channel
     var upstream: Channel?
     let environment: ProxyEnvironment
-    private(set) var context: ConnectionContext
+    var context: ConnectionContext
     var mode: Mode = .connecting
     var http = HTTP1Intercept.StateMachine()
     /// DNS over TCP: queries waiting for their answers, by id.
     var dnsPending: [UInt16: (DNSMessage, UInt64)] = [:]
     var bytesFromClient: UInt64 = 0
     var bytesFromServer: UInt64 = 0
+    /// HTTPS interception refused the destination (verification failed): the pod's side stays
+    /// open for the 502.
+    var upstreamRefused = false
     /// What turned this HTTP/1 connection into an opaque tunnel (`Upgrade: h2c`, `CONNECT`).
     var tunnel: String?
     /// HTTP/2: the intercepted connection's session (streams, GOAWAY, drain).
     var http2: HTTP2Intercept.Session?
-    private var detectHandler: DetectHandler?
-    private var gate: UpstreamGate?
+    var detectHandler: DetectHandler?
+    var gate: UpstreamGate?
+    /// HTTPS interception: holds what the destination sends after its handshake (an HTTP/2
+    /// server's SETTINGS) until the pod's handshake is done and HTTP is installed.
+    var tlsHold: UpstreamGate?
 
     init(downstream: Channel, environment: ProxyEnvironment) {
         self.downstream = downstream
@@ -154,7 +160,9 @@ final class ProxyConnection {
         var decision = carriesDNS ? .opaque : decision
         // HTTP/2 streams are checked one by one when intercepted; relayed opaque they could not be.
         let interceptsHTTP2 = decision == .http2 && environment.configuration.interceptHTTP2
-        if decision != .http1 && !interceptsHTTP2 && currentDecision().requiresHTTP {
+        // So are HTTPS requests once their TLS is terminated (interceptTLS refuses if it cannot).
+        let interceptsHTTPS = decision == .tls && context.rule?.l7 == .https
+        if decision != .http1 && !interceptsHTTP2 && !interceptsHTTPS && currentDecision().requiresHTTP {
             // A port with HTTP rules carries HTTP only: anything else would bypass the rules.
             environment.count("connections_policy_denied")
             environment.record(context.flow(verdict: .dropped, type: .l3l4, l7: nil, reply: false,
@@ -167,6 +175,11 @@ final class ProxyConnection {
         }
         if decision == .tls, let hello {
             tlsHelloSeen(hello)
+            if case .hello(let h) = hello, context.rule?.l7 == .https, interceptTLS(h, detectHandler: detectHandler, gate: gate) {
+                self.detectHandler = nil
+                self.gate = nil
+                return
+            }
         } else if context.rule?.l7 == .tls {
             // A TLS visibility port that carries something else: relayed as it is, and said so.
             environment.count("tls_port_not_tls")
@@ -179,32 +192,7 @@ final class ProxyConnection {
         do {
             switch decision {
             case .http1:
-                mode = .http1
-                environment.count("connections_http1")
-                let limits = { () -> NIOHTTPDecoderLimitConfiguration in
-                    var l = NIOHTTPDecoderLimitConfiguration()
-                    l.maxHeaderListSize = self.environment.configuration.maxHeaderBytes
-                    l.maxHeaderFieldSize = self.environment.configuration.maxHeaderBytes
-                    return l
-                }()
-                let down = HTTP1Intercept.DownstreamHandler(connection: self)
-                let up = HTTP1Intercept.UpstreamHandler(connection: self)
-                down.partner = up
-                up.partner = down
-                try ds.addHandlers([
-                    ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes,
-                                                            informationalResponseStrategy: .drop,
-                                                            limitConfiguration: limits)),
-                    HTTPResponseEncoder(configuration: Self.keepFraming(HTTPResponseEncoder.Configuration())),
-                    down,
-                ], position: .after(detectHandler))
-                try us.addHandlers([
-                    HTTPRequestEncoder(configuration: Self.keepFraming(HTTPRequestEncoder.Configuration())),
-                    ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes,
-                                                             informationalResponseStrategy: .forward,
-                                                             limitConfiguration: limits)),
-                    up,
-                ], position: .after(gate))
+                try installHTTP1(ds, after: detectHandler, us, after: gate)
             case .http2 where !carriesDNS && environment.configuration.interceptHTTP2:
                 mode = .http2
                 environment.count("connections_http2")
@@ -257,6 +245,35 @@ final class ProxyConnection {
 
     /// The SNI of a relayed TLS connection ("" without SNI), for its closing flow.
     private var tlsServerName: String?
+
+    /// Step 3, HTTP/1: NIOHTTP1 codecs on both sides and the intercepting handlers (per-request
+    /// policy and flows), after the given handlers.
+    func installHTTP1(_ ds: ChannelPipeline.SynchronousOperations, after downstreamAnchor: ChannelHandler,
+                      _ us: ChannelPipeline.SynchronousOperations, after upstreamAnchor: ChannelHandler) throws {
+        mode = .http1
+        environment.count("connections_http1")
+        var limits = NIOHTTPDecoderLimitConfiguration()
+        limits.maxHeaderListSize = environment.configuration.maxHeaderBytes
+        limits.maxHeaderFieldSize = environment.configuration.maxHeaderBytes
+        let down = HTTP1Intercept.DownstreamHandler(connection: self)
+        let up = HTTP1Intercept.UpstreamHandler(connection: self)
+        down.partner = up
+        up.partner = down
+        try ds.addHandlers([
+            ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes,
+                                                    informationalResponseStrategy: .drop,
+                                                    limitConfiguration: limits)),
+            HTTPResponseEncoder(configuration: Self.keepFraming(HTTPResponseEncoder.Configuration())),
+            down,
+        ], position: .after(downstreamAnchor))
+        try us.addHandlers([
+            HTTPRequestEncoder(configuration: Self.keepFraming(HTTPRequestEncoder.Configuration())),
+            ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes,
+                                                     informationalResponseStrategy: .forward,
+                                                     limitConfiguration: limits)),
+            up,
+        ], position: .after(upstreamAnchor))
+    }
 
     /// A transparent proxy keeps each message's framing as the peer wrote it: NIO's encoders
     /// would otherwise add `transfer-encoding: chunked` to a body-less POST (and the server then
@@ -358,6 +375,7 @@ final class ProxyConnection {
     }
 
     private func upstreamClosed() {
+        if upstreamRefused { return } // the pod is being told why (502), on its own connection
         if let http2 {
             http2.upstreamClosed() // the client's streams drain first
             finish()

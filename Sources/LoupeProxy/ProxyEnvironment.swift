@@ -39,11 +39,14 @@ public final class ProxyEnvironment: Sendable {
     /// Names pods resolved through the DNS proxy, for `destination_names`.
     public let fqdn = FQDNCache()
     private let counters = Mutex<[String: UInt64]>([:])
+    /// HTTPS interception's node CA and TLS contexts.
+    let tls: TLSIntercept.Contexts
 
     public init(inventory: Inventory, policy: PolicyEngine = PolicyEngine(), flows: FlowStore, configuration: ProxyConfiguration) {
         self.current = Mutex(Snapshot(inventory: inventory, policy: policy, generation: 0))
         self.flows = flows
         self.configuration = configuration
+        self.tls = TLSIntercept.Contexts(configuration: configuration)
     }
 
     public func update(inventory: Inventory, policy: PolicyEngine) {

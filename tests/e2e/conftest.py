@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 LOUPE = str(REPO / ".build" / "debug" / "loupe")
 PIN_DIR = "/sys/fs/bpf/loupe"
+CA_DIR = "/tmp/loupe-e2e-ca"                  # the node CA the tests' agent intercepts HTTPS with
+SERVER_CERT = "/tmp/loupe-e2e-tls/cert.pem"   # the lab HTTPS server's own certificate (tls_server.py)
 
 
 def run(*args, check=True, timeout=60, input=None):
@@ -50,7 +53,7 @@ def render_inventory(tmp_path, annotate_shop=True):
     if annotate_shop:
         return original
     text = original.read_text()
-    annotation = '    loupe.io/proxy-visibility: "<Egress/80/TCP/HTTP>,<Egress/8000/TCP/HTTP>,<Egress/7000/TCP/HTTP>,<Egress/53/ANY/DNS>,<Egress/8080/TCP/HTTP>,<Egress/8081/TCP/HTTP>,<Egress/50051/TCP/HTTP>,<Egress/443/TCP/TLS>"\n'
+    annotation = '    loupe.io/proxy-visibility: "<Egress/80/TCP/HTTP>,<Egress/8000/TCP/HTTP>,<Egress/7000/TCP/HTTP>,<Egress/53/ANY/DNS>,<Egress/8080/TCP/HTTP>,<Egress/8081/TCP/HTTP>,<Egress/50051/TCP/HTTP>,<Egress/443/TCP/TLS>,<Egress/8443/TCP/HTTPS>"\n'
     assert annotation in text
     text = text.replace("  annotations:\n" + annotation, "", 1)
     path = REPO / "tests/e2e/.inventory-no-annotation.yaml"
@@ -69,7 +72,8 @@ class AgentProcess:
         self.log = open(self.log_path, "a")
         mark = Path(self.log_path).stat().st_size if Path(self.log_path).exists() else 0
         # A short DNS timeout keeps the upstream-down test quick.
-        self.proc = subprocess.Popen([LOUPE, "agent", "--lab", "--dns-timeout-ms", "1500", *extra],
+        self.proc = subprocess.Popen([LOUPE, "agent", "--lab", "--dns-timeout-ms", "1500", "--ca-dir", CA_DIR,
+                                      "--upstream-ca-bundle", SERVER_CERT, *extra],
                                      stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -115,11 +119,17 @@ def lab(tmp_path_factory):
         pytest.fail(f"{LOUPE} missing: run `make build` first")
     tmp = tmp_path_factory.mktemp("lab")
     loupe("lab", "down")  # a crashed run's leftovers
+    shutil.rmtree(CA_DIR, ignore_errors=True)
+    loupe("ca", "init", "--dir", CA_DIR)
+    # The lab's HTTPS servers' certificate (tls_server.py in the world, nginx :8443 in backend/web).
+    shutil.rmtree("/tmp/loupe-e2e-tls", ignore_errors=True)
+    run(sys.executable, str(REPO / "tests/e2e/servers/tls_server.py"), "--make-certificate-only")
     inv = render_inventory(tmp)
     loupe("lab", "up", "-f", str(inv))
     yield {"inventory": inv, "tmp": tmp}
     loupe("lab", "down")
     shutil.rmtree("/tmp/loupe-e2e-tls", ignore_errors=True)  # tls_server.py's test certificate
+    shutil.rmtree(CA_DIR, ignore_errors=True)
     netns, pins = lab_leftovers()
     assert netns == [] and pins == [], f"left behind: netns {netns}, pins {pins}"
 

@@ -1,11 +1,15 @@
-"""TLS visibility without decryption (`<Egress/443/TCP/TLS>` on the shop namespace): the proxy
-reads the ClientHello, records its SNI and ALPN, and relays the connection unchanged to a real
-HTTPS server in the world netns (tests/e2e/servers/tls_server.py)."""
+"""TLS in the lab, against real HTTPS servers (tests/e2e/servers/tls_server.py in the world
+netns, nginx with ALPN h2 in backend/web):
+- visibility without decryption (`<Egress/443/TCP/TLS>` on the shop namespace): the proxy reads
+  the ClientHello, records SNI and ALPN, relays the connection unchanged;
+- interception (`<Egress/8443/TCP/HTTPS>`): TLS terminated with a leaf the node CA minted,
+  HTTP/1.1 or HTTP/2 inside with https:// flows and policy, the destination verified."""
 import json
 import time
 from pathlib import Path
 
-from conftest import REPO, flows, in_pod, status
+from conftest import CA_DIR, REPO, flows, in_pod, loupe, status
+from test_policy import apply, policies  # noqa: F401 (fixture)
 
 SECURE = "198.19.0.12"               # lab host `secure`: HTTPS for secure.example.test
 CERT = "/tmp/loupe-e2e-tls/cert.pem"  # its self-signed certificate (made by the server)
@@ -22,13 +26,12 @@ def tls_flows(text, last=200):
         time.sleep(0.2)
 
 
-def wait_for_server():
-    """The lab's TLS server makes its certificate when it starts: wait until it answers (from a
-    pod that is not opted in)."""
+def wait_for_server(port=443):
+    """Wait until the lab's TLS server answers (from a pod that is not opted in)."""
     deadline = time.time() + 20
     while time.time() < deadline:
         if Path(CERT).exists() and in_pod("plain/client", "curl", "-s", "-m", "2", "--cacert", CERT, "--resolve",
-                                          f"secure.example.test:443:{SECURE}", "https://secure.example.test/ready",
+                                          f"secure.example.test:{port}:{SECURE}", f"https://secure.example.test:{port}/ready",
                                           check=False).returncode == 0:
             return
         time.sleep(0.2)
@@ -119,3 +122,91 @@ def test_garbage_and_broken_hellos_on_the_tls_port_are_relayed_and_said(running_
     assert after.get("tls_port_not_tls", 0) == before.get("tls_port_not_tls", 0) + 1
     assert after.get("tls_client_hellos_unreadable", 0) == before.get("tls_client_hellos_unreadable", 0) + 1
     assert running_agent.proc.poll() is None
+
+
+# ---- HTTPS interception (<Egress/8443/TCP/HTTPS>) ----
+
+NODE_CA = f"{CA_DIR}/ca.pem"
+WEB = "198.18.0.11"  # backend/web: nginx `listen 8443 ssl http2`
+
+
+def curl_https(host, ip, path, *extra, ca=NODE_CA, check=True):
+    return in_pod("shop/client", "curl", "-sS", "-m", "5", *(["--cacert", ca] if ca else []), "--resolve",
+                  f"{host}:8443:{ip}", *extra, f"https://{host}:8443{path}", check=check, timeout=20)
+
+
+def test_intercepted_https_gives_https_flows_for_http1(running_agent):
+    wait_for_server(8443)
+    assert curl_https("secure.example.test", SECURE, "/intercepted").stdout == "hello over tls\n"
+    req, resp = flows("--http-path", "^/intercepted$", last=2)
+    assert req["l7"]["http"]["url"] == "https://secure.example.test:8443/intercepted"
+    assert req["l7"]["http"]["protocol"] == "HTTP/1.1" and resp["l7"]["http"]["code"] == 200
+    assert req["destination_names"] == ["secure.example.test"]
+
+
+def test_intercepted_https_with_alpn_h2_gives_http2_flows(running_agent):
+    out = curl_https("web.backend.test", WEB, "/h2tls", "--http2", "-w", " %{http_version}").stdout
+    assert out == "hello over h2 and tls\n 2"
+    req, resp = flows("--http-path", "^/h2tls$", last=2)
+    assert req["l7"]["http"]["protocol"] == "HTTP/2" and req["l7"]["http"]["url"] == "https://web.backend.test:8443/h2tls"
+    assert resp["l7"]["http"]["code"] == 200
+
+
+WEB_TLS_POLICY = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web-tls, namespace: backend}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - toPorts:
+    - ports: [{port: "8443", protocol: TCP}]
+      rules:
+        http:
+        - {method: GET, path: "/h2tls"}
+"""
+
+
+def test_a_policy_denies_get_secret_inside_tls(policies):
+    apply(WEB_TLS_POLICY, "web-tls.yaml")
+    assert curl_https("web.backend.test", WEB, "/h2tls", "--http2").stdout == "hello over h2 and tls\n"
+    p = curl_https("web.backend.test", WEB, "/secret", "--http2", "-w", "%{http_code}")
+    assert p.stdout == "Access denied\n403"  # (text mode reads \r\n as \n)
+    denied = flows("--http-path", "^/secret$", "--verdict", "DROPPED", last=2)
+    assert [f["l7"]["type"] for f in denied] == ["REQUEST", "RESPONSE"]
+    assert denied[0]["l7"]["http"]["url"] == "https://web.backend.test:8443/secret"
+
+
+def test_a_destination_with_the_wrong_name_gets_502_and_an_error_flow(running_agent):
+    p = curl_https("other.example.test", SECURE, "/wrong", "-w", "%{http_code}")
+    assert p.stdout.startswith("Bad Gateway: ") and p.stdout.endswith("502"), p.stdout
+    assert "other.example.test" in p.stdout
+    refused = tls_flows("HTTPS destination other.example.test refused: ")
+    assert refused and refused[-1]["verdict"] == "ERROR" and "Hostname" in refused[-1]["Summary"]
+
+
+LEAF = """
+import hashlib, json, socket, ssl
+ctx = ssl.create_default_context(cafile="%s")
+with socket.create_connection(("%s", 8443), timeout=5) as raw:
+    with ctx.wrap_socket(raw, server_hostname="secure.example.test") as s:
+        cert = s.getpeercert()
+        print(json.dumps({"issuer": dict(x[0] for x in cert["issuer"])["commonName"],
+                          "san": cert["subjectAltName"],
+                          "sha256": hashlib.sha256(s.getpeercert(binary_form=True)).hexdigest()}))
+""" % (NODE_CA, SECURE)
+
+
+def test_the_pod_sees_a_minted_leaf_that_chains_to_the_node_ca_and_is_reused(running_agent):
+    first = json.loads(in_pod("shop/client", "python3", "-c", LEAF, timeout=20).stdout)
+    second = json.loads(in_pod("shop/client", "python3", "-c", LEAF, timeout=20).stdout)
+    # Verified against the node CA only (create_default_context(cafile=…)), for the SNI.
+    assert first["issuer"] == "Loupe node CA loupe-node"
+    assert first["san"] == [["DNS", "secure.example.test"]]
+    assert first["sha256"] == second["sha256"]  # from the cache
+
+
+def test_a_pod_that_does_not_trust_the_node_ca_fails_its_handshake_and_a_flow_says_so(running_agent):
+    p = curl_https("secure.example.test", SECURE, "/untrusted", ca=None, check=False)
+    assert p.returncode == 60, p.stderr  # curl: peer certificate cannot be authenticated
+    assert tls_flows("HTTPS handshake with the pod for secure.example.test failed: ")

@@ -1,0 +1,152 @@
+import Foundation
+import LoupeFlow
+import LoupeProtocols
+import NIOCore
+import NIOHTTP1
+import NIOSSL
+import NIOTLS
+import Synchronization
+
+/// `<…/TCP/HTTPS>`: TLS terminated toward the pod with a leaf the node CA minted for its SNI,
+/// and originated toward the original destination with the same SNI, the server verified
+/// against the system trust store plus a configured bundle. Steps:
+///   1. upstream handshake first, offering the client's ALPN protocols (h2, http/1.1);
+///   2. downstream handshake with the minted leaf, offering what the destination chose;
+///   3. HTTP/1.1 or HTTP/2 inside, exactly as in cleartext (policy per request, `https://` flows).
+/// A destination that fails verification is never reached in the clear and never silently
+/// downgraded: the pod's handshake still completes (so it can be told), its request gets
+/// `502` naming the reason, and an ERROR flow says the same.
+enum TLSIntercept {
+    /// TLS material shared by all connections: the node CA, and TLS contexts (costly to build)
+    /// cached per ALPN offer (upstream) and per server name (downstream).
+    final class Contexts: @unchecked Sendable {
+        let configuration: ProxyConfiguration
+        private let lock = NSLock()
+        private var ca: Result<NodeCA, Error>?
+        private var upstream: [[String]: NIOSSLContext] = [:]
+        private var downstream: [String: NIOSSLContext] = [:]
+        private var downstreamOrder: [String] = []
+
+        init(configuration: ProxyConfiguration) { self.configuration = configuration }
+
+        /// The node CA, loaded on first use (`loupe ca init` may run after the agent started).
+        func nodeCA() throws -> NodeCA {
+            try lock.withLock {
+                if case .success(let ca) = ca { return ca }
+                guard let dir = configuration.caDirectory else {
+                    throw NodeCA.CAError(description: "no node CA configured (loupe agent --ca-dir)")
+                }
+                let loaded = Result { try NodeCA.load(directory: dir) }
+                if case .success = loaded { ca = loaded }
+                return try loaded.get()
+            }
+        }
+
+        func upstreamContext(alpn: [String]) throws -> NIOSSLContext {
+            try lock.withLock {
+                if let c = upstream[alpn] { return c }
+                var tls = TLSConfiguration.makeClientConfiguration()
+                tls.certificateVerification = .fullVerification
+                tls.trustRoots = .default
+                if let bundle = configuration.upstreamCABundle {
+                    tls.additionalTrustRoots = [.file(bundle)]
+                }
+                tls.applicationProtocols = alpn
+                let c = try NIOSSLContext(configuration: tls)
+                upstream[alpn] = c
+                return c
+            }
+        }
+
+        /// A server context with the leaf for SERVERNAME, offering PROTOCOL (what the destination chose).
+        func downstreamContext(serverName: String, alpn: String?) throws -> NIOSSLContext {
+            let key = "\(serverName)|\(alpn ?? "")"
+            if let c = lock.withLock({ downstream[key] }) { return c }
+            let ca = try nodeCA()
+            let leaf = try ca.leaf(for: serverName)
+            let chain = try [leaf.certificate, ca.certificate].map {
+                try NIOSSLCertificate(bytes: Array($0.serializeAsPEM().pemString.utf8), format: .pem)
+            }
+            let privateKey = try NIOSSLPrivateKey(bytes: Array(leaf.key.pemRepresentation.utf8), format: .pem)
+            var tls = TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) },
+                                                               privateKey: .privateKey(privateKey))
+            tls.applicationProtocols = alpn.map { [$0] } ?? ["http/1.1"]
+            let c = try NIOSSLContext(configuration: tls)
+            lock.withLock {
+                if downstream.updateValue(c, forKey: key) == nil { downstreamOrder.append(key) }
+                while downstreamOrder.count > NodeCA.leafCacheSize { downstream[downstreamOrder.removeFirst()] = nil }
+            }
+            return c
+        }
+    }
+
+    /// Waits for one side's handshake; reports the negotiated protocol or the failure.
+    final class HandshakeWatcher: ChannelInboundHandler, RemovableChannelHandler {
+        typealias InboundIn = NIOAny
+        private var done: ((Result<String?, Error>) -> Void)?
+
+        init(_ done: @escaping (Result<String?, Error>) -> Void) { self.done = done }
+
+        func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+            if case .handshakeCompleted(let proto) = event as? TLSUserEvent, let d = done {
+                done = nil
+                d(.success(proto))
+            }
+            context.fireUserInboundEventTriggered(event)
+        }
+
+        func errorCaught(context: ChannelHandlerContext, error: Error) {
+            if let d = done {
+                done = nil
+                d(.failure(error))
+                return
+            }
+            context.fireErrorCaught(error)
+        }
+
+        func channelInactive(context: ChannelHandlerContext) {
+            if let d = done {
+                done = nil
+                d(.failure(ChannelError.eof))
+            }
+            context.fireChannelInactive()
+        }
+    }
+
+    /// Answers the pod's first request with 502 and the reason its destination was refused,
+    /// then closes (the destination was never reached in the clear).
+    final class BadGateway: ChannelInboundHandler {
+        typealias InboundIn = HTTPServerRequestPart
+        typealias OutboundOut = HTTPServerResponsePart
+        let reason: String
+        private var answered = false
+
+        init(reason: String) { self.reason = reason }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            guard case .end = unwrapInboundIn(data), !answered else { return }
+            answered = true
+            var body = context.channel.allocator.buffer(capacity: 128)
+            body.writeString("Bad Gateway: \(reason)\r\n")
+            var headers = HTTPHeaders()
+            headers.add(name: "content-type", value: "text/plain")
+            headers.add(name: "content-length", value: String(body.readableBytes))
+            headers.add(name: "connection", value: "close")
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .badGateway, headers: headers))), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in context.close(promise: nil) }
+        }
+    }
+
+    /// The reason a handshake failed, in words for flows and the 502 body.
+    static func describe(_ error: Error) -> String {
+        if let e = error as? NIOSSLError {
+            switch e {
+            case .handshakeFailed(let inner): return "TLS handshake failed: \(inner)"
+            default: return "TLS error: \(e)"
+            }
+        }
+        if let e = error as? NIOSSLExtraError { return "TLS error: \(e)" }
+        return "\(error)"
+    }
+}
