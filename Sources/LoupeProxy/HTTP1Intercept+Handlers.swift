@@ -146,15 +146,7 @@ extension HTTP1Intercept {
                 l7: Layer7(type: .response, latencyNs: 0,
                            http: HTTP(code: 400, method: "", url: "", protocol: "HTTP/1.1", headers: [])),
                 reply: true, summary: "HTTP/1.1 400 malformed request rejected: \(reason)"))
-            var body = context.channel.allocator.buffer(capacity: 64)
-            body.writeString("Bad Request: \(reason)\r\n")
-            var headers = HTTPHeaders()
-            headers.add(name: "content-type", value: "text/plain")
-            headers.add(name: "content-length", value: String(body.readableBytes))
-            headers.add(name: "connection", value: "close")
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .badRequest, headers: headers))), promise: nil)
-            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
-            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in self.connection.close() }
+            HTTP1Intercept.answerAndClose(context, status: .badRequest, text: "Bad Request: \(reason)") { self.connection.close() }
         }
 
         static func versionString(_ v: HTTPVersion) -> String { "HTTP/\(v.major).\(v.minor)" }
@@ -282,5 +274,23 @@ extension HTTP1Intercept {
             connection.environment.count("upstream_errors")
             connection.close()
         }
+    }
+}
+
+extension HTTP1Intercept {
+    /// The proxy's own final answer on a connection it then closes (400 for a malformed
+    /// request, 502 for a refused HTTPS destination): `text` and CRLF as text/plain.
+    static func answerAndClose(_ context: ChannelHandlerContext, status: HTTPResponseStatus, text: String,
+                               then close: @escaping () -> Void) {
+        var body = context.channel.allocator.buffer(capacity: text.utf8.count + 2)
+        body.writeString(text + "\r\n")
+        var headers = HTTPHeaders()
+        headers.add(name: "content-type", value: "text/plain")
+        headers.add(name: "content-length", value: String(body.readableBytes))
+        headers.add(name: "connection", value: "close")
+        context.write(NIOAny(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))),
+                      promise: nil)
+        context.write(NIOAny(HTTPServerResponsePart.body(.byteBuffer(body))), promise: nil)
+        context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil))).whenComplete { _ in close() }
     }
 }

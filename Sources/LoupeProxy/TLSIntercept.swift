@@ -126,15 +126,9 @@ enum TLSIntercept {
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             guard case .end = unwrapInboundIn(data), !answered else { return }
             answered = true
-            var body = context.channel.allocator.buffer(capacity: 128)
-            body.writeString("Bad Gateway: \(reason)\r\n")
-            var headers = HTTPHeaders()
-            headers.add(name: "content-type", value: "text/plain")
-            headers.add(name: "content-length", value: String(body.readableBytes))
-            headers.add(name: "connection", value: "close")
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .badGateway, headers: headers))), promise: nil)
-            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
-            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in context.close(promise: nil) }
+            HTTP1Intercept.answerAndClose(context, status: .badGateway, text: "Bad Gateway: \(reason)") {
+                context.close(promise: nil)
+            }
         }
     }
 
