@@ -21,8 +21,10 @@ public struct Lab {
 
     // MARK: up
 
+    /// PREPARE runs once the lab's state directory exists (and a crashed run's leftovers are
+    /// gone), before any pod starts: the CLI makes the lab's node CA there.
     @discardableResult
-    public func up(file: String) throws -> Inventory {
+    public func up(file: String, prepare: () throws -> Void = {}) throws -> Inventory {
         let text = try String(contentsOfFile: file, encoding: .utf8)
         let inventoryDirectory = URL(fileURLWithPath: file).standardizedFileURL.deletingLastPathComponent().path
         var wanted = try InventoryLoader.parse(text, file: file)
@@ -39,6 +41,7 @@ public struct Lab {
                 try fm.createDirectory(atPath: d, withIntermediateDirectories: true)
             }
         }
+        try prepare()
         let old = (previous != nil && existing.contains(LabNetwork.nodeNetns)) ? previous! : Inventory()
         if old.pods.isEmpty && old.labHosts.isEmpty { try makeNode() }
 
@@ -76,7 +79,9 @@ public struct Lab {
             for i in wanted.labHosts.indices { wanted.labHosts[i].ips = old.labHosts[i].ips }
         }
         try writeResolved(wanted)
-        for pod in wanted.pods where keep[pod.qualifiedName] == nil { try startContainers(of: pod, inventoryDirectory: inventoryDirectory) }
+        for pod in wanted.pods where keep[pod.qualifiedName] == nil {
+            try startContainers(of: pod, inventoryDirectory: inventoryDirectory, trust: trustEnvironment(for: pod, in: wanted))
+        }
         log("lab up: \(wanted.pods.count) pods, \(wanted.labHosts.count) lab hosts; inventory at \(resolvedPath)")
         return wanted
     }
@@ -115,8 +120,26 @@ public struct Lab {
                 throw LabError("no pod \(ns)/\(pod) in the lab (see \(resolvedPath))")
             }
             netns = LabNetwork.podNetns(namespace: ns, name: pod)
+            if let p = inv.pods.first(where: { $0.namespace == ns && $0.name == pod }) {
+                let trust = trustEnvironment(for: p, in: inv)
+                if !trust.isEmpty {
+                    return ["nsenter", "--net=/var/run/netns/\(netns)", "--", "env"]
+                        + trust.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" } + command
+                }
+            }
         }
         return ["nsenter", "--net=/var/run/netns/\(netns)", "--"] + command
+    }
+
+    /// The lab's way of installing the node CA into a pod that opts into HTTPS interception
+    /// (`<…/TCP/HTTPS>`): pods share the node's filesystem, so their processes get the trust
+    /// bundle (system roots + node CA) through the variables TLS clients read.
+    func trustEnvironment(for pod: Pod, in inventory: Inventory) -> [String: String] {
+        guard FileManager.default.fileExists(atPath: LabNetwork.trustBundle),
+              let rules = RedirectPlan(inventory: inventory).pods.first(where: { $0.pod.qualifiedName == pod.qualifiedName })?.rules,
+              rules.contains(where: { $0.l7 == .https }) else { return [:] }
+        return ["SSL_CERT_FILE": LabNetwork.trustBundle, "CURL_CA_BUNDLE": LabNetwork.trustBundle,
+                "REQUESTS_CA_BUNDLE": LabNetwork.trustBundle, "NODE_EXTRA_CA_CERTS": LabNetwork.caDirectory + "/ca.pem"]
     }
 
     public func loadResolved() throws -> Inventory {
@@ -232,7 +255,7 @@ public struct Lab {
 
     /// Starts the pod's commands in its netns, working directory = the pod's state directory,
     /// `LOUPE_INVENTORY_DIR` = the directory of the inventory file (for scripts beside it).
-    private func startContainers(of pod: Pod, inventoryDirectory: String) throws {
+    private func startContainers(of pod: Pod, inventoryDirectory: String, trust: [String: String]) throws {
         let netns = LabNetwork.podNetns(namespace: pod.namespace, name: pod.name)
         let dir = podsDirectory + "/" + fileStem(pod)
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
@@ -241,7 +264,8 @@ public struct Lab {
             try Shell.spawnDetached(["nsenter", "--net=/var/run/netns/\(netns)", "--"] + c.argv,
                                     log: logDirectory + "/\(stem).log", pidFile: pidDirectory + "/\(stem).pid", cwd: dir,
                                     environment: ["LOUPE_POD_IP": pod.ips.first ?? "", "LOUPE_POD_NAME": pod.name,
-                                                  "LOUPE_POD_NAMESPACE": pod.namespace, "LOUPE_INVENTORY_DIR": inventoryDirectory])
+                                                  "LOUPE_POD_NAMESPACE": pod.namespace, "LOUPE_INVENTORY_DIR": inventoryDirectory]
+                                        .merging(trust) { a, _ in a })
             log("pod \(pod.qualifiedName): started \(c.name): \(c.argv.joined(separator: " "))")
         }
     }

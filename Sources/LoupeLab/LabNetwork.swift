@@ -6,6 +6,10 @@ public enum LabNetwork {
     public static let podNetnsPrefix = "loupe-pod-"
     public static let worldVeth = "lxcworld"
     public static let stateDirectory = "/run/loupe/lab"
+    /// The lab's node CA (`loupe lab up` makes one; `loupe agent --lab` uses it) and the trust
+    /// bundle (system roots + that CA) the lab gives pods that opt into HTTPS interception.
+    public static let caDirectory = stateDirectory + "/ca"
+    public static let trustBundle = caDirectory + "/trust.pem"
     public static var resolvedInventoryPath: String { stateDirectory + "/inventory.yaml" }
     /// Node address used as the source of the proxy's upstream connections.
     public static let nodeIPv4 = "198.18.0.1"

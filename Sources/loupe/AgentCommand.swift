@@ -27,7 +27,8 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "HTTP/2: HPACK dynamic table size a peer may use, bytes.") var http2HpackTableBytes: Int = 4096
     @Option(help: "HTTP/2: CONTINUATION frames allowed after one HEADERS frame.") var http2MaxContinuationFrames: Int = 5
     @Option(help: "HTTP/2: stream resets a peer may send per 30 s (rapid reset; beyond: GOAWAY).") var http2MaxResets: Int = 200
-    @Option(help: "Node CA directory (ca.pem, ca.key; `loupe ca init`) for HTTPS interception.") var caDir: String = defaultCADirectory
+    @Option(help: "Node CA directory (ca.pem, ca.key; `loupe ca init`) for HTTPS interception (default /etc/loupe/ca; with --lab the lab's).")
+    var caDir: String?
     @Option(help: "PEM bundle trusted for HTTPS destinations besides the system trust store.") var upstreamCaBundle: String?
     @Flag(help: "Steer traffic to --proxy-port but run no proxy there (another transparent proxy listens; used by the benchmarks).")
     var datapathOnly = false
@@ -65,7 +66,7 @@ struct AgentCommand: AsyncParsableCommand {
         cfg.proxy.maxHeaderBytes = maxHeaderBytes
         cfg.proxy.interceptHTTP2 = interceptHttp2
         cfg.datapathOnly = datapathOnly
-        cfg.proxy.caDirectory = caDir
+        cfg.proxy.caDirectory = caDir ?? (lab ? LabNetwork.caDirectory : defaultCADirectory)
         cfg.proxy.upstreamCABundle = upstreamCaBundle
         cfg.proxy.http2.maxConcurrentStreams = http2MaxConcurrentStreams
         cfg.proxy.http2.maxHeaderListBytes = http2MaxHeaderListBytes

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import LoupeBPF
 import LoupeLab
+import LoupeProxy
 
 /// `loupe lab up|down|exec`: the netns lab that stands in for a node with pods.
 struct LabCommand: ParsableCommand {
@@ -16,7 +17,9 @@ struct LabCommand: ParsableCommand {
 
         func run() throws {
             try requireRoot()
-            do { try Lab().up(file: file) } catch {
+            do {
+                try Lab().up(file: file, prepare: LabTrust.ensure)
+            } catch {
                 FileHandle.standardError.write(Data("loupe lab up: \(error)\n".utf8))
                 throw ExitCode(1)
             }
@@ -66,4 +69,21 @@ func execvpOrFail(_ argv: [String]) -> Never {
     execvp(argv[0], &cargs)
     FileHandle.standardError.write(Data("loupe: exec \(argv[0]): \(String(cString: strerror(errno)))\n".utf8))
     exit(127)
+}
+
+/// The lab's node CA: made by `loupe lab up` when missing (and removed by `lab down` with the
+/// rest of the lab's state), with the trust bundle pods that opt into HTTPS interception get.
+enum LabTrust {
+    static let systemBundle = "/etc/ssl/certs/ca-certificates.crt"
+
+    static func ensure() throws {
+        let dir = LabNetwork.caDirectory
+        if !FileManager.default.fileExists(atPath: NodeCA.paths(dir).certificate) {
+            try NodeCA.create(nodeName: "loupe-node").write(directory: dir)
+        }
+        let system = (try? String(contentsOfFile: systemBundle, encoding: .utf8)) ?? ""
+        let ca = try String(contentsOfFile: NodeCA.paths(dir).certificate, encoding: .utf8)
+        try (system + (system.hasSuffix("\n") || system.isEmpty ? "" : "\n") + ca)
+            .write(toFile: LabNetwork.trustBundle, atomically: true, encoding: .utf8)
+    }
 }

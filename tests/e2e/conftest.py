@@ -18,7 +18,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 LOUPE = str(REPO / ".build" / "debug" / "loupe")
 PIN_DIR = "/sys/fs/bpf/loupe"
-CA_DIR = "/tmp/loupe-e2e-ca"                  # the node CA the tests' agent intercepts HTTPS with
 SERVER_CERT = "/tmp/loupe-e2e-tls/cert.pem"   # the lab HTTPS server's own certificate (tls_server.py)
 
 
@@ -72,7 +71,9 @@ class AgentProcess:
         self.log = open(self.log_path, "a")
         mark = Path(self.log_path).stat().st_size if Path(self.log_path).exists() else 0
         # A short DNS timeout keeps the upstream-down test quick.
-        self.proc = subprocess.Popen([LOUPE, "agent", "--lab", "--dns-timeout-ms", "1500", "--ca-dir", CA_DIR,
+        # HTTPS interception uses the lab's node CA (made by `lab up`); destinations are trusted
+        # through the lab HTTPS servers' own certificate.
+        self.proc = subprocess.Popen([LOUPE, "agent", "--lab", "--dns-timeout-ms", "1500",
                                       "--upstream-ca-bundle", SERVER_CERT, *extra],
                                      stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 30
@@ -119,8 +120,6 @@ def lab(tmp_path_factory):
         pytest.fail(f"{LOUPE} missing: run `make build` first")
     tmp = tmp_path_factory.mktemp("lab")
     loupe("lab", "down")  # a crashed run's leftovers
-    shutil.rmtree(CA_DIR, ignore_errors=True)
-    loupe("ca", "init", "--dir", CA_DIR)
     # The lab's HTTPS servers' certificate (tls_server.py in the world, nginx :8443 in backend/web).
     shutil.rmtree("/tmp/loupe-e2e-tls", ignore_errors=True)
     run(sys.executable, str(REPO / "tests/e2e/servers/tls_server.py"), "--make-certificate-only")
@@ -129,7 +128,6 @@ def lab(tmp_path_factory):
     yield {"inventory": inv, "tmp": tmp}
     loupe("lab", "down")
     shutil.rmtree("/tmp/loupe-e2e-tls", ignore_errors=True)  # tls_server.py's test certificate
-    shutil.rmtree(CA_DIR, ignore_errors=True)
     netns, pins = lab_leftovers()
     assert netns == [] and pins == [], f"left behind: netns {netns}, pins {pins}"
 

@@ -8,7 +8,7 @@ import json
 import time
 from pathlib import Path
 
-from conftest import CA_DIR, REPO, flows, in_pod, loupe, status
+from conftest import REPO, flows, in_pod, status
 from test_policy import apply, policies  # noqa: F401 (fixture)
 
 SECURE = "198.19.0.12"               # lab host `secure`: HTTPS for secure.example.test
@@ -126,7 +126,7 @@ def test_garbage_and_broken_hellos_on_the_tls_port_are_relayed_and_said(running_
 
 # ---- HTTPS interception (<Egress/8443/TCP/HTTPS>) ----
 
-NODE_CA = f"{CA_DIR}/ca.pem"
+NODE_CA = "/run/loupe/lab/ca/ca.pem"  # the lab's node CA (`loupe lab up` makes it)
 WEB = "198.18.0.11"  # backend/web: nginx `listen 8443 ssl http2`
 
 
@@ -206,7 +206,18 @@ def test_the_pod_sees_a_minted_leaf_that_chains_to_the_node_ca_and_is_reused(run
     assert first["sha256"] == second["sha256"]  # from the cache
 
 
+def test_the_lab_installs_the_node_ca_into_pods_that_opt_into_interception(running_agent):
+    # No --cacert: shop/client opts into <Egress/8443/TCP/HTTPS>, so the lab gives its processes
+    # a trust bundle with the node CA (SSL_CERT_FILE, CURL_CA_BUNDLE, …).
+    wait_for_server(8443)
+    assert curl_https("secure.example.test", SECURE, "/trusted-by-the-lab", ca=None).stdout == "hello over tls\n"
+    env = in_pod("shop/client", "env").stdout
+    assert "CURL_CA_BUNDLE=/run/loupe/lab/ca/trust.pem" in env
+    assert "/run/loupe/lab/ca/trust.pem" not in in_pod("plain/client", "env").stdout
+
+
 def test_a_pod_that_does_not_trust_the_node_ca_fails_its_handshake_and_a_flow_says_so(running_agent):
-    p = curl_https("secure.example.test", SECURE, "/untrusted", ca=None, check=False)
+    # Trusting only the destination's own certificate, not the node CA.
+    p = curl_https("secure.example.test", SECURE, "/untrusted", ca=CERT, check=False)
     assert p.returncode == 60, p.stderr  # curl: peer certificate cannot be authenticated
     assert tls_flows("HTTPS handshake with the pod for secure.example.test failed: ")
