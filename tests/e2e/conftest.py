@@ -67,14 +67,14 @@ class AgentProcess:
         self.log_path = log_path
         self.proc = None
 
-    def start(self, *extra):
+    def start(self, *extra, trust_lab_servers=True):
         self.log = open(self.log_path, "a")
         mark = Path(self.log_path).stat().st_size if Path(self.log_path).exists() else 0
         # A short DNS timeout keeps the upstream-down test quick.
         # HTTPS interception uses the lab's node CA (made by `lab up`); destinations are trusted
         # through the lab HTTPS servers' own certificate.
-        self.proc = subprocess.Popen([LOUPE, "agent", "--lab", "--dns-timeout-ms", "1500",
-                                      "--upstream-ca-bundle", SERVER_CERT, *extra],
+        bundle = ["--upstream-ca-bundle", SERVER_CERT] if trust_lab_servers else []
+        self.proc = subprocess.Popen([LOUPE, "agent", "--lab", "--dns-timeout-ms", "1500", *bundle, *extra],
                                      stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 30
         while time.time() < deadline:

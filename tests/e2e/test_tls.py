@@ -8,6 +8,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO, flows, in_pod, status
 from test_policy import apply, policies  # noqa: F401 (fixture)
 
@@ -36,6 +38,13 @@ def wait_for_server(port=443):
             return
         time.sleep(0.2)
     raise AssertionError("the lab's TLS server did not come up")
+
+
+@pytest.fixture(autouse=True)
+def tls_servers_up(lab):
+    """The lab's HTTPS server starts with the lab; every test here needs it answering."""
+    wait_for_server(443)
+    wait_for_server(8443)
 
 
 VERIFYING_CLIENT = """
@@ -183,6 +192,20 @@ def test_a_destination_with_the_wrong_name_gets_502_and_an_error_flow(running_ag
     assert "other.example.test" in p.stdout
     refused = tls_flows("HTTPS destination other.example.test refused: ")
     assert refused and refused[-1]["verdict"] == "ERROR" and "Hostname" in refused[-1]["Summary"]
+
+
+def test_a_destination_with_an_untrusted_issuer_gets_502_and_an_error_flow(running_agent):
+    wait_for_server(8443)
+    running_agent.stop()
+    running_agent.start(trust_lab_servers=False)  # the lab server's self-signed cert: not in the system roots
+    try:
+        p = curl_https("secure.example.test", SECURE, "/untrusted-issuer", "-w", "%{http_code}")
+        assert p.stdout.startswith("Bad Gateway: ") and p.stdout.endswith("502"), p.stdout
+        refused = tls_flows("HTTPS destination secure.example.test refused: ")
+        assert refused and refused[-1]["verdict"] == "ERROR"
+    finally:
+        running_agent.stop()
+        running_agent.start()
 
 
 LEAF = """
