@@ -27,13 +27,7 @@ extension ProxyConnection {
         }
         guard let serverName = hello.serverName, unavailable == nil else {
             if currentDecision().requiresHTTP {
-                environment.count("connections_policy_denied")
-                environment.record(context.flow(verdict: .dropped, type: .l3l4, l7: nil, reply: false,
-                                                summary: "\(unavailable ?? ""): connection denied, HTTP policy rules apply to this port",
-                                                dropReason: "POLICY_DENIED"))
-                mode = .closed
-                upstream.close(promise: nil)
-                reset(downstream)
+                refuseNonHTTP("\(unavailable ?? ""): connection denied, HTTP policy rules apply to this port")
                 return true
             }
             recordTLSNote("\(unavailable ?? ""): relayed with TLS visibility only", verdict: .forwarded)

@@ -163,22 +163,21 @@ final class ProxyConnection {
         // So are HTTPS requests once their TLS is terminated (interceptTLS refuses if it cannot).
         let interceptsHTTPS = decision == .tls && context.rule?.l7 == .https
         if decision != .http1 && !interceptsHTTP2 && !interceptsHTTPS && currentDecision().requiresHTTP {
-            // A port with HTTP rules carries HTTP only: anything else would bypass the rules.
-            environment.count("connections_policy_denied")
-            environment.record(context.flow(verdict: .dropped, type: .l3l4, l7: nil, reply: false,
-                                            summary: "TCP connection denied: not HTTP on a port with HTTP policy rules",
-                                            dropReason: "POLICY_DENIED"))
-            mode = .closed
-            upstream.close(promise: nil)
-            reset(downstream)
-            return
+            return refuseNonHTTP("TCP connection denied: not HTTP on a port with HTTP policy rules")
         }
         if decision == .tls, let hello {
             tlsHelloSeen(hello)
-            if case .hello(let h) = hello, context.rule?.l7 == .https, interceptTLS(h, detectHandler: detectHandler, gate: gate) {
-                self.detectHandler = nil
-                self.gate = nil
-                return
+            if interceptsHTTPS {
+                if case .hello(let h) = hello {
+                    if interceptTLS(h, detectHandler: detectHandler, gate: gate) {
+                        self.detectHandler = nil
+                        self.gate = nil
+                        return
+                    }
+                } else if currentDecision().requiresHTTP {
+                    // An unreadable hello cannot be intercepted; relayed, it would bypass the rules.
+                    return refuseNonHTTP("TLS connection denied: its ClientHello cannot be intercepted and HTTP policy rules apply")
+                }
             }
         } else if context.rule?.l7 == .tls {
             // A TLS visibility port that carries something else: relayed as it is, and said so.
@@ -221,6 +220,17 @@ final class ProxyConnection {
         us.removeHandler(gate, promise: nil)
         self.detectHandler = nil
         self.gate = nil
+    }
+
+    /// A port with HTTP rules carries HTTP only (anything else would bypass the rules): reset,
+    /// with a DROPPED flow that says why.
+    func refuseNonHTTP(_ summary: String) {
+        environment.count("connections_policy_denied")
+        environment.record(context.flow(verdict: .dropped, type: .l3l4, l7: nil, reply: false, summary: summary,
+                                        dropReason: "POLICY_DENIED"))
+        mode = .closed
+        upstream?.close(promise: nil)
+        reset(downstream)
     }
 
     /// The ClientHello of a TLS connection (which is then relayed unchanged): a flow with the
