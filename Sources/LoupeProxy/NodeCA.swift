@@ -9,7 +9,7 @@ import X509
 public final class NodeCA: @unchecked Sendable {
     public let certificate: Certificate
     private let key: P256.Signing.PrivateKey
-    private let leaves = LeafCache()
+    private let leaves = BoundedCache<Leaf>(limit: NodeCA.leafCacheSize)
 
     /// Leaf lifetime: short, so a leaked leaf is worth little; minted again when near its end.
     public static let leafValidity: TimeInterval = 24 * 3600
@@ -119,7 +119,7 @@ public final class NodeCA: @unchecked Sendable {
             },
             issuerPrivateKey: .init(self.key))
         let leaf = Leaf(certificate: certificate, key: key, notValidAfter: notAfter)
-        leaves.put(serverName, leaf, limit: Self.leafCacheSize)
+        leaves.put(serverName, leaf)
         return leaf
     }
 
@@ -127,17 +127,21 @@ public final class NodeCA: @unchecked Sendable {
     public var cachedLeaves: Int { leaves.count }
 }
 
-/// A small insertion-ordered cache behind a lock (the proxy's event loops share one CA).
-final class LeafCache: @unchecked Sendable {
+/// A small insertion-ordered cache behind a lock, the oldest entry going first past `limit`
+/// (the proxy's event loops share the CA's leaves and the TLS contexts built from them).
+final class BoundedCache<Value>: @unchecked Sendable {
     private let lock = NSLock()
-    private var entries: [String: NodeCA.Leaf] = [:]
+    private let limit: Int
+    private var entries: [String: Value] = [:]
     private var order: [String] = []
 
-    func get(_ name: String) -> NodeCA.Leaf? { lock.withLock { entries[name] } }
+    init(limit: Int) { self.limit = limit }
 
-    func put(_ name: String, _ leaf: NodeCA.Leaf, limit: Int) {
+    func get(_ key: String) -> Value? { lock.withLock { entries[key] } }
+
+    func put(_ key: String, _ value: Value) {
         lock.withLock {
-            if entries.updateValue(leaf, forKey: name) == nil { order.append(name) }
+            if entries.updateValue(value, forKey: key) == nil { order.append(key) }
             while order.count > limit { entries[order.removeFirst()] = nil }
         }
     }

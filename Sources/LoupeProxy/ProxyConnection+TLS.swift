@@ -13,26 +13,15 @@ extension ProxyConnection {
     /// to the port, which encrypted bytes would bypass: then it is refused (true, closed).
     func interceptTLS(_ hello: TLSClientHello, detectHandler: DetectHandler, gate: UpstreamGate) -> Bool {
         guard let upstream else { return false }
-        let unavailable: String?
-        if hello.serverName == nil {
-            unavailable = "HTTPS interception needs SNI"
-        } else {
-            do {
-                _ = try environment.tls.nodeCA()
-                unavailable = nil
-            } catch {
-                environment.count("https_interception_unavailable")
-                unavailable = "HTTPS interception unavailable (\(error))"
-            }
-        }
-        guard let serverName = hello.serverName, unavailable == nil else {
+        if let why = interceptionUnavailable(hello) {
             if currentDecision().requiresHTTP {
-                refuseNonHTTP("\(unavailable ?? ""): connection denied, HTTP policy rules apply to this port")
+                refuseNonHTTP("\(why): connection denied, HTTP policy rules apply to this port")
                 return true
             }
-            recordTLSNote("\(unavailable ?? ""): relayed with TLS visibility only", verdict: .forwarded)
+            recordTLSNote("\(why): relayed with TLS visibility only", verdict: .forwarded)
             return false
         }
+        let serverName = hello.serverName! // checked by interceptionUnavailable
         mode = .tlsHandshake
         context.scheme = "https"
         environment.count("connections_https_intercepted")
@@ -54,6 +43,18 @@ extension ProxyConnection {
             close()
         }
         return true
+    }
+
+    /// Why this hello cannot be intercepted (no SNI to mint a leaf for, no node CA), or nil.
+    private func interceptionUnavailable(_ hello: TLSClientHello) -> String? {
+        guard hello.serverName != nil else { return "HTTPS interception needs SNI" }
+        do {
+            _ = try environment.tls.nodeCA()
+            return nil
+        } catch {
+            environment.count("https_interception_unavailable")
+            return "HTTPS interception unavailable (\(error))"
+        }
     }
 
     /// Step 1 done: the destination's handshake, verified (or refused).

@@ -24,8 +24,7 @@ enum TLSIntercept {
         private let lock = NSLock()
         private var ca: Result<NodeCA, Error>?
         private var upstream: [[String]: NIOSSLContext] = [:]
-        private var downstream: [String: NIOSSLContext] = [:]
-        private var downstreamOrder: [String] = []
+        private let downstream = BoundedCache<NIOSSLContext>(limit: NodeCA.leafCacheSize)
 
         init(configuration: ProxyConfiguration) { self.configuration = configuration }
 
@@ -61,7 +60,7 @@ enum TLSIntercept {
         /// A server context with the leaf for SERVERNAME, offering PROTOCOL (what the destination chose).
         func downstreamContext(serverName: String, alpn: String?) throws -> NIOSSLContext {
             let key = "\(serverName)|\(alpn ?? "")"
-            if let c = lock.withLock({ downstream[key] }) { return c }
+            if let c = downstream.get(key) { return c }
             let ca = try nodeCA()
             let leaf = try ca.leaf(for: serverName)
             let chain = try [leaf.certificate, ca.certificate].map {
@@ -72,10 +71,7 @@ enum TLSIntercept {
                                                                privateKey: .privateKey(privateKey))
             tls.applicationProtocols = alpn.map { [$0] } ?? ["http/1.1"]
             let c = try NIOSSLContext(configuration: tls)
-            lock.withLock {
-                if downstream.updateValue(c, forKey: key) == nil { downstreamOrder.append(key) }
-                while downstreamOrder.count > NodeCA.leafCacheSize { downstream[downstreamOrder.removeFirst()] = nil }
-            }
+            downstream.put(key, c)
             return c
         }
     }
