@@ -32,7 +32,7 @@ let package = Package(
         .target(
             name: "LoupeProxy",
             dependencies: [
-                "LoupeFlow", "LoupePolicy", "LoupeProtocols",
+                "LoupeFlow", "LoupePolicy", "LoupeProtocols", "LoupeBPF",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -69,7 +69,8 @@ let package = Package(
         ),
         .testTarget(name: "LoupeFlowTests", dependencies: ["LoupeFlow"]),
         .testTarget(name: "LoupePolicyTests", dependencies: ["LoupePolicy"]),
-        .testTarget(name: "LoupeProtocolsTests", dependencies: ["LoupeProtocols"]),
+        // Fixtures are read from the source tree by path (#filePath), not bundled.
+        .testTarget(name: "LoupeProtocolsTests", dependencies: ["LoupeProtocols"], exclude: ["Fixtures"]),
         .testTarget(name: "LoupeBPFTests", dependencies: ["LoupeBPF", "CLoupeBPF"]),
         .testTarget(
             name: "LoupeAgentTests",

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <linux/pkt_cls.h>
+#include <linux/tcp.h>
 #include <sys/vfs.h>
 
 #define BPF_FS_MAGIC 0xcafe4a11
@@ -88,4 +89,12 @@ int loupe_prog_test_run_skb(int prog_fd, const void *packet, uint32_t size, uint
     *retval = opts.retval;
     *mark = ctx.mark;
     return 0;
+}
+
+_Static_assert(sizeof(struct tcp_info) <= sizeof(struct loupe_tcp_info_raw), "tcp_info outgrew loupe_tcp_info_raw");
+
+uint64_t loupe_tcp_bytes_written(const struct loupe_tcp_info_raw *raw)
+{
+    const struct tcp_info *info = (const struct tcp_info *)raw->bytes;
+    return info->tcpi_bytes_sent - info->tcpi_bytes_retrans + info->tcpi_notsent_bytes;
 }

@@ -24,7 +24,7 @@ public struct Agent {
             .flatMap { try? InventoryLoader.parse($0, file: configuration.inventoryPath) } ?? Inventory()
         let environment = ProxyEnvironment(inventory: initial, flows: flows, configuration: configuration.proxy)
         let datapath = DatapathService(configuration: configuration, environment: environment, logger: logger)
-        let proxy = ProxyService(group: group, environment: environment, logger: logger)
+        let proxy = ProxyService(group: group, environment: environment, configuration: configuration, logger: logger)
         let dns = DNSProxyService(environment: environment, logger: logger)
         let api = FlowAPIService(group: group, path: configuration.socketPath, environment: environment,
                                  datapathCounters: { datapath.counters() }, logger: logger)

@@ -8,6 +8,11 @@ public struct AgentConfiguration: Sendable {
     /// Compiled `bpf/tc_from_pod.bpf.c`.
     public var bpfObjectPath: String = "bpf/.output/tc_from_pod.bpf.o"
     public var pinRoot: String = "/sys/fs/bpf/loupe"
+    /// Compiled `bpf/splice.bpf.c`: beside the tc program.
+    public var spliceObjectPath: String {
+        let dir = bpfObjectPath.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+        return (dir.isEmpty ? "" : dir + "/") + "splice.bpf.o"
+    }
     /// The local API (flows, status) as a unix socket.
     public var socketPath: String = "/run/loupe/loupe.sock"
     /// Every CiliumNetworkPolicy YAML file here is enforced; re-read when the directory changes.

@@ -172,7 +172,8 @@ final class APIConnectionHandler: ChannelInboundHandler {
         return [
             "node_name": environment.configuration.nodeName,
             "datapath": datapath,
-            "proxy": environment.counterValues,
+            "proxy": environment.counterValues.filter { !$0.key.hasPrefix("splice_") },
+            "splice": environment.spliceStatus,
             "flows": ["total": store.totalFlows, "capacity": store.capacity, "subscribers": store.subscriberCount],
             "lost_events": store.lostEvents,
         ]

@@ -66,6 +66,13 @@ public struct BPFMap: Sendable {
         if rc != 0 { throw BPFError("update \(name)", errno: errno) }
     }
 
+    /// Adds `key` only when absent (BPF_NOEXIST).
+    public func insert<K, V>(_ key: K, _ value: V) throws(BPFError) {
+        var k = key, v = value
+        let rc = bpf_map_update_elem(fd, &k, &v, UInt64(BPF_NOEXIST))
+        if rc != 0 { throw BPFError("insert into \(name)", errno: errno) }
+    }
+
     public func delete<K>(_ key: K) {
         var k = key
         _ = bpf_map_delete_elem(fd, &k)

@@ -24,6 +24,12 @@ public struct ProxyConfiguration: Sendable {
     public var caDirectory: String? = "/etc/loupe/ca"
     /// PEM bundle trusted for destinations besides the system trust store (HTTPS interception).
     public var upstreamCABundle: String?
+    /// Hand opaque connections (raw TCP, TLS after its ClientHello, tunnels after an upgrade)
+    /// to the kernel's sockmap splice once the proxy has nothing left to learn from them.
+    public var splice = true
+    /// Test switch: every splice attempt is refused as if the kernel had (traffic then stays
+    /// in the userspace relay, counted as `splice_fallback_injected`).
+    public var spliceInjectFailure = false
     /// Name of this node in flows.
     public var nodeName: String = "loupe-node"
     /// Event-loop threads (default: one per core).

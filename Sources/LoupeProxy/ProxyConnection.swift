@@ -12,7 +12,9 @@ import NIOPosix
 ///   2. detect the protocol on the client's first bytes (a server that speaks first → opaque);
 ///   3. HTTP/1 → `HTTP1Intercept` handlers on both sides (per-request policy verdicts);
 ///      anything else → `RelayHandler` pair, unless HTTP rules apply (then refused);
-///   4. on close, the opaque connection's L3_L4 flow.
+///   4. opaque (raw TCP, TLS after its hello, tunnels): handed to the kernel's sockmap splice
+///      once the proxy holds nothing more (`ProxyConnection+Splice`), else relayed here;
+///   5. on close, the opaque connection's L3_L4 flow.
 /// All state lives on the downstream channel's event loop; the upstream uses the same loop.
 /// Handlers hold the connection strongly: NIO may still call them (leftover bytes, EOF
 /// errors from a decoder being removed) after both close futures fired. The cycle through
@@ -46,6 +48,14 @@ final class ProxyConnection {
     /// HTTPS interception: holds what the destination sends after its handshake (an HTTP/2
     /// server's SETTINGS) until the pod's handshake is done and HTTP is installed.
     var tlsHold: UpstreamGate?
+    /// Sockmap splice: asked for (reads stop until it is decided), and its state once the kernel
+    /// carries the bytes.
+    var spliceRequested = false
+    var splice: SpliceState?
+    /// Sides (true: the pod's) whose last read before the splice is still to come.
+    var spliceDrainReads: Set<Bool> = []
+    /// A side sent FIN before the splice was decided: the connection stays in userspace.
+    var sawInputClosed = false
 
     init(downstream: Channel, environment: ProxyEnvironment) {
         self.downstream = downstream
@@ -220,6 +230,7 @@ final class ProxyConnection {
         us.removeHandler(gate, promise: nil)
         self.detectHandler = nil
         self.gate = nil
+        if mode == .opaque { spliceWhenDrained() }
     }
 
     /// A port with HTTP rules carries HTTP only (anything else would bypass the rules): reset,
@@ -254,7 +265,7 @@ final class ProxyConnection {
     }
 
     /// The SNI of a relayed TLS connection ("" without SNI), for its closing flow.
-    private var tlsServerName: String?
+    var tlsServerName: String?
 
     /// Step 3, HTTP/1: NIOHTTP1 codecs on both sides and the intercepting handlers (per-request
     /// policy and flows), after the given handlers.
@@ -340,9 +351,12 @@ final class ProxyConnection {
             for c in upstreamHandlers { us.removeHandler(context: c, promise: nil) }
         } catch {
             close()
+            return
         }
-        downstream.read()
-        upstream.read()
+        if !spliceWhenDrained() {
+            downstream.read()
+            upstream.read()
+        }
     }
 
     /// One side sent FIN: pass it on (after everything queued toward the peer has been written),
@@ -350,6 +364,8 @@ final class ProxyConnection {
     /// that shut their write side after the request still get their answer. NIO turns the
     /// second half-close of a socket into a full close.
     func inputClosed(fromClient: Bool) {
+        if splice != nil { return splicedInputClosed(fromClient: fromClient) }
+        sawInputClosed = true
         // A client that ends before its bytes decided the protocol: relay what it sent.
         if fromClient && mode == .detecting { detected(.opaque) }
         let target = fromClient ? upstream : downstream
@@ -378,6 +394,10 @@ final class ProxyConnection {
     var lastWriteToServer: EventLoopFuture<Void>?
 
     private func downstreamClosed() {
+        if splice != nil {
+            splicedSideClosed(fromClient: true)
+            return finish()
+        }
         if let upstream {
             (lastWriteToServer ?? upstream.eventLoop.makeSucceededVoidFuture()).whenComplete { _ in upstream.close(promise: nil) }
         }
@@ -386,6 +406,10 @@ final class ProxyConnection {
 
     private func upstreamClosed() {
         if upstreamRefused { return } // the pod is being told why (502), on its own connection
+        if splice != nil {
+            splicedSideClosed(fromClient: false)
+            return finish()
+        }
         if let http2 {
             http2.upstreamClosed() // the client's streams drain first
             finish()
@@ -396,21 +420,27 @@ final class ProxyConnection {
         finish()
     }
 
+    /// What an opaque connection is, for its closing flow.
+    var opaqueDescription: String {
+        var what = "TCP opaque connection"
+        if let sni = tlsServerName { what = sni.isEmpty ? "TLS connection without SNI" : "TLS connection to \(sni)" }
+        if let tunnel {
+            what = "TCP tunnel after \(tunnel)"
+            // The HTTP/1 → HTTP/2 upgrade is not intercepted: say so rather than look complete.
+            if tunnel.lowercased() == "upgrade: h2c" { what += " (HTTP/2 streams inside not inspected)" }
+        }
+        return what
+    }
+
     private var finished = false
     private func finish() {
         guard !finished else { return }
         finished = true
-        if mode == .opaque && !carriesDNS {
-            var what = "TCP opaque connection"
-            if let sni = tlsServerName { what = sni.isEmpty ? "TLS connection without SNI" : "TLS connection to \(sni)" }
-            if let tunnel {
-                what = "TCP tunnel after \(tunnel)"
-                // The HTTP/1 → HTTP/2 upgrade is not intercepted: say so rather than look complete.
-                if tunnel.lowercased() == "upgrade: h2c" { what += " (HTTP/2 streams inside not inspected)" }
-            }
+        // A spliced connection's flow is recorded once both sockets closed (spliceEnded).
+        if mode == .opaque && !carriesDNS && splice == nil {
             environment.record(context.flow(
                 verdict: .forwarded, type: .l3l4, l7: nil, reply: false,
-                summary: "\(what) closed: \(bytesFromClient) bytes from client, \(bytesFromServer) bytes from server"))
+                summary: "\(opaqueDescription) closed: \(bytesFromClient) bytes from client, \(bytesFromServer) bytes from server"))
         }
         mode = .closed
         http2 = nil // the session's handlers keep it while streams drain; this breaks the cycle

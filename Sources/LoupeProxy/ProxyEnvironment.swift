@@ -1,3 +1,4 @@
+import LoupeBPF
 import LoupeFlow
 import LoupePolicy
 import Synchronization
@@ -67,4 +68,17 @@ public final class ProxyEnvironment: Sendable {
     }
 
     public var counterValues: [String: UInt64] { counters.withLock { $0 } }
+
+    private let spliceMapsStore = Mutex<SpliceMaps?>(nil)
+    /// The kernel splice, when loaded (the proxy service attaches it before accepting).
+    public var spliceMaps: SpliceMaps? { spliceMapsStore.withLock { $0 } }
+    public func attachSplice(_ maps: SpliceMaps?) { spliceMapsStore.withLock { $0 = maps } }
+
+    /// `loupe status`'s splice section: the `splice_*` counters and what the maps hold.
+    public var spliceStatus: [String: UInt64] {
+        var out: [String: UInt64] = ["available": spliceMaps == nil ? 0 : 1]
+        for (k, v) in counterValues where k.hasPrefix("splice_") { out[String(k.dropFirst("splice_".count))] = v }
+        for (k, v) in spliceMaps?.status() ?? [:] { out[k] = v }
+        return out
+    }
 }

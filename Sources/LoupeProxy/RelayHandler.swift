@@ -44,11 +44,13 @@ final class RelayHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let n = UInt64(unwrapInboundIn(data).readableBytes)
         if isDownstream { connection.bytesFromClient += n } else { connection.bytesFromServer += n }
+        if connection.splice != nil { connection.environment.count("splice_bytes_relayed_after_splice", n) }
         partnerWrite(data)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
         partner?.context?.flush()
+        if connection.spliceRequested { connection.spliceDrainReadDone(downstream: isDownstream) }
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -64,6 +66,12 @@ final class RelayHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func read(context: ChannelHandlerContext) {
+        // Reads stop while the connection goes to the kernel (and for good once it is there),
+        // but for the one last read that empties the socket first.
+        if connection.spliceRequested {
+            if connection.spliceDrainReads.contains(isDownstream) { context.read() }
+            return
+        }
         if partnerWritable { context.read() } else { pendingRead = true }
     }
 

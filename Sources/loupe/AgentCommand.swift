@@ -32,6 +32,10 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "PEM bundle trusted for HTTPS destinations besides the system trust store.") var upstreamCaBundle: String?
     @Flag(help: "Steer traffic to --proxy-port but run no proxy there (another transparent proxy listens; used by the benchmarks).")
     var datapathOnly = false
+    @Flag(inversion: .prefixedNo, help: "Hand opaque connections (raw TCP, TLS after its hello, tunnels) to the kernel's sockmap splice; --no-splice keeps them in the userspace relay.")
+    var splice = true
+    @Flag(help: "Test switch: refuse every splice as if the kernel had (counted as splice_fallback_injected).")
+    var spliceInjectFailure = false
     @Flag(help: "Log at debug level.") var debug = false
 
     func run() async throws {
@@ -66,6 +70,8 @@ struct AgentCommand: AsyncParsableCommand {
         cfg.proxy.maxHeaderBytes = maxHeaderBytes
         cfg.proxy.interceptHTTP2 = interceptHttp2
         cfg.datapathOnly = datapathOnly
+        cfg.proxy.splice = splice
+        cfg.proxy.spliceInjectFailure = spliceInjectFailure
         cfg.proxy.caDirectory = caDir ?? (lab ? LabNetwork.caDirectory : defaultCADirectory)
         cfg.proxy.upstreamCABundle = upstreamCaBundle
         cfg.proxy.http2.maxConcurrentStreams = http2MaxConcurrentStreams

@@ -84,6 +84,7 @@ enum LabTrust {
         let system = (try? String(contentsOfFile: systemBundle, encoding: .utf8)) ?? ""
         let ca = try String(contentsOfFile: NodeCA.paths(dir).certificate, encoding: .utf8)
         try (system + (system.hasSuffix("\n") || system.isEmpty ? "" : "\n") + ca)
-            .write(toFile: LabNetwork.trustBundle, atomically: true, encoding: .utf8)
+            // Not `atomically`: Foundation on Linux leaves its TemporaryDirectory.* behind in /tmp.
+            .write(toFile: LabNetwork.trustBundle, atomically: false, encoding: .utf8)
     }
 }

@@ -28,7 +28,7 @@ struct StatusCommand: ParsableCommand {
             return
         }
         print("Node: \(obj["node_name"] ?? "?")")
-        for section in ["datapath", "proxy", "flows", "lost_events"] {
+        for section in ["datapath", "proxy", "splice", "flows", "lost_events"] {
             print("\(section):")
             let values = obj[section] as? [String: Any] ?? [:]
             if values.isEmpty { print("  (none)") }

@@ -4,6 +4,7 @@
 #define LOUPE_DATAPATH_H
 
 #include <linux/types.h>
+#include <linux/bpf.h> /* struct bpf_sock_tuple */
 
 /* skb->mark bits that route a packet to the local table (ip rule fwmark 0x200/0xf00 lookup 2004). */
 #define LOUPE_MARK_TO_PROXY      0x200
@@ -50,6 +51,43 @@ enum loupe_counter {
     LOUPE_CNT_NO_SOCKET_PASS,      /* selected non-SYN packet of a connection the proxy does not own: pass */
     LOUPE_CNT_ASSIGN_FAILED,       /* bpf_sk_assign refused: drop (the client retransmits) */
     LOUPE_CNT_MAX,
+};
+
+/* Kernel splice (bpf/splice.bpf.c). */
+#define LOUPE_SPLICE_MAX_SOCKETS 65536
+
+/* loupe_splice_pairs value, keyed by a socket's cookie. */
+struct loupe_splice_peer {
+    __u64 peer_cookie;  /* the socket that receives what this one receives */
+    __u64 bytes;        /* bytes forwarded from this socket to its peer by the kernel */
+};
+
+/* The BPF_PROG_TEST_RUN "packet" of loupe_splice_insert: both sockets as an arriving packet
+ * would name them (saddr/sport = the socket's remote end, daddr/dport = its local end),
+ * network byte order. Starts with 16 bytes of room: test runs need an Ethernet header's worth. */
+struct loupe_splice_request {
+    __u8  reserved[16];
+    __u32 family;       /* 4 or 6 */
+    __u32 pad;
+    struct bpf_sock_tuple downstream;
+    struct bpf_sock_tuple upstream;
+    __u64 downstream_cookie;
+    __u64 upstream_cookie;
+};
+
+/* loupe_splice_insert's return value: 0, or one of these (insert errors carry -errno in the
+ * low 16 bits). */
+#define LOUPE_SPLICE_ERR_REQUEST          0x10000
+#define LOUPE_SPLICE_ERR_NO_DOWNSTREAM    0x20000
+#define LOUPE_SPLICE_ERR_NO_UPSTREAM      0x30000
+#define LOUPE_SPLICE_ERR_INSERT_DOWNSTREAM 0x40000
+#define LOUPE_SPLICE_ERR_INSERT_UPSTREAM  0x50000
+
+/* loupe_splice_counters (per-CPU array index). */
+enum loupe_splice_counter {
+    LOUPE_SPLICE_CNT_UNPAIRED = 0, /* skb on a spliced socket without a pair entry: kept for the proxy */
+    LOUPE_SPLICE_CNT_PEER_GONE,    /* the peer left the map (closing): skb dropped */
+    LOUPE_SPLICE_CNT_MAX,
 };
 
 #endif

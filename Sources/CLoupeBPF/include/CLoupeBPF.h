@@ -24,6 +24,17 @@ int loupe_tc_detach_ingress(int ifindex, int destroy_qdisc);
 /* BPF_PROG_TEST_RUN of a tc program on PACKET with skb->ifindex = IFINDEX. Returns 0 or -errno. */
 int loupe_prog_test_run_skb(int prog_fd, const void *packet, uint32_t size, uint32_t ifindex, uint32_t *retval, uint32_t *mark);
 
+/* Room for the kernel's struct tcp_info (getsockopt TCP_INFO through NIO, which has no fds to
+ * share: it takes a value of any size). */
+struct loupe_tcp_info_raw { uint8_t bytes[512]; };
+
+/* Bytes the application has written into the socket so far: sent once (bytes_sent minus
+ * retransmissions) plus not yet sent. */
+uint64_t loupe_tcp_bytes_written(const struct loupe_tcp_info_raw *info);
+
+/* getsockopt SO_MEMINFO (u32 per SK_MEMINFO_*; [0] = receive memory in use: queued skbs). */
+struct loupe_meminfo_raw { uint32_t values[16]; };
+
 /* 1 when PATH is a mounted bpffs, 0 otherwise. */
 int loupe_is_bpffs(const char *path);
 
