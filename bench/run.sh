@@ -103,6 +103,39 @@ TLS_FLOWS=$(( $(flows_total) - F0 ))
 echo "HTTPS new connections: conn/s succeeded failed" >&2
 read -r MHD MHL HS_OK < <(alternate handshakes 2 https_handshakes)
 
+# Bulk TCP (iperf3, one stream, client → server): direct vs Loupe with the kernel splice
+# (alternating), then Loupe relaying in userspace (agent restarted with --no-splice); agent
+# CPU time per GiB carried.
+IPERF=$(awk '/name: iperf/{f=1} f&&/podIP:/{print $2; exit}' /run/loupe/lab/inventory.yaml)
+cpu_ticks() { awk '{print $14 + $15}' /proc/$AGENT_PID/stat; }
+# prints: Gbit/s MiB-moved agent-CPU-ms-per-GiB
+iperf_run() {
+  local t0 t1 out
+  t0=$(cpu_ticks)
+  out=$("$LOUPE" lab exec "$1" -- taskset -c 0 iperf3 -c "$IPERF" -p 5201 -t "$D" -J)
+  t1=$(cpu_ticks)
+  echo "$out" | python3 -c 'import json,sys; e=json.load(sys.stdin)["end"]["sum_received"]; t=int(sys.argv[1]); g=e["bytes"]/2**30
+print("%.2f %d %.0f" % (e["bits_per_second"]/1e9, e["bytes"] >> 20, t*1000/int(sys.argv[2])/g if g else 0))' "$((t1 - t0))" "$(getconf CLK_TCK)" |
+    tee -a "$BULK_LOG"
+}
+BULK_LOG=$(mktemp /tmp/loupe-bench-bulk.XXXX)
+echo "iperf3: Gbit/s MiB agent-CPU-ms/GiB" >&2
+read -r MBD MBS _ < <(alternate bulk 2 iperf_run)
+CPU_SPLICED=$(awk 'NR % 2 == 0 {print $3}' "$BULK_LOG" | median)   # alternate: direct, loupe, direct, …
+rm -f "$BULK_LOG"
+SPLICE_STATUS=$("$LOUPE" status -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["splice"])')
+kill -TERM "$AGENT_PID"; wait "$AGENT_PID" 2>/dev/null || true
+taskset -c 1 "$LOUPE" agent --lab --threads 1 --no-splice >>"$LOG" 2>&1 &
+AGENT_PID=$!
+for _ in $(seq 100); do "$LOUPE" status >/dev/null 2>&1 && break; sleep 0.1; done
+declare -a BULK_RELAY
+for r in $(seq "$ROUNDS"); do
+  u=$(iperf_run proxied/client relay); echo "bulk round $r: userspace relay $u" >&2
+  BULK_RELAY+=("$u")
+done
+MBU=$(printf '%s\n' "${BULK_RELAY[@]}" | awk '{print $1}' | median)
+CPU_RELAY=$(printf '%s\n' "${BULK_RELAY[@]}" | awk '{print $3}' | median)
+
 # Contenders behind the same redirect: the agent keeps the datapath (tc + sk_assign to whatever
 # listens on port 15001) and leaves the proxying to them, pinned to core 1 like Loupe.
 datapath_only() {
@@ -201,6 +234,11 @@ printf '%-34s %12s %10s %10s\n' "Loupe" "$MHL" "$(ratio "$MHL" "$MHD")" "$(ratio
 printf '%-34s %12s %10s %10s\n' "Envoy 1.40" "$MHE" "$(ratio "$MHE" "$MHD")" "1.00"
 printf '%-34s %12s %10s %10s\n' "mitmproxy" "$MHM" "$(ratio "$MHM" "$MHD")" "$(ratio "$MHM" "$MHE")"
 echo "(succeeded per contender are in the round lines above: field 2 of 1,000 per round)"
+printf '\n%-34s %12s %10s\n' "Bulk TCP (iperf3, 1 stream)" "Gbit/s" "ratio"
+printf '%-34s %12s %10s\n' "direct (pod → pod)" "$MBD" "1.00"
+printf '%-34s %12s %10s\n' "Loupe, kernel splice" "$MBS" "$(ratio "$MBS" "$MBD")"
+printf '%-34s %12s %10s\n' "Loupe, userspace relay (--no-splice)" "$MBU" "$(ratio "$MBU" "$MBD")"
+echo "agent CPU per GiB carried: spliced ${CPU_SPLICED} ms, userspace relay ${CPU_RELAY} ms; splice status after the spliced runs: $SPLICE_STATUS"
 printf '\n%-34s %12s %10s\n' "DNS (dnsperf -c4, max rate)" "qps" "ratio"
 printf '%-34s %12s %10s\n' "direct (pod → dnsmasq)" "$MDD" "1.00"
 printf '%-34s %12s %10s\n' "Loupe (tc redirect + DNS proxy)" "$MDL" "$(awk -v a="$MDL" -v b="$MDD" 'BEGIN{printf "%.2f", a/b}')"

@@ -55,6 +55,10 @@ extension ProxyConnection {
             downstream.eventLoop.scheduleTask(in: .milliseconds(1)) { self.waitForDrainReads(until: deadline) }
             return
         }
+        // NIO still reads the EOF of a spliced socket: with ordinary buffers, unless a drain
+        // read is still pending (it must not read part of an skb).
+        if spliceDrainReads.isEmpty { Self.useAdaptiveReads(downstream, upstream) }
+        spliceDrainReads.removeAll()
         downstream.flush()
         upstream.flush()
         let queued = [lastWriteToServer, lastWriteToClient].compactMap { $0 }
@@ -80,6 +84,10 @@ extension ProxyConnection {
     }
 
     static let soMeminfo: CInt = 55 // SO_MEMINFO
+
+    static func useAdaptiveReads(_ a: Channel, _ b: Channel) {
+        for ch in [a, b] { try? ch.syncOptions?.setOption(ChannelOptions.recvAllocator, value: AdaptiveRecvByteBufferAllocator()) }
+    }
 
     private func spliceNow() {
         guard mode == .opaque, splice == nil, let upstream, downstream.isActive, upstream.isActive else { return }
@@ -120,7 +128,6 @@ extension ProxyConnection {
         spliceRequested = false
         guard let upstream else { return }
         for channel in [downstream, upstream] {
-            try? channel.syncOptions?.setOption(ChannelOptions.recvAllocator, value: AdaptiveRecvByteBufferAllocator())
             try? channel.syncOptions?.setOption(ChannelOptions.autoRead, value: true)
         }
         downstream.read()
