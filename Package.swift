@@ -17,6 +17,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.0"),
         .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.0"),
         .package(url: "https://github.com/apple/swift-crypto.git", "3.0.0"..<"5.0.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
         // C shim over libbpf; includes bpf/shared/loupe_datapath.h so both sides share one struct layout.
@@ -51,10 +52,12 @@ let package = Package(
         .target(
             name: "LoupeAgent",
             dependencies: [
-                "LoupeBPF", "LoupeFlow", "LoupePolicy", "LoupeProxy",
+                "LoupeBPF", "LoupeFlow", "LoupePolicy", "LoupeProtocols", "LoupeProxy",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),

@@ -32,6 +32,12 @@ public struct Agent {
         if !configuration.datapathOnly {
             parts += [.init(service: proxy, serviceName: "proxy"), .init(service: dns, serviceName: "dns")]
         }
+        if let (host, port) = configuration.metricsAddress {
+            parts.append(.init(service: MetricsService(group: group, host: host, port: port, context: configuration.metricsContext,
+                                                       environment: environment, datapathCounters: { datapath.counters() },
+                                                       logger: logger),
+                               serviceName: "metrics"))
+        }
         parts.append(.init(service: api, serviceName: "api"))
         let services = ServiceGroup(
             configuration: .init(services: parts,

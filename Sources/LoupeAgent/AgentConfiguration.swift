@@ -29,6 +29,10 @@ public struct AgentConfiguration: Sendable {
     /// Steer selected traffic to `proxy.port` but run no proxy there: another transparent proxy
     /// listens on that port (the benchmarks put Envoy behind the same redirect this way).
     public var datapathOnly: Bool = false
+    /// Prometheus `/metrics` (host, port) in the agent's netns; nil: no metrics endpoint.
+    public var metricsAddress: (host: String, port: Int)? = ("127.0.0.1", 9965)
+    /// Context labels of the Hubble metrics (Hubble's `labelsContext`).
+    public var metricsContext = MetricsContext.default
 
     public init() {}
 }

@@ -36,6 +36,10 @@ struct AgentCommand: AsyncParsableCommand {
     var splice = true
     @Flag(help: "Test switch: refuse every splice as if the kernel had (counted as splice_fallback_injected).")
     var spliceInjectFailure = false
+    @Option(help: "Prometheus metrics address HOST:PORT (GET /metrics), in the agent's netns; \"none\" turns them off.")
+    var metricsAddress: String = "127.0.0.1:9965"
+    @Option(help: "Context labels of the Hubble metrics, comma-separated: source_namespace, source_pod, source_workload, destination_namespace, destination_pod, destination_workload, traffic_direction.")
+    var metricsLabelsContext: String = "source_namespace,source_workload,destination_namespace,destination_workload"
     @Flag(help: "Log at debug level.") var debug = false
 
     func run() async throws {
@@ -71,6 +75,13 @@ struct AgentCommand: AsyncParsableCommand {
         cfg.proxy.interceptHTTP2 = interceptHttp2
         cfg.datapathOnly = datapathOnly
         cfg.proxy.splice = splice
+        do {
+            cfg.metricsAddress = try Self.parseAddress(metricsAddress)
+            cfg.metricsContext = try MetricsContext.parse(metricsLabelsContext)
+        } catch {
+            FileHandle.standardError.write(Data("loupe agent: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
         cfg.proxy.spliceInjectFailure = spliceInjectFailure
         cfg.proxy.caDirectory = caDir ?? (lab ? LabNetwork.caDirectory : defaultCADirectory)
         cfg.proxy.upstreamCABundle = upstreamCaBundle
@@ -86,6 +97,17 @@ struct AgentCommand: AsyncParsableCommand {
             logger.error("agent stopped: \(error)")
             throw ExitCode(1)
         }
+    }
+
+    /// `HOST:PORT` or `[V6]:PORT`; `none` → nil.
+    static func parseAddress(_ text: String) throws -> (host: String, port: Int)? {
+        if text == "none" { return nil }
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port) else {
+            throw ValidationError("--metrics-address \"\(text)\": expected HOST:PORT (e.g. 127.0.0.1:9965) or none")
+        }
+        var host = String(text[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        return (host.isEmpty ? "0.0.0.0" : host, port)
     }
 
     /// Two sockets per proxied connection: the default soft limit (1024) would cap the proxy at

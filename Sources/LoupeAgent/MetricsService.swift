@@ -1,0 +1,140 @@
+import Foundation
+import Logging
+import LoupeBPF
+import LoupeFlow
+import LoupeProxy
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Prometheus
+import ServiceLifecycle
+
+/// Service: Prometheus metrics on `GET /metrics` (default 127.0.0.1:9965, Hubble's port, in
+/// the agent's netns). Hubble's flow metrics come from every flow the store records (a
+/// subscriber that never drops: each flow is a few counter increments); `hubble_lost_events_total`
+/// and Loupe's own `loupe_*` counters are read when scraped.
+public final class MetricsService: Service, @unchecked Sendable {
+    private let group: EventLoopGroup
+    private let host: String
+    private let port: Int
+    private let environment: ProxyEnvironment
+    private let context: MetricsContext
+    private let datapathCounters: @Sendable () -> [DatapathCounter: UInt64]
+    private let logger: Logger
+    let registry = PrometheusCollectorRegistry()
+
+    public init(group: EventLoopGroup, host: String, port: Int, context: MetricsContext, environment: ProxyEnvironment,
+                datapathCounters: @escaping @Sendable () -> [DatapathCounter: UInt64], logger: Logger) {
+        self.group = group
+        self.host = host
+        self.port = port
+        self.context = context
+        self.environment = environment
+        self.datapathCounters = datapathCounters
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        let (subscription, _) = environment.flows.subscribe(last: 0) { [self] record in apply(record.flow) }
+        defer { environment.flows.unsubscribe(subscription) }
+        let channel = try await ServerBootstrap(group: group)
+            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { [self] ch in
+                ch.eventLoop.makeCompletedFuture {
+                    try ch.pipeline.syncOperations.configureHTTPServerPipeline()
+                    try ch.pipeline.syncOperations.addHandler(MetricsHTTPHandler(render: { self.render() }))
+                }
+            }
+            .bind(host: host, port: port).get()
+        logger.info("metrics on http://\(host):\(port)/metrics")
+        try? await gracefulShutdown()
+        try? await channel.close()
+    }
+
+    func apply(_ flow: Flow) {
+        for u in FlowMetrics.updates(for: flow, context: context) {
+            let labels = u.labels.map { ($0.name, $0.value) }
+            switch u.change {
+            case .increment:
+                registry.makeCounter(descriptor: Self.descriptor(u.name), labels: labels).increment()
+            case .observe(let seconds):
+                registry.makeValueHistogram(descriptor: Self.descriptor(u.name), labels: labels,
+                                            buckets: FlowMetrics.durationBuckets).record(seconds)
+            }
+        }
+    }
+
+    /// The registry's metrics, then what is read at scrape time.
+    func render() -> String {
+        var text = registry.emitToString()
+        func family(_ name: String, _ help: String, _ samples: [(String, UInt64)]) {
+            text += "# HELP \(name) \(help)\n# TYPE \(name) counter\n"
+            for (labels, v) in samples.sorted(by: { $0.0 < $1.0 }) { text += "\(name)\(labels) \(v)\n" }
+        }
+        let lost = environment.flows.lostEvents
+        family("hubble_lost_events_total", "Number of flows lost, by the consumer that could not keep up",
+               (lost.isEmpty ? ["observer": 0] : lost).map { ("{source=\"\($0.key)\"}", $0.value) })
+        family("loupe_datapath_packets_total", "Packets seen by the tc program, by outcome",
+               datapathCounters().map { ("{outcome=\"\($0.key.name)\"}", $0.value) })
+        family("loupe_proxy_events_total", "Proxy events (connections by protocol, upstream errors, limits, splices), by name",
+               environment.counterValues.map { ("{event=\"\($0.key)\"}", $0.value) })
+        family("loupe_flows_recorded_total", "Flows recorded by the agent", [("", environment.flows.totalFlows)])
+        if let splice = environment.spliceMaps?.status()["paired_sockets"] {
+            text += "# HELP loupe_splice_paired_sockets Sockets the kernel splice carries now\n# TYPE loupe_splice_paired_sockets gauge\n"
+            text += "loupe_splice_paired_sockets \(splice)\n"
+        }
+        return text
+    }
+
+    static let descriptors: [String: MetricNameDescriptor] = {
+        let all: [(String, String, String)] = [
+            ("hubble_flows_processed", "total", "Total number of flows processed"),
+            ("hubble_http_requests", "total", "Count of HTTP requests (counted on their responses)"),
+            ("hubble_http_request_duration", "seconds", "Histogram of HTTP request duration in seconds"),
+            ("hubble_dns_queries", "total", "Number of DNS queries observed"),
+            ("hubble_dns_responses", "total", "Number of DNS responses observed"),
+            ("hubble_drop", "total", "Number of drops"),
+            ("hubble_policy_verdicts", "total", "Number of policy verdicts"),
+        ]
+        var out: [String: MetricNameDescriptor] = [:]
+        for (name, unit, help) in all {
+            out[name + "_" + unit] = MetricNameDescriptor(metricName: name, unitName: unit, helpText: help)
+        }
+        return out
+    }()
+
+    static func descriptor(_ name: String) -> MetricNameDescriptor {
+        descriptors[name] ?? MetricNameDescriptor(metricName: name, unitName: "", helpText: "")
+    }
+}
+
+/// `GET /metrics` → the Prometheus text; anything else → 404.
+final class MetricsHTTPHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let render: () -> String
+    private var path = ""
+
+    init(render: @escaping () -> String) { self.render = render }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head): path = head.method == .GET ? head.uri : ""
+        case .body: break
+        case .end:
+            let ok = path == "/metrics" || path.hasPrefix("/metrics?")
+            let body = ok ? render() : "not found: GET /metrics\n"
+            var headers = HTTPHeaders()
+            headers.add(name: "Content-Type", value: ok ? "text/plain; version=0.0.4; charset=utf-8" : "text/plain")
+            headers.add(name: "Content-Length", value: String(body.utf8.count))
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: ok ? .ok : .notFound, headers: headers))), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+}
