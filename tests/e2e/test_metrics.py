@@ -65,6 +65,15 @@ def wait_for_delta(query, label, before, expected, timeout=15):
         time.sleep(0.5)
 
 
+def nonempty(expr, timeout=10):
+    deadline = time.time() + timeout
+    while True:
+        result = promql(expr)
+        if result or time.time() > deadline:
+            return result
+        time.sleep(0.5)
+
+
 def scraped(running_agent):
     for _ in range(60):
         if promql('up{job="loupe"} == 1'):
@@ -83,9 +92,9 @@ def test_promql_http_requests_by_status_match_the_traffic(running_agent, prometh
         assert in_pod("shop/client", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
                       f"http://{API}/m/missing{i}").stdout == "404"
     assert wait_for_delta(q, "status", before, {"200": 5.0, "404": 3.0}) == {"200": 5.0, "404": 3.0}
-    # The dashboard's latency query has data, by workload.
-    lat = promql('histogram_quantile(0.5, sum by (le, destination_workload) '
-                 '(rate(hubble_http_request_duration_seconds_bucket{source_workload="client"}[1m])))')
+    # The dashboard's latency query has data, by workload (rate() needs two scrapes of a series).
+    lat = nonempty('histogram_quantile(0.5, sum by (le, destination_workload) '
+                   '(rate(hubble_http_request_duration_seconds_bucket{source_workload="client"}[1m])))')
     assert any(r["metric"].get("destination_workload") == "web" for r in lat), lat
 
 
@@ -112,3 +121,27 @@ def test_metrics_labels_carry_no_urls_or_header_values_and_operational_series_ex
                    "loupe_proxy_events_total", "loupe_flows_recorded_total"):
         assert f"\n{family}" in text, family
     assert node("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:9965/other").stdout == "404"
+
+
+def test_the_grafana_dashboard_loads_and_every_query_in_it_returns_data(running_agent, prometheus):
+    from conftest import REPO
+    dash = json.loads((REPO / "examples/grafana/loupe-dashboard.json").read_text())
+    # The shape Grafana imports: a titled dashboard with a uid, panels with a type, a title, a
+    # grid position and Prometheus targets.
+    assert isinstance(dash["title"], str) and dash["uid"] and isinstance(dash["schemaVersion"], int)
+    assert dash["templating"]["list"][0]["type"] == "datasource"
+    exprs = []
+    for p in dash["panels"]:
+        assert p["type"] in ("timeseries", "stat") and p["title"] and set(p["gridPos"]) == {"h", "w", "x", "y"}
+        assert p["datasource"]["type"] == "prometheus" and p["targets"]
+        exprs += [t["expr"] for t in p["targets"]]
+    assert len(exprs) >= 8
+    # Traffic every panel needs: requests with 200 and 404, DNS with NXDOMAIN.
+    scraped(running_agent)
+    for _ in range(3):
+        in_pod("shop/client", "curl", "-s", "-o", "/dev/null", f"http://{WEB}/m/dash")
+        in_pod("shop/client", "curl", "-s", "-o", "/dev/null", f"http://{API}/m/dash-missing")
+        in_pod("shop/client", "kdig", "+time=3", "+retry=0", f"@{RESOLVER}", "nx.example.test", "A")
+    time.sleep(3)
+    empty = [expr for expr in exprs if not nonempty(expr)]
+    assert empty == [], f"queries without data: {empty}"
