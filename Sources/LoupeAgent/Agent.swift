@@ -38,6 +38,9 @@ public struct Agent {
                                                        logger: logger),
                                serviceName: "metrics"))
         }
+        if let export = configuration.flowExport {
+            parts.append(.init(service: FlowExporter(configuration: export, store: flows, logger: logger), serviceName: "export"))
+        }
         parts.append(.init(service: api, serviceName: "api"))
         let services = ServiceGroup(
             configuration: .init(services: parts,

@@ -33,6 +33,8 @@ public struct AgentConfiguration: Sendable {
     public var metricsAddress: (host: String, port: Int)? = ("127.0.0.1", 9965)
     /// Context labels of the Hubble metrics (Hubble's `labelsContext`).
     public var metricsContext = MetricsContext.default
+    /// Flow export to a JSON-lines file; nil: none.
+    public var flowExport: FlowExportConfiguration?
 
     public init() {}
 }

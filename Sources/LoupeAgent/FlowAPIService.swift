@@ -75,7 +75,8 @@ final class APIConnectionHandler: ChannelInboundHandler {
     let environment: ProxyEnvironment
     let datapathCounters: @Sendable () -> [DatapathCounter: UInt64]
     private var subscription: UInt64?
-    private let queue = Mutex<(items: [FlowRecord], scheduled: Bool)>(([], false))
+    /// Flows waiting to be written, whether a drain is scheduled, and how many this stream lost.
+    private let queue = Mutex<(items: [FlowRecord], scheduled: Bool, lost: UInt64)>(([], false, 0))
 
     init(environment: ProxyEnvironment, datapathCounters: @escaping @Sendable () -> [DatapathCounter: UInt64]) {
         self.environment = environment
@@ -117,7 +118,10 @@ final class APIConnectionHandler: ChannelInboundHandler {
         let (id, backlog) = store.subscribe(last: last, matching: filter.matches) { [weak self] record in
             guard let self, filter.matches(record.flow) else { return }
             let (schedule, dropped) = self.queue.withLock { q -> (Bool, Bool) in
-                if q.items.count >= Self.queueLimit { return (false, true) }
+                if q.items.count >= Self.queueLimit {
+                    q.lost += 1
+                    return (false, true)
+                }
                 q.items.append(record)
                 if q.scheduled { return (false, false) }
                 q.scheduled = true
@@ -137,14 +141,17 @@ final class APIConnectionHandler: ChannelInboundHandler {
         guard channel.isActive else { return }
         var buf = channel.allocator.buffer(capacity: 4096)
         while channel.isWritable {
-            let batch = queue.withLock { q -> [FlowRecord] in
-                let b = q.items
+            let (batch, lost) = queue.withLock { q -> ([FlowRecord], UInt64) in
+                let b = q.items, lost = q.lost
                 q.items.removeAll(keepingCapacity: true)
+                q.lost = 0
                 if b.isEmpty { q.scheduled = false }
-                return b
+                return (b, lost)
             }
-            if batch.isEmpty { break }
+            if batch.isEmpty && lost == 0 { break }
             buf.clear()
+            // Said in the stream where it happened, as Hubble does (`lost_events` records).
+            if lost > 0 { buf.writeString(FlowEncoding.lostEventsLine(count: lost, nodeName: environment.configuration.nodeName) + "\n") }
             for r in batch { buf.writeString(FlowEncoding.jsonLine(r) + "\n") }
             channel.writeAndFlush(buf, promise: nil)
         }

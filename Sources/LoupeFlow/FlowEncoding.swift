@@ -9,6 +9,21 @@ public enum FlowEncoding {
         return w.out
     }
 
+    /// A stream's lost-events record, in Hubble's shape:
+    /// `{"lost_events":{"source":"OBSERVER_EVENTS_QUEUE","num_events_lost":"12","cpu":null},"node_name":…,"time":…}`.
+    public static func lostEventsLine(count: UInt64, nodeName: String) -> String {
+        "{\"lost_events\":{\"source\":\"OBSERVER_EVENTS_QUEUE\",\"num_events_lost\":\"\(count)\",\"cpu\":null},"
+            + "\"node_name\":\"\(nodeName)\",\"time\":\"\(FlowTime.nowRFC3339())\"}"
+    }
+
+    /// The number of a lost-events record, nil when `line` is something else.
+    public static func lostEvents(jsonLine line: String) -> UInt64? {
+        guard line.hasPrefix("{\"lost_events\""),
+              let obj = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+              let lost = obj["lost_events"] as? [String: Any] else { return nil }
+        return (lost["num_events_lost"] as? String).flatMap { UInt64($0) } ?? (lost["num_events_lost"] as? NSNumber)?.uint64Value
+    }
+
     public static func decode(jsonLine: String) throws -> FlowRecord {
         try JSONDecoder().decode(FlowRecord.self, from: Data(jsonLine.utf8))
     }

@@ -67,6 +67,30 @@ public struct FlowFilter: @unchecked Sendable {
         try prepare()
     }
 
+    /// The same filter written as `loupe observe` flags, e.g. `--namespace shop --protocol http`
+    /// (or `--protocol=http`); values without spaces. For the agent's export allow/deny lists.
+    public init(flags: String) throws {
+        var dict: [String: [String]] = [:]
+        var words = flags.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)[...]
+        while let word = words.popFirst() {
+            guard word.hasPrefix("--") else {
+                throw FilterError.invalid(flag: word, value: flags, reason: "expected a filter flag like --namespace")
+            }
+            var key = String(word.dropFirst(2)), value: String
+            if let eq = key.firstIndex(of: "=") {
+                value = String(key[key.index(after: eq)...])
+                key = String(key[..<eq])
+            } else {
+                guard let next = words.popFirst() else {
+                    throw FilterError.invalid(flag: word, value: "", reason: "missing value")
+                }
+                value = next
+            }
+            dict[key, default: []].append(value)
+        }
+        try self.init(dictionary: dict)
+    }
+
     /// Validates and compiles what needs compiling (`--http-path`, `--http-status`).
     public mutating func prepare() throws {
         pathRegexes = try httpPaths.map { p in

@@ -60,12 +60,12 @@ extension HTTP1Intercept {
         }
 
         private func recordRequest(_ e: Exchange, head: HTTPRequestHead, verdict: Verdict) {
-            let url = Redaction.url(e.url)
+            let url = e.url
             connection.environment.record(connection.context.flow(
                 verdict: verdict, type: .l7,
                 l7: Layer7(type: .request, latencyNs: 0, http: HTTP(
                     method: e.method, url: url, protocol: e.version,
-                    headers: Redaction.headers(head.headers.map { ($0.name, $0.value) }))),
+                    headers: head.headers.map { HTTP.Header(key: $0.name, value: $0.value) })),
                 reply: false, summary: "\(e.version) \(e.method) \(url)",
                 dropReason: verdict == .dropped ? "POLICY_DENIED" : nil))
         }
@@ -75,7 +75,7 @@ extension HTTP1Intercept {
         func respondDenied(_ e: Exchange) {
             guard let context else { return }
             connection.environment.count("http_requests_policy_denied")
-            let url = Redaction.url(e.url)
+            let url = e.url
             let latency = monotonicNanos() &- e.startNanos
             connection.environment.record(connection.context.flow(
                 verdict: .dropped, type: .l7,
@@ -245,9 +245,9 @@ extension HTTP1Intercept {
             connection.environment.record(c.flow(
                 verdict: .forwarded, type: .l7,
                 l7: Layer7(type: .response, latencyNs: latency, http: HTTP(
-                    code: code, method: e.method, url: Redaction.url(e.url), protocol: e.version,
-                    headers: Redaction.headers(head.headers.map { ($0.name, $0.value) }))),
-                reply: true, summary: "\(e.version) \(code) \(ms)ms (\(e.method) \(Redaction.url(e.url)))"))
+                    code: code, method: e.method, url: e.url, protocol: e.version,
+                    headers: head.headers.map { HTTP.Header(key: $0.name, value: $0.value) })),
+                reply: true, summary: "\(e.version) \(code) \(ms)ms (\(e.method) \(e.url))"))
         }
 
         func channelReadComplete(context: ChannelHandlerContext) {

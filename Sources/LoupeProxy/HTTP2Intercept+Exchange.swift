@@ -41,7 +41,7 @@ extension HTTP2Intercept {
         mutating func request(method: String?, scheme: String?, authority: String?, path: String?,
                               contentType: String?, fallbackAuthority: String, now: UInt64) -> Request? {
             guard case .idle = state else { return nil }
-            let url = Redaction.url("\(scheme ?? "http")://\(authority ?? fallbackAuthority)\(path ?? "/")")
+            let url = "\(scheme ?? "http")://\(authority ?? fallbackAuthority)\(path ?? "/")"
             let r = Request(method: method ?? "?", url: url, grpc: GRPCStatus.isGRPC(contentType: contentType),
                             startedNanos: now)
             state = .requested(r)

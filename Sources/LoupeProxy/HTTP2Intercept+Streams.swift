@@ -53,7 +53,7 @@ extension HTTP2Intercept {
             }
         }
 
-        var flowHeaders: [HTTP.Header] { Redaction.headers(regular.map { ($0.name, $0.value) }) }
+        var flowHeaders: [HTTP.Header] { regular.map { HTTP.Header(key: $0.name, value: $0.value) } }
     }
 
     /// The streams of one connection pair, by client and by destination stream id.

@@ -30,6 +30,8 @@ public struct ProxyConfiguration: Sendable {
     /// Test switch: every splice attempt is refused as if the kernel had (traffic then stays
     /// in the userspace relay, counted as `splice_fallback_injected`).
     public var spliceInjectFailure = false
+    /// What flows never carry (credential header values, URL user-info; optionally query values).
+    public var redaction = Redaction()
     /// Name of this node in flows.
     public var nodeName: String = "loupe-node"
     /// Event-loop threads (default: one per core).

@@ -162,8 +162,7 @@ extension ProxyConnection {
         // Bytes the kernel left in the socket (its verdict runs on data_ready; a FIN is no
         // data) are read by NIO with the EOF and relayed here: they go out first, too.
         let relayed = (fromClient ? lastWriteToServer : lastWriteToClient) ?? target.eventLoop.makeSucceededVoidFuture()
-        var wait: Int64 = 1
-        func attempt() {
+        func attempt(_ wait: Int64) {
             guard target.isActive else { return }
             let written = (Self.bytesWritten(target) ?? .max) &- base
             if written >= maps.forwardedBytes(from: source) || NIODeadline.now() > deadline {
@@ -172,10 +171,9 @@ extension ProxyConnection {
                 return
             }
             // A slow reader on the peer can take long: back off (1, 2, 4 … 50 ms).
-            target.eventLoop.scheduleTask(in: .milliseconds(wait)) { attempt() }
-            wait = min(wait * 2, 50)
+            target.eventLoop.scheduleTask(in: .milliseconds(wait)) { attempt(min(wait * 2, 50)) }
         }
-        relayed.whenComplete { _ in attempt() }
+        relayed.whenComplete { _ in attempt(1) }
     }
 
     /// Both sockets closed: the connection's flow, with what the kernel carried.

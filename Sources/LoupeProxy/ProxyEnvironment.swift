@@ -60,7 +60,12 @@ public final class ProxyEnvironment: Sendable {
     public var snapshot: Snapshot { current.withLock { $0 } }
     public var generation: UInt64 { current.withLock { $0.generation } }
 
-    public func record(_ flow: Flow) { flows.append(flow) }
+    /// Every flow goes through here: redacted (Hubble's options), then recorded.
+    public func record(_ flow: Flow) {
+        var f = flow
+        configuration.redaction.apply(&f)
+        flows.append(f)
+    }
 
     /// Proxy-level counters (connections, upstream errors, parse errors, policy denials) for `loupe status`.
     public func count(_ name: String, _ n: UInt64 = 1) {

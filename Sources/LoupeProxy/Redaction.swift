@@ -1,23 +1,62 @@
+import Foundation
 import LoupeFlow
 
-/// Hubble's default redaction: values of credential headers never reach a flow.
-public enum Redaction {
+/// Hubble's redaction options, applied to every flow as it is recorded (so flows, the API,
+/// the export and anything downstream see the same redacted values).
+public struct Redaction: Sendable, Equatable {
     public static let placeholder = "HUBBLE_REDACTED"
-    static let redactedHeaders: Set<String> = ["authorization", "proxy-authorization", "cookie", "set-cookie"]
+    public static let credentialHeaders = ["authorization", "proxy-authorization", "cookie", "set-cookie"]
 
-    public static func headers(_ pairs: [(String, String)]) -> [HTTP.Header] {
-        pairs.map { name, value in
-            HTTP.Header(key: name, value: redactedHeaders.contains(name.lowercased()) ? placeholder : value)
+    /// Remove `user:password@` from URLs (default on).
+    public var userInfo = true
+    /// Replace URL query values with the placeholder (default off).
+    public var urlQuery = false
+    /// When not empty, only these headers keep their values (lowercase names).
+    public var headersAllow: Set<String> = []
+    /// These headers' values are replaced (lowercase; the credential headers by default).
+    public var headersDeny: Set<String> = Set(credentialHeaders)
+
+    public init() {}
+
+    public func apply(_ flow: inout Flow) {
+        guard var http = flow.l7?.http else { return }
+        let original = http.url
+        http.url = url(http.url)
+        http.headers = http.headers.map { h in
+            let name = h.key.lowercased()
+            let keep = headersAllow.isEmpty ? !headersDeny.contains(name) : headersAllow.contains(name) && !headersDeny.contains(name)
+            return keep ? h : HTTP.Header(key: h.key, value: Self.placeholder)
         }
+        flow.l7?.http = http
+        if http.url != original { flow.summary = flow.summary.replacingOccurrences(of: original, with: http.url) }
+    }
+
+    public func url(_ url: String) -> String {
+        var out = url
+        if userInfo { out = Self.removingUserInfo(out) }
+        if urlQuery { out = Self.redactingQuery(out) }
+        return out
     }
 
     /// Removes `user:password@` from an absolute URL.
-    public static func url(_ url: String) -> String {
+    static func removingUserInfo(_ url: String) -> String {
         // Fast path: no '@' means no user-info (the common case, once per flow).
         guard url.utf8.contains(UInt8(ascii: "@")), let scheme = url.range(of: "://") else { return url }
         let rest = url[scheme.upperBound...]
         let authorityEnd = rest.firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" }) ?? rest.endIndex
         guard let at = rest[..<authorityEnd].lastIndex(of: "@") else { return url }
         return String(url[..<scheme.upperBound]) + String(rest[rest.index(after: at)...])
+    }
+
+    /// `?a=1&b=2` → `?a=HUBBLE_REDACTED&b=HUBBLE_REDACTED` (names kept, values gone).
+    static func redactingQuery(_ url: String) -> String {
+        guard let q = url.firstIndex(of: "?") else { return url }
+        let fragment = url[q...].firstIndex(of: "#") ?? url.endIndex
+        let query = url[url.index(after: q)..<fragment]
+        let redacted = query.split(separator: "&", omittingEmptySubsequences: false).map { part -> String in
+            guard let eq = part.firstIndex(of: "=") else { return String(part) }
+            return part[..<eq] + "=" + placeholder
+        }.joined(separator: "&")
+        return String(url[...q]) + redacted + String(url[fragment...])
     }
 }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import LoupeAgent
+import LoupeFlow
 import LoupeLab
 
 /// `loupe agent`: datapath + proxy + local API on this node (or in the lab's node netns).
@@ -40,6 +41,17 @@ struct AgentCommand: AsyncParsableCommand {
     var metricsAddress: String = "127.0.0.1:9965"
     @Option(help: "Context labels of the Hubble metrics, comma-separated: source_namespace, source_pod, source_workload, destination_namespace, destination_pod, destination_workload, traffic_direction.")
     var metricsLabelsContext: String = "source_namespace,source_workload,destination_namespace,destination_workload"
+    @Option(help: "Export flows to this file as JSON lines (`hubble observe -o json` records).") var exportFile: String?
+    @Option(help: "Rotate the export file at this size, MiB.") var exportFileMaxSizeMb: Int = 10
+    @Option(help: "Rotated export files kept (FILE.1 is the newest).") var exportFileMaxBackups: Int = 5
+    @Option(help: "Export only flows matching this filter, written as `loupe observe` flags (e.g. \"--namespace shop --protocol http\"); repeat to allow several.")
+    var exportAllow: [String] = []
+    @Option(help: "Never export flows matching this filter (`loupe observe` flags); repeatable.") var exportDeny: [String] = []
+    @Flag(help: "Redact URL query values in flows (names kept).") var redactHttpUrlquery = false
+    @Flag(inversion: .prefixedNo, help: "Remove user:password@ from URLs in flows.") var redactHttpUserInfo = true
+    @Option(help: "Only these HTTP headers keep their values in flows (comma-separated names).") var redactHttpHeadersAllow: String?
+    @Option(help: "These HTTP headers' values are redacted in flows, besides Authorization, Proxy-Authorization, Cookie, Set-Cookie (comma-separated).")
+    var redactHttpHeadersDeny: String?
     @Flag(help: "Log at debug level.") var debug = false
 
     func run() async throws {
@@ -75,9 +87,27 @@ struct AgentCommand: AsyncParsableCommand {
         cfg.proxy.interceptHTTP2 = interceptHttp2
         cfg.datapathOnly = datapathOnly
         cfg.proxy.splice = splice
+        cfg.proxy.redaction.urlQuery = redactHttpUrlquery
+        cfg.proxy.redaction.userInfo = redactHttpUserInfo
+        func names(_ list: String?) -> Set<String> {
+            Set((list ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased() }.filter { !$0.isEmpty })
+        }
+        cfg.proxy.redaction.headersAllow = names(redactHttpHeadersAllow)
+        cfg.proxy.redaction.headersDeny.formUnion(names(redactHttpHeadersDeny))
         do {
             cfg.metricsAddress = try Self.parseAddress(metricsAddress)
             cfg.metricsContext = try MetricsContext.parse(metricsLabelsContext)
+            if let exportFile {
+                guard exportFileMaxSizeMb > 0, exportFileMaxBackups >= 0 else {
+                    throw ValidationError("--export-file-max-size-mb must be > 0 and --export-file-max-backups >= 0")
+                }
+                var export = FlowExportConfiguration(path: exportFile)
+                export.maxSizeBytes = exportFileMaxSizeMb << 20
+                export.maxBackups = exportFileMaxBackups
+                export.allow = try exportAllow.map { try FlowFilter(flags: $0) }
+                export.deny = try exportDeny.map { try FlowFilter(flags: $0) }
+                cfg.flowExport = export
+            }
         } catch {
             FileHandle.standardError.write(Data("loupe agent: \(error)\n".utf8))
             throw ExitCode(2)

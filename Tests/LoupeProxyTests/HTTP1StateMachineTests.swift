@@ -1,3 +1,4 @@
+import LoupeFlow
 @testable import LoupeProxy
 import Testing
 
@@ -46,14 +47,39 @@ import Testing
 }
 
 @Suite struct RedactionTests {
-    @Test func credentialHeadersAreRedacted() {
-        let h = Redaction.headers([("Authorization", "Bearer x"), ("cookie", "a=b"), ("Set-Cookie", "s"), ("Proxy-Authorization", "p"), ("Accept", "*/*")])
-        #expect(h.map(\.value) == ["HUBBLE_REDACTED", "HUBBLE_REDACTED", "HUBBLE_REDACTED", "HUBBLE_REDACTED", "*/*"])
+    func flow(url: String, headers: [(String, String)]) -> Flow {
+        Flow(time: "t", uuid: "u", verdict: .forwarded, ip: IPInfo(source: "a", destination: "b"),
+             l4: Layer4(tcp: .init(sourcePort: 1, destinationPort: 80)),
+             source: Endpoint(id: 1, identity: 300, namespace: "a", labels: [], podName: "p"),
+             destination: Endpoint(id: 2, identity: 301, namespace: "b", labels: [], podName: "q"), type: .l7, nodeName: "n",
+             l7: Layer7(type: .request, latencyNs: 0, http: HTTP(method: "GET", url: url, protocol: "HTTP/1.1",
+                                                                 headers: headers.map { HTTP.Header(key: $0.0, value: $0.1) })),
+             isReply: false, trafficDirection: .egress, summary: "HTTP/1.1 GET \(url)")
     }
 
-    @Test func userInfoIsRemovedFromURLs() {
-        #expect(Redaction.url("http://user:pw@web/path@x") == "http://web/path@x")
-        #expect(Redaction.url("http://web/a") == "http://web/a")
+    @Test func credentialHeadersAndUserInfoAreRedactedByDefaultInHeadersURLAndSummary() {
+        var f = flow(url: "http://user:pw@web/path@x?q=1",
+                     headers: [("Authorization", "Bearer x"), ("cookie", "a=b"), ("Set-Cookie", "s"), ("Proxy-Authorization", "p"), ("Accept", "*/*")])
+        Redaction().apply(&f)
+        #expect(f.l7?.http?.headers.map(\.value) == ["HUBBLE_REDACTED", "HUBBLE_REDACTED", "HUBBLE_REDACTED", "HUBBLE_REDACTED", "*/*"])
+        #expect(f.l7?.http?.url == "http://web/path@x?q=1")
+        #expect(f.summary == "HTTP/1.1 GET http://web/path@x?q=1")
+        #expect(Redaction().url("http://web/a") == "http://web/a")
+    }
+
+    @Test func queryRedactionAndHeaderListsAreOptions() {
+        var r = Redaction()
+        r.urlQuery = true
+        #expect(r.url("http://web/a?token=s3cr3t&x=1#frag") == "http://web/a?token=HUBBLE_REDACTED&x=HUBBLE_REDACTED#frag")
+        r.headersAllow = ["accept"]
+        var f = flow(url: "http://web/a", headers: [("Accept", "*/*"), ("X-Api-Key", "k"), ("Authorization", "b")])
+        r.apply(&f)
+        #expect(f.l7?.http?.headers.map(\.value) == ["*/*", "HUBBLE_REDACTED", "HUBBLE_REDACTED"])
+        var d = Redaction()
+        d.headersDeny.insert("x-api-key")
+        var g = flow(url: "http://web/a", headers: [("X-Api-Key", "k"), ("Accept", "*/*")])
+        d.apply(&g)
+        #expect(g.l7?.http?.headers.map(\.value) == ["HUBBLE_REDACTED", "*/*"])
     }
 }
 
