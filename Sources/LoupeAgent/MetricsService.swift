@@ -2,9 +2,11 @@ import Foundation
 import Logging
 import LoupeBPF
 import LoupeFlow
+import LoupePolicy
 import LoupeProxy
 import NIOCore
 import NIOHTTP1
+import NIOConcurrencyHelpers
 import NIOPosix
 import Prometheus
 import ServiceLifecycle
@@ -51,21 +53,72 @@ public final class MetricsService: Service, @unchecked Sendable {
         try? await channel.close()
     }
 
+    /// Every labeled series made so far, so those of deleted pods can be dropped.
+    private enum Series { case counter(Counter), histogram(ValueHistogram) }
+    private struct SeriesKey: Hashable { var name: String; var labels: [MetricLabel] }
+    private let series = NIOLockedValueBox<(all: [SeriesKey: Series], generation: UInt64)>(([:], 0))
+
     func apply(_ flow: Flow) {
         for u in FlowMetrics.updates(for: flow, context: context) {
-            let labels = u.labels.map { ($0.name, $0.value) }
-            switch u.change {
-            case .increment:
-                registry.makeCounter(descriptor: Self.descriptor(u.name), labels: labels).increment()
-            case .observe(let seconds):
-                registry.makeValueHistogram(descriptor: Self.descriptor(u.name), labels: labels,
-                                            buckets: FlowMetrics.durationBuckets).record(seconds)
+            let key = SeriesKey(name: u.name, labels: u.labels)
+            let s = series.withLockedValue { state -> Series in
+                if let s = state.all[key] { return s }
+                let labels = u.labels.map { ($0.name, $0.value) }
+                let s: Series = switch u.change {
+                case .increment: .counter(registry.makeCounter(descriptor: Self.descriptor(u.name), labels: labels))
+                case .observe: .histogram(registry.makeValueHistogram(descriptor: Self.descriptor(u.name), labels: labels,
+                                                                       buckets: FlowMetrics.durationBuckets))
+                }
+                state.all[key] = s
+                return s
+            }
+            switch (s, u.change) {
+            case (.counter(let c), .increment): c.increment()
+            case (.histogram(let h), .observe(let seconds)): h.record(seconds)
+            default: break
+            }
+        }
+    }
+
+    /// Drops the series whose source or destination context names a pod or workload that is no
+    /// longer in the inventory (the world, with empty labels, always stays).
+    func pruneSeries(live inventory: Inventory) {
+        var pods = Set<String>(), workloads = Set<String>(), namespaces = Set<String>()
+        for pod in inventory.pods {
+            let id = EndpointIdentity(pod: pod)
+            pods.insert(pod.namespace + "/" + pod.name)
+            workloads.insert(pod.namespace + "/" + (id.workload ?? pod.name))
+            namespaces.insert(pod.namespace)
+        }
+        func alive(_ labels: [MetricLabel], _ side: String) -> Bool {
+            let get = { (n: String) in labels.first { $0.name == "\(side)_\(n)" }?.value }
+            let ns = get("namespace") ?? ""
+            if let pod = get("pod"), !pod.isEmpty, !pods.contains(ns + "/" + pod) { return false }
+            if let w = get("workload"), !w.isEmpty, !workloads.contains(ns + "/" + w) { return false }
+            if !ns.isEmpty, get("namespace") != nil, !namespaces.contains(ns) { return false }
+            return true
+        }
+        let gone = series.withLockedValue { state -> [Series] in
+            let dead = state.all.filter { !alive($0.key.labels, "source") || !alive($0.key.labels, "destination") }
+            for k in dead.keys { state.all.removeValue(forKey: k) }
+            return Array(dead.values)
+        }
+        for s in gone {
+            switch s {
+            case .counter(let c): registry.unregisterCounter(c)
+            case .histogram(let h): registry.unregisterValueHistogram(h)
             }
         }
     }
 
     /// The registry's metrics, then what is read at scrape time.
     func render() -> String {
+        let snapshot = environment.snapshot
+        let pruneDue = series.withLockedValue { state -> Bool in
+            defer { state.generation = snapshot.generation }
+            return state.generation != snapshot.generation
+        }
+        if pruneDue { pruneSeries(live: snapshot.inventory) }
         var text = registry.emitToString()
         func family(_ name: String, _ help: String, _ samples: [(String, UInt64)]) {
             text += "# HELP \(name) \(help)\n# TYPE \(name) counter\n"

@@ -1,5 +1,9 @@
 @testable import LoupeAgent
+import Logging
 import LoupeFlow
+import LoupePolicy
+import LoupeProxy
+import NIOEmbedded
 import Testing
 
 /// Hubble's metric semantics as a pure function of flows.
@@ -79,5 +83,40 @@ import Testing
                 [MetricLabel("source_pod", "client-7d9"), MetricLabel("traffic_direction", "egress")])
         #expect(throws: MetricsContext.ParseError.self) { try MetricsContext.parse("source_ip") }
         #expect(try MetricsContext.parse("").labels.isEmpty)
+    }
+}
+
+/// The service's registry: series made from flows, rendered as Prometheus text, and dropped
+/// when their pod's workload leaves the inventory.
+@Suite struct MetricsServiceTests {
+    static let yaml = """
+    apiVersion: v1
+    kind: Pod
+    metadata: {name: client-7d9, namespace: shop, labels: {app: client}}
+    spec: {containers: [{name: c, command: [sleep, infinity]}]}
+    ---
+    apiVersion: v1
+    kind: Pod
+    metadata: {name: web-5f2, namespace: backend, labels: {app: web}}
+    spec: {containers: [{name: c, command: [sleep, infinity]}]}
+    """
+
+    @Test func seriesOfAWorkloadThatLeftTheInventoryArePruned() throws {
+        let env = ProxyEnvironment(inventory: Inventory(), flows: FlowStore(capacity: 10), configuration: ProxyConfiguration())
+        let service = MetricsService(group: EmbeddedEventLoop(), host: "127.0.0.1", port: 0, context: .default,
+                                     environment: env, datapathCounters: { [:] }, logger: Logger(label: "test"))
+        let both = try InventoryLoader.parse(Self.yaml, file: "test.yaml")
+        let flows = FlowMetricsTests()
+        service.apply(flows.http(reply: true, code: 200))
+        service.pruneSeries(live: both)
+        #expect(service.render().contains("hubble_http_requests_total{source_namespace=\"shop\",source_workload=\"client\""))
+        #expect(service.render().contains("hubble_flows_processed_total{type=\"L7\",subtype=\"HTTP\",verdict=\"FORWARDED\"} 1"))
+        var onlyClient = both
+        onlyClient.pods.removeAll { $0.name == "web-5f2" }
+        service.pruneSeries(live: onlyClient)
+        let text = service.render()
+        #expect(!text.contains("hubble_http_requests_total{"))
+        #expect(!text.contains("hubble_http_request_duration_seconds_bucket{"))
+        #expect(text.contains("hubble_flows_processed_total{type=\"L7\",subtype=\"HTTP\",verdict=\"FORWARDED\"} 1"))
     }
 }
