@@ -63,7 +63,10 @@ import Testing
         #expect(env.flows.lostEvents == ["observer": UInt64(extra)])
         channel.isWritable = true
         channel.pipeline.fireChannelWritabilityChanged()
-        #expect(try lines(channel).count == APIConnectionHandler.queueLimit)
+        // The stream says what it lost, where it lost it, then carries on.
+        let out = try lines(channel)
+        #expect(out.count == APIConnectionHandler.queueLimit + 1)
+        #expect(FlowEncoding.lostEvents(jsonLine: out[0]) == UInt64(extra))
     }
 
     @Test func badRequestsGetAnError() throws {

@@ -69,7 +69,7 @@ import Testing
         #expect(e.closed(now: 3_000_000) == nil)
     }
 
-    @Test func headerFactsReadOneBlockInOnePassAndRedactForFlows() {
+    @Test func headerFactsReadOneBlockInOnePass() {
         let f = HTTP2Intercept.HeaderFacts(HPACKHeaders([
             (":method", "POST"), (":scheme", "http"), (":authority", "greeter:50051"),
             (":path", "/helloworld.Greeter/SayHello"), ("content-type", "application/grpc"),
@@ -78,7 +78,8 @@ import Testing
         #expect(f.method == "POST" && f.scheme == "http" && f.authority == "greeter:50051")
         #expect(f.path == "/helloworld.Greeter/SayHello" && f.contentType == "application/grpc" && f.status == nil)
         #expect(f.regular.map(\.name) == ["content-type", "authorization", "te"])
-        #expect(f.flowHeaders.first { $0.key == "authorization" }?.value != "Bearer secret")
+        // Flow headers are raw here: redaction happens once, where flows are recorded (RedactionTests).
+        #expect(f.flowHeaders.map(\.key) == ["content-type", "authorization", "te"])
         let trailers = HTTP2Intercept.HeaderFacts(HPACKHeaders([("grpc-status", "5"), ("grpc-message", "no such greeting")]))
         #expect(trailers.grpcStatus == "5" && trailers.grpcMessage == "no such greeting")
     }
