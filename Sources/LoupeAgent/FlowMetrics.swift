@@ -94,24 +94,23 @@ public enum FlowMetrics {
         inc("hubble_flows_processed_total", [MetricLabel("type", type), MetricLabel("subtype", subtype),
                                              MetricLabel("verdict", flow.verdict.rawValue)])
 
-        let direction = flow.trafficDirection.rawValue.lowercased()
+        // hubble_policy_verdicts_total{direction,match,action}
+        func verdict(_ match: String, _ action: String) {
+            inc("hubble_policy_verdicts_total", context.values(flow) + [MetricLabel("direction", flow.trafficDirection.rawValue.lowercased()),
+                                                                       MetricLabel("match", match), MetricLabel("action", action)])
+        }
         if flow.verdict == .dropped {
             // hubble_drop_total{reason,protocol}
             let proto = flow.l4.tcp != nil ? "TCP" : flow.l4.udp != nil ? "UDP" : "Unknown"
             inc("hubble_drop_total", context.values(flow) + [MetricLabel("reason", flow.dropReasonDesc ?? "UNKNOWN"),
                                                             MetricLabel("protocol", proto)])
-            if flow.type == .l3l4 && flow.dropReasonDesc == "POLICY_DENIED" {
-                inc("hubble_policy_verdicts_total", context.values(flow) + [MetricLabel("direction", direction),
-                                                                           MetricLabel("match", "l3-l4"), MetricLabel("action", "dropped")])
-            }
+            if flow.type == .l3l4 && flow.dropReasonDesc == "POLICY_DENIED" { verdict("l3-l4", "dropped") }
         }
 
         if let l7 = flow.l7, let http = l7.http {
             if l7.type == .request {
                 // Every request met the proxy's per-request policy decision.
-                inc("hubble_policy_verdicts_total", context.values(flow) + [MetricLabel("direction", direction),
-                                                                           MetricLabel("match", "l7/http"),
-                                                                           MetricLabel("action", flow.verdict.rawValue.lowercased())])
+                verdict("l7/http", flow.verdict.rawValue.lowercased())
             }
             if l7.type == .response {
                 // httpV2: responses count, for the asker; reporter = the side that observed it.
@@ -142,9 +141,7 @@ public enum FlowMetrics {
                 inc("hubble_dns_queries_total", labels)
             }
             if l7.type == .request {
-                inc("hubble_policy_verdicts_total", context.values(flow) + [MetricLabel("direction", direction),
-                                                                           MetricLabel("match", "l7/dns"),
-                                                                           MetricLabel("action", flow.verdict.rawValue.lowercased())])
+                verdict("l7/dns", flow.verdict.rawValue.lowercased())
             }
         }
         return out
