@@ -15,8 +15,8 @@ struct SpliceState {
     /// Bytes relayed in userspace before the splice.
     var clientBytesBefore: UInt64
     var serverBytesBefore: UInt64
-    /// FINs in the order they came ("client", "server").
-    var finishedSides: [String] = []
+    /// The side whose FIN came first ("client", "server"), for the closing flow.
+    var firstFIN: String?
 }
 
 extension ProxyConnection {
@@ -138,7 +138,7 @@ extension ProxyConnection {
     /// written there.
     func splicedInputClosed(fromClient: Bool) {
         guard var state = splice else { return }
-        state.finishedSides.append(fromClient ? "client" : "server")
+        if state.firstFIN == nil { state.firstFIN = fromClient ? "client" : "server" }
         splice = state
         afterForwarded(fromClient: fromClient) { $0.close(mode: .output, promise: nil) }
     }
@@ -183,7 +183,7 @@ extension ProxyConnection {
         let fromServer = maps.forwardedBytes(from: state.upstreamCookie)
         maps.remove(state.downstreamCookie, state.upstreamCookie)
         environment.count("splice_ended")
-        let ending = state.finishedSides.first.map { "\($0) closed first" } ?? "ended without FIN (reset or abort)"
+        let ending = state.firstFIN.map { "\($0) closed first" } ?? "ended without FIN (reset or abort)"
         environment.record(context.flow(
             verdict: .forwarded, type: .l3l4, l7: nil, reply: false,
             summary: "\(opaqueDescription) closed: \(bytesFromClient + fromClient) bytes from client, \(bytesFromServer + fromServer) bytes from server "
