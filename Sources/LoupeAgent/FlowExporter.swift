@@ -89,11 +89,9 @@ public final class FlowExporter: Service, @unchecked Sendable {
             queue.removeAll(keepingCapacity: true)
             let stop = stopping
             condition.unlock()
-            for line in batch {
-                do { try file.append(line) } catch {
-                    logger.error("flow export: \(error)")
-                    store.countLost(source: "exporter")
-                }
+            do { try file.append(batch) } catch {
+                logger.error("flow export: \(error)")
+                store.countLost(source: "exporter", UInt64(batch.count))
             }
             if stop && batch.isEmpty { break }
         }
@@ -128,12 +126,24 @@ final class ExportFile {
         size = fstat(fd, &st) == 0 ? Int(st.st_size) : 0
     }
 
-    func append(_ line: String) throws {
-        var bytes = Array(line.utf8)
-        if size > 0 && size + bytes.count > configuration.maxSizeBytes { try rotate() }
+    /// Appends lines with one write per run between rotations (not one per flow).
+    func append(_ lines: [String]) throws {
+        var pending: [UInt8] = []
+        for line in lines {
+            let bytes = line.utf8
+            if size + pending.count > 0 && size + pending.count + bytes.count > configuration.maxSizeBytes {
+                try write(&pending)
+                try rotate()
+            }
+            pending.append(contentsOf: bytes)
+        }
+        try write(&pending)
+    }
+
+    private func write(_ bytes: inout [UInt8]) throws {
         var off = 0
         while off < bytes.count {
-            let n = bytes.withUnsafeMutableBytes { write(fd, $0.baseAddress! + off, $0.count - off) }
+            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + off, $0.count - off) }
             if n < 0 {
                 if errno == EINTR { continue }
                 throw Failure(description: "write \(configuration.path): \(String(cString: strerror(errno)))")
@@ -141,6 +151,7 @@ final class ExportFile {
             off += n
         }
         size += bytes.count
+        bytes.removeAll(keepingCapacity: true)
     }
 
     private func rotate() throws {
