@@ -214,34 +214,37 @@ else
 fi
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b == "n/a" || a == "n/a" || b == 0) print "n/a"; else printf "%.2f", a/b }'; }
-printf '\n%-34s %12s %10s\n' "HTTP/1.1 keep-alive (wrk -t1 -c64)" "req/s" "ratio"
-printf '%-34s %12s %10s\n' "direct (pod → pod)" "$MD" "1.00"
-printf '%-34s %12s %10s\n' "Loupe (tc redirect + proxy + flows)" "$ML" "$(awk -v a="$ML" -v b="$MD" 'BEGIN{printf "%.2f", a/b}')"
-printf '\n%-34s %12s %10s %10s\n' "HTTP/2 h2c (h2load -c16 -m16)" "req/s" "/direct" "/Envoy"
-printf '%-34s %12s %10s %10s\n' "direct (pod → pod)" "$MH2D" "1.00" "$(ratio "$MH2D" "$MH2E")"
-printf '%-34s %12s %10s %10s\n' "Loupe (redirect + HTTP/2 + flows)" "$MH2L" "$(ratio "$MH2L" "$MH2D")" "$(ratio "$MH2L" "$MH2E")"
-printf '%-34s %12s %10s %10s\n' "Envoy 1.40 (same redirect, 1 worker)" "$MH2E" "$(ratio "$MH2E" "$MH2D")" "1.00"
+# table TITLE UNIT COLUMN…, then row LABEL VALUE BASE…: a value and its ratio to each base.
+table() { printf '\n%-34s %12s' "$1" "$2"; shift 2; printf ' %10s' "$@"; echo; }
+row() { local v=$2 b; printf '%-34s %12s' "$1" "$v"; shift 2; for b in "$@"; do printf ' %10s' "$(ratio "$v" "$b")"; done; echo; }
+table "HTTP/1.1 keep-alive (wrk -t1 -c64)" req/s ratio
+row "direct (pod → pod)" "$MD" "$MD"
+row "Loupe (tc redirect + proxy + flows)" "$ML" "$MD"
+table "HTTP/2 h2c (h2load -c16 -m16)" req/s /direct /Envoy
+row "direct (pod → pod)" "$MH2D" "$MH2D" "$MH2E"
+row "Loupe (redirect + HTTP/2 + flows)" "$MH2L" "$MH2D" "$MH2E"
+row "Envoy 1.40 (same redirect, 1 worker)" "$MH2E" "$MH2D" "$MH2E"
 echo "HTTP/2 flows recorded during the Loupe runs: $H2_FLOWS for $H2_DONE completed requests (2 per request; in-flight at the end add a few)"
-printf '\n%-34s %12s %10s %10s\n' "HTTPS, ALPN h2 (h2load -c16 -m16)" "req/s" "/direct" "/Envoy"
-printf '%-34s %12s %10s %10s\n' "direct (pod → nginx TLS)" "$MTD" "1.00" "$(ratio "$MTD" "$MTE")"
-printf '%-34s %12s %10s %10s\n' "Loupe (terminate, h2, flows, TLS)" "$MTL" "$(ratio "$MTL" "$MTD")" "$(ratio "$MTL" "$MTE")"
-printf '%-34s %12s %10s %10s\n' "Envoy 1.40 (same job, 1 worker)" "$MTE" "$(ratio "$MTE" "$MTD")" "1.00"
-printf '%-34s %12s %10s %10s\n' "mitmproxy (same job)" "$MTM" "$(ratio "$MTM" "$MTD")" "$(ratio "$MTM" "$MTE")"
+table "HTTPS, ALPN h2 (h2load -c16 -m16)" req/s /direct /Envoy
+row "direct (pod → nginx TLS)" "$MTD" "$MTD" "$MTE"
+row "Loupe (terminate, h2, flows, TLS)" "$MTL" "$MTD" "$MTE"
+row "Envoy 1.40 (same job, 1 worker)" "$MTE" "$MTD" "$MTE"
+row "mitmproxy (same job)" "$MTM" "$MTD" "$MTE"
 echo "HTTPS flows recorded during the Loupe runs: $TLS_FLOWS for $TLS_DONE completed requests (2 per request)"
-printf '\n%-34s %12s %10s %10s\n' "HTTPS new connections (-c1000 -m1)" "conn/s" "/direct" "/Envoy"
-printf '%-34s %12s %10s %10s\n' "direct" "$MHD" "1.00" "$(ratio "$MHD" "$MHE")"
-printf '%-34s %12s %10s %10s\n' "Loupe" "$MHL" "$(ratio "$MHL" "$MHD")" "$(ratio "$MHL" "$MHE")"
-printf '%-34s %12s %10s %10s\n' "Envoy 1.40" "$MHE" "$(ratio "$MHE" "$MHD")" "1.00"
-printf '%-34s %12s %10s %10s\n' "mitmproxy" "$MHM" "$(ratio "$MHM" "$MHD")" "$(ratio "$MHM" "$MHE")"
+table "HTTPS new connections (-c1000 -m1)" conn/s /direct /Envoy
+row "direct" "$MHD" "$MHD" "$MHE"
+row "Loupe" "$MHL" "$MHD" "$MHE"
+row "Envoy 1.40" "$MHE" "$MHD" "$MHE"
+row "mitmproxy" "$MHM" "$MHD" "$MHE"
 echo "(succeeded per contender are in the round lines above: field 2 of 1,000 per round)"
-printf '\n%-34s %12s %10s\n' "Bulk TCP (iperf3, 1 stream)" "Gbit/s" "ratio"
-printf '%-34s %12s %10s\n' "direct (pod → pod)" "$MBD" "1.00"
-printf '%-34s %12s %10s\n' "Loupe, kernel splice" "$MBS" "$(ratio "$MBS" "$MBD")"
-printf '%-34s %12s %10s\n' "Loupe, userspace relay (--no-splice)" "$MBU" "$(ratio "$MBU" "$MBD")"
+table "Bulk TCP (iperf3, 1 stream)" Gbit/s ratio
+row "direct (pod → pod)" "$MBD" "$MBD"
+row "Loupe, kernel splice" "$MBS" "$MBD"
+row "Loupe, userspace relay (--no-splice)" "$MBU" "$MBD"
 echo "agent CPU per GiB carried: spliced ${CPU_SPLICED} ms, userspace relay ${CPU_RELAY} ms; splice status after the spliced runs: $SPLICE_STATUS"
-printf '\n%-34s %12s %10s\n' "DNS (dnsperf -c4, max rate)" "qps" "ratio"
-printf '%-34s %12s %10s\n' "direct (pod → dnsmasq)" "$MDD" "1.00"
-printf '%-34s %12s %10s\n' "Loupe (tc redirect + DNS proxy)" "$MDL" "$(awk -v a="$MDL" -v b="$MDD" 'BEGIN{printf "%.2f", a/b}')"
+table "DNS (dnsperf -c4, max rate)" qps ratio
+row "direct (pod → dnsmasq)" "$MDD" "$MDD"
+row "Loupe (tc redirect + DNS proxy)" "$MDL" "$MDD"
 echo "dnsperf queries lost through Loupe: $DNS_LOST"
 echo "flows recorded during the Loupe runs: $FLOWS for $SENT completed requests (2 per request; wrk's last in-flight requests add a few)"
 echo "agent RSS idle: ${RSS_IDLE} KiB; with $OK idle keep-alive connections: ${RSS_1000} KiB" \
