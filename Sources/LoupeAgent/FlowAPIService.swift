@@ -109,7 +109,7 @@ final class APIConnectionHandler: ChannelInboundHandler {
         let store = environment.flows
         if !follow {
             var buf = context.channel.allocator.buffer(capacity: 4096)
-            for r in store.last(last, matching: filter.matches) { buf.writeString(FlowEncoding.jsonLine(r) + "\n") }
+            for r in store.last(last, matching: filter.matches) { buf.writeBytes(FlowEncoding.jsonLineBytes(r)) }
             context.writeAndFlush(wrapOutboundOut(buf)).whenComplete { _ in context.close(promise: nil) }
             return
         }
@@ -132,30 +132,39 @@ final class APIConnectionHandler: ChannelInboundHandler {
         }
         subscription = id
         var buf = context.channel.allocator.buffer(capacity: 4096)
-        for r in backlog { buf.writeString(FlowEncoding.jsonLine(r) + "\n") }
+        for r in backlog { buf.writeBytes(FlowEncoding.jsonLineBytes(r)) }
         context.writeAndFlush(wrapOutboundOut(buf), promise: nil)
     }
 
     /// Writes queued flows while the client keeps up; resumes on writability.
     private func drain(_ channel: Channel) {
         guard channel.isActive else { return }
-        var buf = channel.allocator.buffer(capacity: 4096)
         while channel.isWritable {
             let (batch, lost) = queue.withLock { q -> ([FlowRecord], UInt64) in
-                let b = q.items, lost = q.lost
-                q.items.removeAll(keepingCapacity: true)
+                var b: [FlowRecord] = []
+                swap(&b, &q.items) // takes the queue's storage (a copy then removeAll reallocated it)
+                let lost = q.lost
                 q.lost = 0
                 if b.isEmpty { q.scheduled = false }
                 return (b, lost)
             }
             if batch.isEmpty && lost == 0 { break }
-            buf.clear()
+            // Chunks of bounded size: one buffer per batch grew to megabytes and cost page faults.
+            var buf = channel.allocator.buffer(capacity: Self.chunkBytes + 2048)
             // Said in the stream where it happened, as Hubble does (`lost_events` records).
             if lost > 0 { buf.writeString(FlowEncoding.lostEventsLine(count: lost, nodeName: environment.configuration.nodeName) + "\n") }
-            for r in batch { buf.writeString(FlowEncoding.jsonLine(r) + "\n") }
+            for r in batch {
+                buf.writeBytes(FlowEncoding.jsonLineBytes(r))
+                if buf.readableBytes >= Self.chunkBytes {
+                    channel.write(buf, promise: nil)
+                    buf = channel.allocator.buffer(capacity: Self.chunkBytes + 2048)
+                }
+            }
             channel.writeAndFlush(buf, promise: nil)
         }
     }
+
+    static let chunkBytes = 128 * 1024
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         if context.channel.isWritable { drain(context.channel) }

@@ -81,6 +81,11 @@ public enum FlowMetrics {
     /// Methods kept as label values; anything else is `OTHER` (bounded cardinality).
     static let methods: Set<String> = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"]
 
+    /// An L7 flow's latency in seconds (0 when it has none).
+    static func durationSeconds(_ flow: Flow) -> Double {
+        Double(flow.l7?.latencyNs ?? "0").map { $0 / 1e9 } ?? 0
+    }
+
     public static func updates(for flow: Flow, context: MetricsContext) -> [MetricUpdate] {
         var out: [MetricUpdate] = []
         func inc(_ name: String, _ labels: [MetricLabel]) { out.append(MetricUpdate(name: name, labels: labels, change: .increment)) }
@@ -119,10 +124,9 @@ public enum FlowMetrics {
                 let reporter = flow.trafficDirection == .egress ? "client" : "server"
                 inc("hubble_http_requests_total", ctx + [MetricLabel("method", method), MetricLabel("protocol", http.protocol),
                                                         MetricLabel("status", String(http.code ?? 0)), MetricLabel("reporter", reporter)])
-                let seconds = Double(l7.latencyNs ?? "0").map { $0 / 1e9 } ?? 0
                 out.append(MetricUpdate(name: "hubble_http_request_duration_seconds",
                                         labels: ctx + [MetricLabel("method", method), MetricLabel("reporter", reporter)],
-                                        change: .observe(seconds: seconds)))
+                                        change: .observe(seconds: durationSeconds(flow))))
             }
         }
 

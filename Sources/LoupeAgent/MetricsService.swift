@@ -56,9 +56,63 @@ public final class MetricsService: Service, @unchecked Sendable {
     /// Every labeled series made so far, so those of deleted pods can be dropped.
     private enum Series { case counter(Counter), histogram(ValueHistogram) }
     private struct SeriesKey: Hashable { var name: String; var labels: [MetricLabel] }
-    private let series = NIOLockedValueBox<(all: [SeriesKey: Series], generation: UInt64)>(([:], 0))
+    private struct State {
+        var all: [SeriesKey: Series] = [:]
+        var generation: UInt64 = 0
+        /// The series a flow of a given shape touches, so that the flows after
+        /// the first of each shape skip building and hashing label sets (which cost about half
+        /// of the flow pipeline's CPU). Cleared when series are pruned, or when it is full.
+        var memo: [FlowShape: [Series]] = [:]
+    }
+    private let series = NIOLockedValueBox(State())
+    static let memoLimit = 16_384
+
+    /// Everything FlowMetrics reads of a flow: endpoints by (ID, identity), which fix their
+    /// context labels; the rest are the metric labels' own values.
+    private struct FlowShape: Hashable {
+        var source: UInt64, destination: UInt64
+        var flags: UInt32
+        var code: Int32
+        var method: String, proto: String
+        var dropReason: String?
+        /// DNS: qtypes, and the answer's rcode and address count.
+        var qtypes: [String] = []
+        var rcode: UInt32 = 0, ips = 0
+
+        init(_ f: Flow) {
+            if let dns = f.l7?.dns {
+                qtypes = dns.qtypes
+                rcode = dns.rcode
+                ips = dns.ips.count
+            }
+            func key(_ e: Endpoint) -> UInt64 { UInt64(e.id ?? 0) << 32 | UInt64(e.identity) }
+            source = key(f.source)
+            destination = key(f.destination)
+            let verdict: UInt32 = switch f.verdict { case .forwarded: 0; case .dropped: 1; case .error: 2; case .audit: 3 }
+            let l7: UInt32 = switch f.l7?.type { case nil: 0; case .request: 1; case .response: 2; case .sample: 3 }
+            flags = verdict | l7 << 2 | (f.type == .l7 ? 1 << 4 : 0) | (f.trafficDirection == .egress ? 1 << 5 : 0)
+                | (f.l4.tcp != nil ? 1 << 6 : 0) | (f.l4.udp != nil ? 1 << 7 : 0) | (f.l7?.http != nil ? 1 << 8 : 0)
+                | (f.l7?.dns != nil ? 1 << 9 : 0) | (f.isReply ? 1 << 10 : 0)
+            code = Int32(clamping: f.l7?.http?.code ?? -1)
+            method = f.l7?.http?.method ?? ""
+            proto = f.l7?.http?.protocol ?? ""
+            dropReason = f.dropReasonDesc
+        }
+    }
 
     func apply(_ flow: Flow) {
+        let shape = FlowShape(flow)
+        if let known = series.withLockedValue({ $0.memo[shape] }) {
+            // Same updates as the first flow of this shape; only a histogram's value differs.
+            for s in known {
+                switch s {
+                case .counter(let c): c.increment()
+                case .histogram(let h): h.record(FlowMetrics.durationSeconds(flow))
+                }
+            }
+            return
+        }
+        var touched: [Series] = []
         for u in FlowMetrics.updates(for: flow, context: context) {
             let key = SeriesKey(name: u.name, labels: u.labels)
             let s = series.withLockedValue { state -> Series in
@@ -77,6 +131,11 @@ public final class MetricsService: Service, @unchecked Sendable {
             case (.histogram(let h), .observe(let seconds)): h.record(seconds)
             default: break
             }
+            touched.append(s)
+        }
+        series.withLockedValue { state in
+            if state.memo.count >= Self.memoLimit { state.memo.removeAll() }
+            state.memo[shape] = touched
         }
     }
 
@@ -101,6 +160,7 @@ public final class MetricsService: Service, @unchecked Sendable {
         let gone = series.withLockedValue { state -> [Series] in
             let dead = state.all.filter { !alive($0.key.labels, "source") || !alive($0.key.labels, "destination") }
             for k in dead.keys { state.all.removeValue(forKey: k) }
+            state.memo.removeAll()
             return Array(dead.values)
         }
         for s in gone {

@@ -9,6 +9,14 @@ public enum FlowEncoding {
         return w.out
     }
 
+    /// The same line as UTF-8 bytes, newline included: what the API streams (no String in between).
+    public static func jsonLineBytes(_ record: FlowRecord) -> [UInt8] {
+        var w = FlowJSONWriter()
+        w.record(record)
+        w.raw("\n")
+        return w.bytes
+    }
+
     /// A stream's lost-events record, in Hubble's shape:
     /// `{"lost_events":{"source":"OBSERVER_EVENTS_QUEUE","num_events_lost":"12","cpu":null},"node_name":…,"time":…}`.
     public static func lostEventsLine(count: UInt64, nodeName: String) -> String {

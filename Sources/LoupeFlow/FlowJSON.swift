@@ -3,160 +3,189 @@
 /// "verdict":…,…,"Summary":…},"node_name":…,"time":…}`. Empty optional fields are omitted,
 /// as protojson does.
 struct FlowJSONWriter {
-    private(set) var out = ""
+    /// UTF-8 bytes; one buffer for the whole line (the flow pipeline encodes every flow once
+    /// per consumer, so this runs at the agent's full flow rate).
+    private(set) var bytes: [UInt8] = []
 
-    init() { out.reserveCapacity(1024) }
+    init() { bytes.reserveCapacity(1536) }
+
+    var out: String { String(decoding: bytes, as: UTF8.self) }
 
     mutating func record(_ r: FlowRecord) {
-        out += "{\"flow\":"
+        raw("{\"flow\":")
         flow(r.flow)
-        out += ",\"node_name\":"
+        raw(",\"node_name\":")
         string(r.nodeName)
-        out += ",\"time\":"
+        raw(",\"time\":")
         string(r.time)
-        out += "}"
+        raw("}")
     }
 
     private mutating func flow(_ f: Flow) {
         var o = ObjectWriter()
-        o.field("time", &out) { $0.string(f.time) }
-        o.field("uuid", &out) { $0.string(f.uuid) }
-        o.field("verdict", &out) { $0.string(f.verdict.rawValue) }
-        if let d = f.dropReasonDesc { o.field("drop_reason_desc", &out) { $0.string(d) } }
-        o.field("IP", &out) { w in
+        o.field("time", &self) { $0.string(f.time) }
+        o.field("uuid", &self) { $0.string(f.uuid) }
+        o.field("verdict", &self) { $0.string(f.verdict.rawValue) }
+        if let d = f.dropReasonDesc { o.field("drop_reason_desc", &self) { $0.string(d) } }
+        o.field("IP", &self) { w in
             var p = ObjectWriter()
-            p.field("source", &w.out) { $0.string(f.ip.source) }
-            p.field("destination", &w.out) { $0.string(f.ip.destination) }
-            p.field("ipVersion", &w.out) { $0.string(f.ip.ipVersion) }
-            p.close(&w.out)
+            p.field("source", &w) { $0.string(f.ip.source) }
+            p.field("destination", &w) { $0.string(f.ip.destination) }
+            p.field("ipVersion", &w) { $0.string(f.ip.ipVersion) }
+            p.close(&w)
         }
-        o.field("l4", &out) { w in
+        o.field("l4", &self) { w in
             var p = ObjectWriter()
-            if let t = f.l4.tcp { p.field("TCP", &w.out) { $0.ports(t) } }
-            if let u = f.l4.udp { p.field("UDP", &w.out) { $0.ports(u) } }
-            p.close(&w.out)
+            if let t = f.l4.tcp { p.field("TCP", &w) { $0.ports(t) } }
+            if let u = f.l4.udp { p.field("UDP", &w) { $0.ports(u) } }
+            p.close(&w)
         }
-        o.field("source", &out) { $0.endpoint(f.source) }
-        o.field("destination", &out) { $0.endpoint(f.destination) }
-        o.field("Type", &out) { $0.string(f.type.rawValue) }
-        o.field("node_name", &out) { $0.string(f.nodeName) }
-        if let names = f.sourceNames, !names.isEmpty { o.field("source_names", &out) { $0.strings(names) } }
-        if let names = f.destinationNames, !names.isEmpty { o.field("destination_names", &out) { $0.strings(names) } }
+        o.field("source", &self) { $0.endpoint(f.source) }
+        o.field("destination", &self) { $0.endpoint(f.destination) }
+        o.field("Type", &self) { $0.string(f.type.rawValue) }
+        o.field("node_name", &self) { $0.string(f.nodeName) }
+        if let names = f.sourceNames, !names.isEmpty { o.field("source_names", &self) { $0.strings(names) } }
+        if let names = f.destinationNames, !names.isEmpty { o.field("destination_names", &self) { $0.strings(names) } }
         if let l7 = f.l7 {
-            o.field("l7", &out) { w in
+            o.field("l7", &self) { w in
                 var p = ObjectWriter()
-                p.field("type", &w.out) { $0.string(l7.type.rawValue) }
-                if let l = l7.latencyNs { p.field("latency_ns", &w.out) { $0.string(l) } }
-                if let h = l7.http { p.field("http", &w.out) { $0.http(h) } }
-                if let d = l7.dns { p.field("dns", &w.out) { $0.dns(d) } }
-                p.close(&w.out)
+                p.field("type", &w) { $0.string(l7.type.rawValue) }
+                if let l = l7.latencyNs { p.field("latency_ns", &w) { $0.string(l) } }
+                if let h = l7.http { p.field("http", &w) { $0.http(h) } }
+                if let d = l7.dns { p.field("dns", &w) { $0.dns(d) } }
+                p.close(&w)
             }
             // Hubble's L7 event type (MessageTypeAccessLog).
-            o.field("event_type", &out) { $0.out += "{\"type\":129}" }
+            o.field("event_type", &self) { $0.raw("{\"type\":129}") }
         }
-        o.field("traffic_direction", &out) { $0.string(f.trafficDirection.rawValue) }
-        o.field("is_reply", &out) { $0.out += f.isReply ? "true" : "false" }
-        o.field("Summary", &out) { $0.string(f.summary) }
-        o.close(&out)
+        o.field("traffic_direction", &self) { $0.string(f.trafficDirection.rawValue) }
+        o.field("is_reply", &self) { $0.raw(f.isReply ? "true" : "false") }
+        o.field("Summary", &self) { $0.string(f.summary) }
+        o.close(&self)
     }
 
     private mutating func ports(_ p: Layer4.Ports) {
-        out += "{\"source_port\":\(p.sourcePort),\"destination_port\":\(p.destinationPort)}"
+        raw("{\"source_port\":")
+        number(p.sourcePort)
+        raw(",\"destination_port\":")
+        number(p.destinationPort)
+        raw("}")
     }
 
     private mutating func endpoint(_ e: Endpoint) {
         var o = ObjectWriter()
-        if let id = e.id { o.field("ID", &out) { $0.out += String(id) } }
-        o.field("identity", &out) { $0.out += String(e.identity) }
-        if let ns = e.namespace { o.field("namespace", &out) { $0.string(ns) } }
-        o.field("labels", &out) { $0.strings(e.labels) }
-        if let p = e.podName { o.field("pod_name", &out) { $0.string(p) } }
+        if let id = e.id { o.field("ID", &self) { $0.number(Int(id)) } }
+        o.field("identity", &self) { $0.number(Int(e.identity)) }
+        if let ns = e.namespace { o.field("namespace", &self) { $0.string(ns) } }
+        o.field("labels", &self) { $0.strings(e.labels) }
+        if let p = e.podName { o.field("pod_name", &self) { $0.string(p) } }
         if let ws = e.workloads, !ws.isEmpty {
-            o.field("workloads", &out) { $0.pairs(ws, "name", "kind") { ($0.name, $0.kind) } }
+            o.field("workloads", &self) { $0.pairs(ws, "name", "kind") { ($0.name, $0.kind) } }
         }
-        o.close(&out)
+        o.close(&self)
     }
 
     private mutating func http(_ h: HTTP) {
         var o = ObjectWriter()
-        if let c = h.code { o.field("code", &out) { $0.out += String(c) } }
-        if !h.method.isEmpty { o.field("method", &out) { $0.string(h.method) } }
-        if !h.url.isEmpty { o.field("url", &out) { $0.string(h.url) } }
-        o.field("protocol", &out) { $0.string(h.protocol) }
+        if let c = h.code { o.field("code", &self) { $0.number(Int(c)) } }
+        if !h.method.isEmpty { o.field("method", &self) { $0.string(h.method) } }
+        if !h.url.isEmpty { o.field("url", &self) { $0.string(h.url) } }
+        o.field("protocol", &self) { $0.string(h.protocol) }
         if !h.headers.isEmpty {
-            o.field("headers", &out) { $0.pairs(h.headers, "key", "value") { ($0.key, $0.value) } }
+            o.field("headers", &self) { $0.pairs(h.headers, "key", "value") { ($0.key, $0.value) } }
         }
-        o.close(&out)
+        o.close(&self)
     }
 
     private mutating func dns(_ d: DNS) {
         var o = ObjectWriter()
-        o.field("query", &out) { $0.string(d.query) }
-        if !d.ips.isEmpty { o.field("ips", &out) { $0.strings(d.ips) } }
-        if d.ttl != 0 { o.field("ttl", &out) { $0.out += String(d.ttl) } }
-        if !d.cnames.isEmpty { o.field("cnames", &out) { $0.strings(d.cnames) } }
-        if !d.observationSource.isEmpty { o.field("observation_source", &out) { $0.string(d.observationSource) } }
-        if d.rcode != 0 { o.field("rcode", &out) { $0.out += String(d.rcode) } }
-        if !d.qtypes.isEmpty { o.field("qtypes", &out) { $0.strings(d.qtypes) } }
-        if !d.rrtypes.isEmpty { o.field("rrtypes", &out) { $0.strings(d.rrtypes) } }
-        o.close(&out)
+        o.field("query", &self) { $0.string(d.query) }
+        if !d.ips.isEmpty { o.field("ips", &self) { $0.strings(d.ips) } }
+        if d.ttl != 0 { o.field("ttl", &self) { $0.number(Int(d.ttl)) } }
+        if !d.cnames.isEmpty { o.field("cnames", &self) { $0.strings(d.cnames) } }
+        if !d.observationSource.isEmpty { o.field("observation_source", &self) { $0.string(d.observationSource) } }
+        if d.rcode != 0 { o.field("rcode", &self) { $0.number(Int(d.rcode)) } }
+        if !d.qtypes.isEmpty { o.field("qtypes", &self) { $0.strings(d.qtypes) } }
+        if !d.rrtypes.isEmpty { o.field("rrtypes", &self) { $0.strings(d.rrtypes) } }
+        o.close(&self)
     }
 
     /// `[{"first":…,"second":…},…]`: workloads and headers.
-    private mutating func pairs<T>(_ items: [T], _ first: String, _ second: String, _ fields: (T) -> (String, String)) {
-        out += "["
+    private mutating func pairs<T>(_ items: [T], _ first: StaticString, _ second: StaticString, _ fields: (T) -> (String, String)) {
+        raw("[")
         for (i, item) in items.enumerated() {
             let (a, b) = fields(item)
-            out += i > 0 ? ",{\"" : "{\""
-            out += first + "\":"
+            raw(i > 0 ? ",{\"" : "{\"")
+            raw(first)
+            raw("\":")
             string(a)
-            out += ",\"" + second + "\":"
+            raw(",\"")
+            raw(second)
+            raw("\":")
             string(b)
-            out += "}"
+            raw("}")
         }
-        out += "]"
+        raw("]")
     }
 
     private mutating func strings(_ list: [String]) {
-        out += "["
+        raw("[")
         for (i, s) in list.enumerated() {
-            if i > 0 { out += "," }
+            if i > 0 { raw(",") }
             string(s)
         }
-        out += "]"
+        raw("]")
     }
 
+    /// Text that needs no escaping (the writer's own punctuation and field names).
+    mutating func raw(_ s: StaticString) {
+        s.withUTF8Buffer { bytes.append(contentsOf: $0) }
+    }
+
+    mutating func number(_ v: Int) {
+        var s = String(v)
+        s.withUTF8 { bytes.append(contentsOf: $0) }
+    }
+
+    /// A JSON string: bytes that need no escape are copied as they are (the common case, in bulk).
     mutating func string(_ s: String) {
-        out += "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where u.value < 0x20:
-                let hex = String(u.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default: out.unicodeScalars.append(u)
+        bytes.append(UInt8(ascii: "\""))
+        var s = s
+        s.withUTF8 { utf8 in
+            var start = 0
+            for (i, b) in utf8.enumerated() where b < 0x20 || b == UInt8(ascii: "\"") || b == UInt8(ascii: "\\") {
+                bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[start..<i]))
+                escape(b)
+                start = i + 1
             }
+            bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[start...]))
         }
-        out += "\""
+        bytes.append(UInt8(ascii: "\""))
+    }
+
+    private mutating func escape(_ b: UInt8) {
+        switch b {
+        case UInt8(ascii: "\""): raw("\\\"")
+        case UInt8(ascii: "\\"): raw("\\\\")
+        case UInt8(ascii: "\n"): raw("\\n")
+        case UInt8(ascii: "\r"): raw("\\r")
+        case UInt8(ascii: "\t"): raw("\\t")
+        default:
+            let hex: [UInt8] = Array("0123456789abcdef".utf8)
+            bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"), hex[Int(b >> 4)], hex[Int(b & 0xF)]])
+        }
     }
 
     /// Commas between fields of one object.
     struct ObjectWriter {
         private var count = 0
-        mutating func field(_ name: String, _ out: inout String, _ value: (inout FlowJSONWriter) -> Void) {
-            out += count == 0 ? "{\"" : ",\""
-            out += name
-            out += "\":"
+        mutating func field(_ name: StaticString, _ w: inout FlowJSONWriter, _ value: (inout FlowJSONWriter) -> Void) {
+            w.raw(count == 0 ? "{\"" : ",\"")
+            w.raw(name)
+            w.raw("\":")
             count += 1
-            var w = FlowJSONWriter()
-            w.out = ""
             value(&w)
-            out += w.out
         }
-        func close(_ out: inout String) { out += count == 0 ? "{}" : "}" }
+        func close(_ w: inout FlowJSONWriter) { w.raw(count == 0 ? "{}" : "}") }
     }
 }

@@ -17,7 +17,12 @@ public final class FlowStore: @unchecked Sendable {
         var ring: [Slot?]
         var next = 0
         var total: UInt64 = 0
-        var subscribers: [UInt64: Subscriber] = [:]
+        var subscribers: [UInt64: Subscriber] = [:] {
+            // What `append` calls, kept as an array: copying the dictionary's values on every
+            // append allocated once per flow.
+            didSet { callbacks = Array(subscribers.values) }
+        }
+        var callbacks: [Subscriber] = []
         var nextSubscriberID: UInt64 = 1
         var lost: [String: UInt64] = [:]
     }
@@ -45,7 +50,7 @@ public final class FlowStore: @unchecked Sendable {
             s.ring[s.next] = Slot(record)
             s.next = (s.next + 1) % capacity
             s.total += 1
-            return Array(s.subscribers.values)
+            return s.callbacks
         }
         for sub in subscribers { sub(record) }
     }

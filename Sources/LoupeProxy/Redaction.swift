@@ -19,16 +19,29 @@ public struct Redaction: Sendable, Equatable {
     public init() {}
 
     public func apply(_ flow: inout Flow) {
-        guard var http = flow.l7?.http else { return }
+        guard let http = flow.l7?.http else { return }
+        // Once per flow on the proxy's hot path: touch the flow only where something changes.
         let original = http.url
-        http.url = url(http.url)
-        http.headers = http.headers.map { h in
-            let name = h.key.lowercased()
-            let keep = headersAllow.isEmpty ? !headersDeny.contains(name) : headersAllow.contains(name) && !headersDeny.contains(name)
-            return keep ? h : HTTP.Header(key: h.key, value: Self.placeholder)
+        let redactedURL = url(original)
+        var headers: [HTTP.Header]?
+        for (i, h) in http.headers.enumerated() where !keepsValue(h.key) && h.value != Self.placeholder {
+            if headers == nil { headers = http.headers }
+            headers![i].value = Self.placeholder
         }
-        flow.l7?.http = http
-        if http.url != original { flow.summary = flow.summary.replacingOccurrences(of: original, with: http.url) }
+        guard redactedURL != original || headers != nil else { return }
+        if let headers { flow.l7?.http?.headers = headers }
+        if redactedURL != original {
+            flow.l7?.http?.url = redactedURL
+            flow.summary = flow.summary.replacingOccurrences(of: original, with: redactedURL)
+        }
+    }
+
+    /// Whether header `name` keeps its value (names compared as lowercase).
+    func keepsValue(_ name: String) -> Bool {
+        // Header names from the wire are usually lowercase already (HTTP/2 always): no copy then.
+        let lower = name.utf8.contains(where: { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") }) ? name.lowercased() : name
+        if headersDeny.contains(lower) { return false }
+        return headersAllow.isEmpty || headersAllow.contains(lower)
     }
 
     public func url(_ url: String) -> String {

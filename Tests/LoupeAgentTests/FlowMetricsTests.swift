@@ -101,6 +101,29 @@ import Testing
     spec: {containers: [{name: c, command: [sleep, infinity]}]}
     """
 
+    /// Flows after the first of each shape reuse its series (the memo): counts and histogram
+    /// values still land where the full computation puts them.
+    @Test func flowsOfTheSameShapeCountOnTheSameSeriesAndOtherShapesGetTheirOwn() throws {
+        let env = ProxyEnvironment(inventory: Inventory(), flows: FlowStore(capacity: 10), configuration: ProxyConfiguration())
+        let service = MetricsService(group: EmbeddedEventLoop(), host: "127.0.0.1", port: 0, context: .default,
+                                     environment: env, datapathCounters: { [:] }, logger: Logger(label: "test"))
+        let flows = FlowMetricsTests()
+        for _ in 0..<3 { service.apply(flows.http(reply: true, code: 200, latencyNs: 2_000_000)) }
+        service.apply(flows.http(reply: true, code: 200, latencyNs: 700_000_000))
+        service.apply(flows.http(reply: true, code: 404))
+        for rcode: UInt32 in [0, 0, 3] { service.apply(flows.dns(reply: true, rcode: rcode, ips: rcode == 0 ? ["192.0.2.1"] : [])) }
+        let text = service.render()
+        let ok = text.split(separator: "\n").filter { $0.hasPrefix("hubble_http_requests_total{") && $0.contains("status=\"200\"") }
+        #expect(ok.count == 1 && ok[0].hasSuffix(" 4"))
+        #expect(text.split(separator: "\n").contains { $0.hasPrefix("hubble_http_requests_total{") && $0.contains("status=\"404\"") && $0.hasSuffix(" 1") })
+        // One histogram (method, reporter): 3 at 2 ms and the 404 at 0 in the 5 ms bucket, 0.7 s from the 1 s bucket on.
+        #expect(text.split(separator: "\n").contains { $0.contains("hubble_http_request_duration_seconds_bucket{") && $0.contains("le=\"0.005\"") && $0.hasSuffix(" 4") })
+        #expect(text.split(separator: "\n").contains { $0.contains("hubble_http_request_duration_seconds_bucket{") && $0.contains("le=\"0.5\"") && $0.hasSuffix(" 4") })
+        #expect(text.split(separator: "\n").contains { $0.contains("hubble_http_request_duration_seconds_bucket{") && $0.contains("le=\"+Inf\"") && $0.hasSuffix(" 5") })
+        #expect(text.split(separator: "\n").contains { $0.hasPrefix("hubble_dns_responses_total{rcode=\"No Error\"") && $0.hasSuffix(" 2") })
+        #expect(text.split(separator: "\n").contains { $0.hasPrefix("hubble_dns_responses_total{rcode=\"Non-Existent Domain\"") && $0.hasSuffix(" 1") })
+    }
+
     @Test func seriesOfAWorkloadThatLeftTheInventoryArePruned() throws {
         let env = ProxyEnvironment(inventory: Inventory(), flows: FlowStore(capacity: 10), configuration: ProxyConfiguration())
         let service = MetricsService(group: EmbeddedEventLoop(), host: "127.0.0.1", port: 0, context: .default,

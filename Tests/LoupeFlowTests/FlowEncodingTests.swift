@@ -43,6 +43,17 @@ func sampleFlow(reply: Bool = false, code: Int? = nil, verdict: Verdict = .forwa
         #expect(try FlowEncoding.decode(jsonLine: line).flow.summary == f.summary)
     }
 
+    @Test func nonASCIIPassesUnchangedAndTheByteLineIsTheStringLinePlusNewline() throws {
+        var f = sampleFlow(path: "/caf\u{e9}/\u{1F680}")
+        f.summary = "\u{7f} r\u{e9}sum\u{e9} \r \u{1f}"
+        let record = FlowRecord(flow: f)
+        let line = FlowEncoding.jsonLine(record)
+        #expect(line.contains("http://deathstar/caf\u{e9}/\u{1F680}"))
+        #expect(line.contains(#"\r \u001f"#))
+        #expect(try FlowEncoding.decode(jsonLine: line).flow == f)
+        #expect(FlowEncoding.jsonLineBytes(record) == Array((line + "\n").utf8))
+    }
+
     @Test func compactLineReadsLikeHubbleObserve() {
         #expect(FlowEncoding.compact(sampleFlow()) ==
             "Nov 24 22:45:32.123: default/xwing:45240 (ID:26450) -> empire/deathstar:80 (ID:9313) http-request FORWARDED (HTTP/1.1 POST http://deathstar/v1/request-landing)")
