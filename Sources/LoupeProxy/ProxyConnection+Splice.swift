@@ -86,7 +86,7 @@ extension ProxyConnection {
     static let soMeminfo: CInt = 55 // SO_MEMINFO
 
     static func useAdaptiveReads(_ a: Channel, _ b: Channel) {
-        for ch in [a, b] { try? ch.syncOptions?.setOption(ChannelOptions.recvAllocator, value: AdaptiveRecvByteBufferAllocator()) }
+        for ch in [a, b] { try? ch.syncOptions?.setOption(ChannelOptions.recvAllocator, value: ProxyConnection.reads) }
     }
 
     private func spliceNow() {

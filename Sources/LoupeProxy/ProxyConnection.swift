@@ -26,6 +26,11 @@ extension HTTPResponseEncoder.Configuration: FramingConfigurable {}
 final class ProxyConnection {
     enum Mode { case connecting, detecting, tlsHandshake, http1, http2, opaque, closed }
 
+    /// Reads on both sockets start at 512 bytes and grow with what arrives (up to 64 KiB, as
+    /// NIO's default). Each channel keeps its last read buffer for reuse: at NIO's default 2 KiB
+    /// start, an idle connection held two of them.
+    static let reads = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65_536)
+
     let downstream: Channel
     var upstream: Channel?
     let environment: ProxyEnvironment
@@ -115,6 +120,7 @@ final class ProxyConnection {
         self.gate = gate
         let cfg = environment.configuration
         ClientBootstrap(group: downstream.eventLoop)
+            .channelOption(ChannelOptions.recvAllocator, value: Self.reads)
             .channelOption(ChannelOptions.Types.SocketOption(level: 1, name: 36), value: Int(cfg.upstreamMark)) // SO_MARK
             .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
             .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
