@@ -42,6 +42,11 @@ public struct Agent {
             parts.append(.init(service: FlowExporter(configuration: export, store: flows, logger: logger), serviceName: "export"))
         }
         parts.append(.init(service: api, serviceName: "api"))
+        if var synthetic = configuration.syntheticFlows {
+            synthetic.startWithSubscribers += (configuration.metricsAddress == nil ? 0 : 1) + (configuration.flowExport == nil ? 0 : 1)
+            parts.append(.init(service: SyntheticFlowSource(configuration: synthetic, environment: environment, logger: logger),
+                               serviceName: "synthetic-flows"))
+        }
         let services = ServiceGroup(
             configuration: .init(services: parts,
                                  gracefulShutdownSignals: [.sigterm, .sigint],

@@ -35,6 +35,8 @@ public struct AgentConfiguration: Sendable {
     public var metricsContext = MetricsContext.default
     /// Flow export to a JSON-lines file; nil: none.
     public var flowExport: FlowExportConfiguration?
+    /// Benchmark switch: record this many synthetic flows once a follower is attached; nil: none.
+    public var syntheticFlows: SyntheticFlowConfiguration?
 
     public init() {}
 }

@@ -52,6 +52,9 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Only these HTTP headers keep their values in flows (comma-separated names).") var redactHttpHeadersAllow: String?
     @Option(help: "These HTTP headers' values are redacted in flows, besides Authorization, Proxy-Authorization, Cookie, Set-Cookie (comma-separated).")
     var redactHttpHeadersDeny: String?
+    @Option(help: "Benchmark switch: once a follower (`loupe observe -f`) is attached, record this many synthetic HTTP flows through the flow pipeline and log the rate.")
+    var syntheticFlows: Int?
+    @Option(help: "With --synthetic-flows: flows per second (0 = as fast as the pipeline takes them).") var syntheticFlowRate: Int = 0
     @Flag(help: "Log at debug level.") var debug = false
 
     func run() async throws {
@@ -113,6 +116,15 @@ struct AgentCommand: AsyncParsableCommand {
             throw ExitCode(2)
         }
         cfg.proxy.spliceInjectFailure = spliceInjectFailure
+        if let syntheticFlows {
+            guard syntheticFlows > 0, syntheticFlowRate >= 0 else {
+                FileHandle.standardError.write(Data("loupe agent: --synthetic-flows must be > 0 and --synthetic-flow-rate >= 0\n".utf8))
+                throw ExitCode(2)
+            }
+            var synthetic = SyntheticFlowConfiguration(count: syntheticFlows)
+            synthetic.rate = syntheticFlowRate
+            cfg.syntheticFlows = synthetic
+        }
         cfg.proxy.caDirectory = caDir ?? (lab ? LabNetwork.caDirectory : defaultCADirectory)
         cfg.proxy.upstreamCABundle = upstreamCaBundle
         cfg.proxy.http2.maxConcurrentStreams = http2MaxConcurrentStreams

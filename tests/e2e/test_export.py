@@ -117,3 +117,43 @@ def test_credentials_and_opted_in_query_values_are_redacted_in_flows_and_export(
         text = json.dumps(flows_seen)
         for secret in ("s3cr3t", "abc123", "k3y", "t0ken", "user:pw"):
             assert secret not in text
+
+
+def test_synthetic_flows_reach_a_follower_or_are_counted_lost_and_the_export_gets_them_all(running_agent, tmp_path):
+    """The benchmark's flow-pipeline switch: `--synthetic-flows N` records N flows once a
+    follower is attached, as fast as the pipeline takes them. Whatever the follower could not
+    take is counted in its stream and in `loupe status`; the export (its own queue) and the
+    metrics see every flow."""
+    n = 50000
+    path = tmp_path / "synthetic.json"
+    restart(running_agent, f"--synthetic-flows={n}", f"--export-file={path}", "--export-file-max-size-mb=200")
+    stream = tmp_path / "follower.json"
+    follower = subprocess.Popen([LOUPE, "observe", "-f", "-o", "json", "--last", "0"],
+                                stdout=open(stream, "w"), stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and "synthetic flows:" not in open(running_agent.log_path).read():
+            time.sleep(0.2)
+        assert "synthetic flows:" in open(running_agent.log_path).read(), "the synthetic source never ran"
+        size = -1
+        while stream.stat().st_size != size:  # the follower drains what was queued for it
+            size = stream.stat().st_size
+            time.sleep(1)
+        lost_status = status()["lost_events"].get("observer", 0)
+        assert status()["flows"]["total"] >= n
+        assert metrics_flows_processed() >= n
+    finally:
+        follower.terminate()
+        follower.wait(timeout=20)
+        restart(running_agent)  # the exporter writes what it has queued
+    out = stream.read_text()
+    delivered = sum(1 for line in out.splitlines() if line.startswith('{"flow"'))
+    lost_stream = sum(int(json.loads(line)["lost_events"]["num_events_lost"])
+                      for line in out.splitlines() if line.startswith('{"lost_events"'))
+    assert delivered + lost_stream == n, (delivered, lost_stream)
+    assert lost_stream == lost_status
+    # The export's queue (65,536) holds them all: nothing may be lost there.
+    exported = [line for line in path.read_text().splitlines() if "/synthetic" in line]
+    assert len(exported) == n
+    rec = json.loads(exported[-1])
+    assert rec["flow"]["l7"]["http"]["url"].endswith("/synthetic") and rec["flow"]["Type"] == "L7"

@@ -1,0 +1,83 @@
+import Foundation
+import Logging
+import LoupeFlow
+import LoupeProxy
+import ServiceLifecycle
+
+/// What the flow-pipeline benchmark asks of the agent (`--synthetic-flows N`).
+public struct SyntheticFlowConfiguration: Sendable {
+    /// Flows to record.
+    public var count: Int
+    /// Flows per second; 0 = as fast as the pipeline takes them.
+    public var rate: Int = 0
+    /// Start once the store has this many subscribers: one follower (`loupe observe -f`) plus
+    /// the agent's own (metrics, export), which the agent adds.
+    public var startWithSubscribers: Int = 1
+
+    public init(count: Int) { self.count = count }
+}
+
+/// Service (benchmark switch): records `count` HTTP flows through the same path as the
+/// proxy's (`ProxyEnvironment.record`: redaction, the ring, every subscriber — followers,
+/// metrics, export), from its own thread, so the flow pipeline is measured without the
+/// proxy's traffic cost. Each flow is a fresh copy (new UUID and time) of a typical HTTP
+/// response flow between two pods of the inventory. Logs the rate it achieved and the lost
+/// events at the end; followers that fall behind lose flows exactly as with real traffic.
+public final class SyntheticFlowSource: Service, @unchecked Sendable {
+    private let configuration: SyntheticFlowConfiguration
+    private let environment: ProxyEnvironment
+    private let logger: Logger
+
+    public init(configuration: SyntheticFlowConfiguration, environment: ProxyEnvironment, logger: Logger) {
+        self.configuration = configuration
+        self.environment = environment
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        let store = environment.flows
+        while store.subscriberCount < configuration.startWithSubscribers {
+            if Task.isCancelled || Task.isShuttingDownGracefully { return }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        let cfg = configuration, env = environment, log = logger
+        let template = Self.template(environment)
+        // A thread of its own, as the proxy's event loops are: the API's drain competes with it.
+        let thread = Thread {
+            let start = DispatchTime.now().uptimeNanoseconds
+            for i in 0..<cfg.count {
+                // Paced in batches of 1,000: sleep (never spin) while ahead of the rate, so the
+                // core stays free for the consumers this is measuring.
+                if cfg.rate > 0, i % 1_000 == 0 {
+                    let due = start + UInt64(i) * 1_000_000_000 / UInt64(cfg.rate)
+                    let now = DispatchTime.now().uptimeNanoseconds
+                    if due > now { usleep(UInt32((due - now) / 1_000)) }
+                }
+                var f = template
+                f.time = FlowTime.nowRFC3339()
+                f.uuid = FlowUUID.make()
+                env.record(f)
+            }
+            let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            log.info("synthetic flows: \(cfg.count) recorded in \(String(format: "%.3f", seconds)) s (\(Int(Double(cfg.count) / seconds)) flows/s); lost events so far: \(env.flows.lostEvents)")
+        }
+        thread.name = "loupe-synthetic-flows"
+        thread.start()
+        try? await gracefulShutdown()
+    }
+
+    /// An HTTP response flow between the inventory's first two pods (the world if fewer).
+    static func template(_ environment: ProxyEnvironment) -> Flow {
+        let ips = environment.snapshot.inventory.pods.compactMap(\.ips.first)
+        let client = ips.first ?? "198.18.0.2", server = ips.dropFirst().first ?? "198.19.0.2"
+        let context = ConnectionContext(clientIP: client, clientPort: 40000, serverIP: server, serverPort: 80,
+                                        snapshot: environment.snapshot, nodeName: environment.configuration.nodeName)
+        let url = "http://\(server)/synthetic"
+        return context.flow(
+            verdict: .forwarded, type: .l7,
+            l7: Layer7(type: .response, latencyNs: 250_000, http: HTTP(
+                code: 200, method: "GET", url: url, protocol: "HTTP/1.1",
+                headers: [HTTP.Header(key: "content-type", value: "text/plain"), HTTP.Header(key: "content-length", value: "19")])),
+            reply: true, summary: "HTTP/1.1 200 0ms (GET \(url))")
+    }
+}
