@@ -52,6 +52,8 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Only these HTTP headers keep their values in flows (comma-separated names).") var redactHttpHeadersAllow: String?
     @Option(help: "These HTTP headers' values are redacted in flows, besides Authorization, Proxy-Authorization, Cookie, Set-Cookie (comma-separated).")
     var redactHttpHeadersDeny: String?
+    @Option(help: "Flows kept in memory for `loupe observe --last` (Hubble's event buffer; about 1.2 KB each).")
+    var eventBufferCapacity: Int = 65_536
     @Option(help: "Benchmark switch: once a follower (`loupe observe -f`) is attached, record this many synthetic HTTP flows through the flow pipeline and log the rate.")
     var syntheticFlows: Int?
     @Option(help: "With --synthetic-flows: flows per second (0 = as fast as the pipeline takes them).") var syntheticFlowRate: Int = 0
@@ -116,6 +118,11 @@ struct AgentCommand: AsyncParsableCommand {
             throw ExitCode(2)
         }
         cfg.proxy.spliceInjectFailure = spliceInjectFailure
+        guard eventBufferCapacity > 0 else {
+            FileHandle.standardError.write(Data("loupe agent: --event-buffer-capacity must be > 0\n".utf8))
+            throw ExitCode(2)
+        }
+        cfg.flowCapacity = eventBufferCapacity
         if let syntheticFlows {
             guard syntheticFlows > 0, syntheticFlowRate >= 0 else {
                 FileHandle.standardError.write(Data("loupe agent: --synthetic-flows must be > 0 and --synthetic-flow-rate >= 0\n".utf8))

@@ -123,10 +123,11 @@ def test_synthetic_flows_reach_a_follower_or_are_counted_lost_and_the_export_get
     """The benchmark's flow-pipeline switch: `--synthetic-flows N` records N flows once a
     follower is attached, as fast as the pipeline takes them. Whatever the follower could not
     take is counted in its stream and in `loupe status`; the export (its own queue) and the
-    metrics see every flow."""
+    metrics see every flow. The in-memory buffer keeps `--event-buffer-capacity` of them."""
     n = 50000
     path = tmp_path / "synthetic.json"
-    restart(running_agent, f"--synthetic-flows={n}", f"--export-file={path}", "--export-file-max-size-mb=200")
+    restart(running_agent, f"--synthetic-flows={n}", f"--export-file={path}", "--export-file-max-size-mb=200",
+            "--event-buffer-capacity=1000")
     stream = tmp_path / "follower.json"
     follower = subprocess.Popen([LOUPE, "observe", "-f", "-o", "json", "--last", "0"],
                                 stdout=open(stream, "w"), stderr=subprocess.DEVNULL)
@@ -141,6 +142,8 @@ def test_synthetic_flows_reach_a_follower_or_are_counted_lost_and_the_export_get
             time.sleep(1)
         lost_status = status()["lost_events"].get("observer", 0)
         assert status()["flows"]["total"] >= n
+        assert status()["flows"]["capacity"] == 1000
+        assert len(loupe("observe", "--last", "5000", "-o", "json").stdout.splitlines()) == 1000
         assert metrics_flows_processed() >= n
     finally:
         follower.terminate()
