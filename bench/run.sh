@@ -113,14 +113,15 @@ stop_contender() { stop_pid "$CONTENDER_PID"; CONTENDER_PID=; }
 envoy_requests() { "$LOUPE" lab exec node -- curl -s -m2 127.0.0.1:19903/stats | awk -F': ' '$1=="http.t.downstream_rq_total"{print $2}'; }
 
 # --- Load tools. Each prints "RATE COMPLETED ERRORS" (latency: "P50_US P99_US COMPLETED ERRORS").
+# h2load's `requests:` line: $8 succeeded, $10 failed, $12 errored, $14 timed out.
 wrk_run() { "$LOUPE" lab exec "$1" -- taskset -c 0 wrk -t1 -c64 -d"${D}s" "http://$NGINX/$2" |
   awk '/Requests\/sec/{r=$2} /requests in/{n=$1} /Socket errors/{gsub(",",""); e+=$4+$6+$8+$10} /Non-2xx/{e+=$NF}
        END{printf "%.0f %d %d\n", r, n, e}'; }
 h2_run() { "$LOUPE" lab exec "$1" -- taskset -c 0 h2load -c16 -m16 -D "$D" "http://$NGINX:8080/$2" |
-  awk '/finished in/{r=$4} /^requests:/{d=$8; e=$12+$14} END{printf "%.0f %d %d\n", r, d, e}'; }
+  awk '/finished in/{r=$4} /^requests:/{d=$8; e=$10+$12+$14} END{printf "%.0f %d %d\n", r, d, e}'; }
 # 1,000 requests/s over 10 keep-alive HTTP/1.1 connections; per-request times from h2load's log.
 lat_run() {
-  "$LOUPE" lab exec "$1" -- sh -c "taskset -c 0 h2load --h1 -c10 --rps 100 -D $D --log-file=/tmp/loupe-bench-lat.tsv http://$NGINX/$2 >/dev/null;
+  "$LOUPE" lab exec "$1" -- sh -c "rm -f /tmp/loupe-bench-lat.tsv; taskset -c 0 h2load --h1 -c10 --rps 100 -D $D --log-file=/tmp/loupe-bench-lat.tsv http://$NGINX/$2 >/dev/null;
     awk '{print \$3, \$2}' /tmp/loupe-bench-lat.tsv; rm -f /tmp/loupe-bench-lat.tsv" |
     sort -n | awk '{t[NR]=$1; if ($2 != 200) e++} END{if (NR == 0) {print "n/a n/a 0 1"; exit}
       i50 = int(NR * 0.50) + 1; i99 = int(NR * 0.99) + 1; if (i99 > NR) i99 = NR
@@ -130,7 +131,7 @@ dns_run() { "$LOUPE" lab exec "$1" -- sh -c "printf 'api.example.test A\ndeathst
   taskset -c 0 dnsperf -s $RESOLVER -d /tmp/loupe-bench-q.txt -l $D -c 4 -Q 500000 2>&1" |
   awk '/Queries per second/{q=$4} /Queries completed/{c=$3} /Queries lost/{l=$3} END{printf "%.0f %d %d\n", q, c, l}'; }
 https_run() { "$LOUPE" lab exec "$1" -- taskset -c 0 h2load -c16 -m16 -D "$D" --connect-to="$NGINX:8443" "https://web.backend.test:8443/$2" |
-  awk '/finished in/{r=$4} /^requests:/{d=$8; e=$12+$14} END{printf "%.0f %d %d\n", r, d, e}'; }
+  awk '/finished in/{r=$4} /^requests:/{d=$8; e=$10+$12+$14} END{printf "%.0f %d %d\n", r, d, e}'; }
 # 1,000 clients, one request each: a TLS handshake per request (two through a proxy).
 handshake_run() { "$LOUPE" lab exec "$1" -- sh -c "ulimit -n 8192; taskset -c 0 h2load -n1000 -c1000 -m1 --connect-to=$NGINX:8443 https://web.backend.test:8443/$2" |
   awk '/finished in/{r=$4} /^requests:/{s=$8; f=$10} END{printf "%.0f %d %d\n", r, s, f}'; }

@@ -3,6 +3,7 @@ import Logging
 import LoupeFlow
 import LoupeProxy
 import ServiceLifecycle
+import Synchronization
 
 /// What the flow-pipeline benchmark asks of the agent (`--synthetic-flows N`).
 public struct SyntheticFlowConfiguration: Sendable {
@@ -27,6 +28,8 @@ public final class SyntheticFlowSource: Service, @unchecked Sendable {
     private let configuration: SyntheticFlowConfiguration
     private let environment: ProxyEnvironment
     private let logger: Logger
+    /// Set on shutdown: the recording thread stops at its next batch.
+    private let stopping = Atomic<Bool>(false)
 
     public init(configuration: SyntheticFlowConfiguration, environment: ProxyEnvironment, logger: Logger) {
         self.configuration = configuration
@@ -43,9 +46,11 @@ public final class SyntheticFlowSource: Service, @unchecked Sendable {
         let cfg = configuration, env = environment, log = logger
         let template = Self.template(environment)
         // A thread of its own, as the proxy's event loops are: the API's drain competes with it.
-        let thread = Thread {
+        let thread = Thread { [self] in
             let start = DispatchTime.now().uptimeNanoseconds
+            var recorded = 0
             for i in 0..<cfg.count {
+                if i % 1_000 == 0 && stopping.load(ordering: .relaxed) { break }
                 // Paced in batches of 1,000: sleep (never spin) while ahead of the rate, so the
                 // core stays free for the consumers this is measuring.
                 if cfg.rate > 0, i % 1_000 == 0 {
@@ -57,13 +62,15 @@ public final class SyntheticFlowSource: Service, @unchecked Sendable {
                 f.time = FlowTime.nowRFC3339()
                 f.uuid = FlowUUID.make()
                 env.record(f)
+                recorded += 1
             }
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-            log.info("synthetic flows: \(cfg.count) recorded in \(String(format: "%.3f", seconds)) s (\(Int(Double(cfg.count) / seconds)) flows/s); lost events so far: \(env.flows.lostEvents)")
+            log.info("synthetic flows: \(recorded) recorded in \(String(format: "%.3f", seconds)) s (\(Int(Double(recorded) / seconds)) flows/s); lost events so far: \(env.flows.lostEvents)")
         }
         thread.name = "loupe-synthetic-flows"
         thread.start()
         try? await gracefulShutdown()
+        stopping.store(true, ordering: .relaxed)
     }
 
     /// An HTTP response flow between the inventory's first two pods (the world if fewer).
