@@ -13,8 +13,16 @@ public struct RedirectPlan: Sendable, Equatable {
         public var description: String { "\(object): annotation \(VisibilityAnnotation.key): \(error)" }
     }
 
-    public var pods: [PodRules]
+    public var pods: [PodRules] { didSet { index() } }
     public var problems: [Problem]
+    /// Position in `pods` by pod address: `rule` runs per connection and per DNS query, and a
+    /// node has a hundred pods.
+    private var byIP: [String: Int] = [:]
+
+    private mutating func index() {
+        byIP = [:]
+        for (i, p) in pods.enumerated() { for ip in p.pod.ips where byIP[ip] == nil { byIP[ip] = i } }
+    }
 
     public init(inventory: Inventory) {
         var pods: [PodRules] = []
@@ -37,17 +45,18 @@ public struct RedirectPlan: Sendable, Equatable {
         }
         self.pods = pods
         self.problems = problems
+        index()
     }
 
     /// The rule that selects a connection from `client` to `serverIP:port`, if any: the
     /// client's Egress rule first, then the server pod's Ingress rule.
     public func rule(clientIP: String, serverIP: String, port: UInt16, udp: Bool = false) -> VisibilityRule? {
         let carries = { (r: VisibilityRule) in udp ? r.carriesUDP : r.carriesTCP }
-        if let c = pods.first(where: { $0.pod.ips.contains(clientIP) }),
+        if let c = byIP[clientIP].map({ pods[$0] }),
            let r = c.rules.first(where: { $0.direction == .egress && $0.port == port && carries($0) }) {
             return r
         }
-        if let s = pods.first(where: { $0.pod.ips.contains(serverIP) }),
+        if let s = byIP[serverIP].map({ pods[$0] }),
            let r = s.rules.first(where: { $0.direction == .ingress && $0.port == port && carries($0) }) {
             return r
         }

@@ -1,6 +1,7 @@
 import Glibc
 import Logging
 import LoupeFlow
+import LoupePolicy
 import LoupeProtocols
 import Synchronization
 
@@ -112,9 +113,43 @@ public final class DNSProxy: @unchecked Sendable {
         }
     }
 
-    private func context(client: SocketAddress, resolver: SocketAddress) -> ConnectionContext {
-        ConnectionContext(clientIP: client.ip, clientPort: Int(client.port), serverIP: resolver.ip, serverPort: Int(resolver.port),
-                          snapshot: environment.snapshot, nodeName: environment.configuration.nodeName, udp: true)
+    /// What a query needs of its (client, resolver) pair: the flow context and the policy
+    /// decision. Kept per pair for one inventory/policy generation (a pod asks the same resolver
+    /// over and over; both cost lookups and selector matching otherwise, per query).
+    private struct Peer {
+        var context: ConnectionContext
+        var decision: PolicyEngine.ConnectionDecision
+    }
+    private struct PeerKey: Hashable {
+        var client: String
+        var resolver: SocketAddress
+    }
+    private var peers: [PeerKey: Peer] = [:]
+    private var peersGeneration = UInt64.max
+    static let maxPeers = 4096
+
+    private func peer(client: SocketAddress, resolver: SocketAddress) -> Peer {
+        let generation = environment.generation
+        if generation != peersGeneration {
+            peers.removeAll()
+            peersGeneration = generation
+        }
+        let key = PeerKey(client: client.ip, resolver: resolver)
+        var p: Peer
+        if let known = peers[key] {
+            p = known
+        } else {
+            let snap = environment.snapshot
+            p = Peer(context: ConnectionContext(clientIP: client.ip, clientPort: Int(client.port), serverIP: resolver.ip,
+                                                serverPort: Int(resolver.port), snapshot: snap,
+                                                nodeName: environment.configuration.nodeName, udp: true),
+                     decision: snap.policy.decide(client: snap.pod(withIP: client.ip), server: snap.pod(withIP: resolver.ip),
+                                                  port: resolver.port, tcp: false))
+            if peers.count >= Self.maxPeers { peers.removeAll() }
+            peers[key] = p
+        }
+        p.context.clientPort = Int(client.port)
+        return p
     }
 
     private func query(_ bytes: [UInt8], from client: SocketAddress, to resolver: SocketAddress?) {
@@ -123,7 +158,8 @@ public final class DNSProxy: @unchecked Sendable {
             environment.count("dns_no_original_destination")
             return
         }
-        let c = context(client: client, resolver: resolver)
+        let peer = peer(client: client, resolver: resolver)
+        let c = peer.context
         let q: DNSMessage
         switch DNSMessage.parse(bytes) {
         case .success(let m) where !m.isResponse && !m.questions.isEmpty:
@@ -137,9 +173,7 @@ public final class DNSProxy: @unchecked Sendable {
         }
         // Policy: a query the DNS rules do not allow (or from a peer not allowed at all) is
         // answered REFUSED by the proxy and never reaches the resolver.
-        let snap = environment.snapshot
-        let decision = snap.policy.decide(client: snap.inventory.pod(withIP: client.ip), server: snap.inventory.pod(withIP: resolver.ip),
-                                          port: resolver.port, tcp: false)
+        let decision = peer.decision
         if decision.isEnforced, !decision.allows(dnsQuery: q.questions[0].name) {
             environment.count("dns_queries_policy_denied")
             environment.record(DNSFlows.request(q, context: c, verdict: .dropped, dropReason: "POLICY_DENIED"))

@@ -93,7 +93,7 @@ final class ProxyConnection {
     }
 
     static func decide(_ c: ConnectionContext, _ snap: ProxyEnvironment.Snapshot) -> PolicyEngine.ConnectionDecision {
-        snap.policy.decide(client: snap.inventory.pod(withIP: c.clientIP), server: snap.inventory.pod(withIP: c.serverIP),
+        snap.policy.decide(client: snap.pod(withIP: c.clientIP), server: snap.pod(withIP: c.serverIP),
                            port: UInt16(clamping: c.serverPort))
     }
 
