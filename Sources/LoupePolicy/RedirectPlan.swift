@@ -15,8 +15,8 @@ public struct RedirectPlan: Sendable, Equatable {
 
     public var pods: [PodRules] { didSet { index() } }
     public var problems: [Problem]
-    /// Position in `pods` by pod address: `rule` runs per connection and per DNS query, and a
-    /// node has a hundred pods.
+    /// Position in `pods` by pod address: `rule` and `pod(withIP:)` run per connection and per
+    /// DNS query, and a node has a hundred pods.
     private var byIP: [String: Int] = [:]
 
     private mutating func index() {
@@ -47,6 +47,10 @@ public struct RedirectPlan: Sendable, Equatable {
         self.problems = problems
         index()
     }
+
+    /// The pod with address `ip` (the plan holds every pod of its inventory, in order; the
+    /// first with that address, as `Inventory.pod(withIP:)`).
+    public func pod(withIP ip: String) -> Pod? { byIP[ip].map { pods[$0].pod } }
 
     /// The rule that selects a connection from `client` to `serverIP:port`, if any: the
     /// client's Egress rule first, then the server pod's Ingress rule.

@@ -14,8 +14,6 @@ public final class ProxyEnvironment: Sendable {
         public var generation: UInt64
         /// Flow endpoints by pod address, computed once per inventory (not per connection or query).
         public var endpoints: [String: Endpoint]
-        /// Pods by address, for the policy decisions made per connection and per DNS query.
-        public var podsByIP: [String: Pod]
 
         init(inventory: Inventory, policy: PolicyEngine, generation: UInt64) {
             self.inventory = inventory
@@ -23,20 +21,16 @@ public final class ProxyEnvironment: Sendable {
             self.policy = policy
             self.generation = generation
             var endpoints: [String: Endpoint] = [:]
-            var podsByIP: [String: Pod] = [:]
             for pod in inventory.pods {
                 let e = Endpoint(EndpointIdentity(pod: pod))
-                for ip in pod.ips {
-                    endpoints[ip] = e
-                    if podsByIP[ip] == nil { podsByIP[ip] = pod } // the first, as Inventory.pod(withIP:)
-                }
+                for ip in pod.ips { endpoints[ip] = e }
             }
             self.endpoints = endpoints
-            self.podsByIP = podsByIP
         }
 
-        /// The pod with address `ip` (Inventory.pod(withIP:) without the scan).
-        public func pod(withIP ip: String) -> Pod? { podsByIP[ip] }
+        /// The pod with address `ip`, for the policy decisions made per connection and per DNS
+        /// query (the plan's index: Inventory.pod(withIP:) scans).
+        public func pod(withIP ip: String) -> Pod? { plan.pod(withIP: ip) }
 
         /// The endpoint of `ip`: a pod, or the world.
         public func endpoint(ofIP ip: String) -> Endpoint {
