@@ -50,13 +50,15 @@ public final class SyntheticFlowSource: Service, @unchecked Sendable {
             let start = DispatchTime.now().uptimeNanoseconds
             var recorded = 0
             for i in 0..<cfg.count {
-                if i % 1_000 == 0 && stopping.load(ordering: .relaxed) { break }
-                // Paced in batches of 1,000: sleep (never spin) while ahead of the rate, so the
-                // core stays free for the consumers this is measuring.
-                if cfg.rate > 0, i % 1_000 == 0 {
-                    let due = start + UInt64(i) * 1_000_000_000 / UInt64(cfg.rate)
-                    let now = DispatchTime.now().uptimeNanoseconds
-                    if due > now { usleep(UInt32((due - now) / 1_000)) }
+                // In batches of 1,000: stop on shutdown; when paced, sleep (never spin) while
+                // ahead of the rate, so the core stays free for the consumers this is measuring.
+                if i % 1_000 == 0 {
+                    if stopping.load(ordering: .relaxed) { break }
+                    if cfg.rate > 0 {
+                        let due = start + UInt64(i) * 1_000_000_000 / UInt64(cfg.rate)
+                        let now = DispatchTime.now().uptimeNanoseconds
+                        if due > now { usleep(UInt32((due - now) / 1_000)) }
+                    }
                 }
                 var f = template
                 f.time = FlowTime.nowRFC3339()

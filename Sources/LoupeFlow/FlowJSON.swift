@@ -171,10 +171,13 @@ struct FlowJSONWriter {
         case UInt8(ascii: "\r"): raw("\\r")
         case UInt8(ascii: "\t"): raw("\\t")
         default:
-            let hex: [UInt8] = Array("0123456789abcdef".utf8)
-            bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"), hex[Int(b >> 4)], hex[Int(b & 0xF)]])
+            raw("\\u00")
+            bytes.append(Self.hex[Int(b >> 4)])
+            bytes.append(Self.hex[Int(b & 0xF)])
         }
     }
+
+    private static let hex: [UInt8] = Array("0123456789abcdef".utf8)
 
     /// Commas between fields of one object.
     struct ObjectWriter {
