@@ -5,8 +5,9 @@
  * destination port and protocol (the pod's Egress rule, or the destination pod's Ingress
  * rule)? If so, hand the packet to the proxy — TCP: the proxy's socket of this connection,
  * or on a SYN its listener; UDP: its transparent datagram socket — with bpf_sk_assign, and
- * mark it so the node routes it locally. Everything else passes untouched. Every outcome is
- * counted in loupe_counters. */
+ * mark it so the node routes it locally. IP that cannot be parsed to its ports is dropped
+ * (it could otherwise reach an enforced port unjudged); everything else passes untouched.
+ * Every outcome is counted in loupe_counters. */
 #include "lib/parse.h"
 #include "lib/maps.h"
 
@@ -100,13 +101,36 @@ int loupe_from_pod(struct __sk_buff *skb)
         loupe_count(LOUPE_CNT_UNMANAGED);
         return TC_ACT_OK;
     }
-    if (loupe_parse_l4(skb, &p) < 0) {
+    switch (loupe_parse_l4(skb, &p)) {
+    case LOUPE_PARSE_L4:
+        break;
+    case LOUPE_PARSE_NOT_L4:
         loupe_count(LOUPE_CNT_NOT_TCP);
         return TC_ACT_OK;
+    case LOUPE_PARSE_LATER_FRAGMENT:
+        /* No ports to judge; the datagram reaches TCP/UDP only when reassembled with its
+         * first fragment, which carries the ports and is judged below. */
+        loupe_count(LOUPE_CNT_LATER_FRAGMENT_PASS);
+        return TC_ACT_OK;
+    default:
+        /* The kernel would not deliver it to TCP/UDP as it is, and its port is unknown:
+         * passing it could slip past an enforced rule. */
+        loupe_count(LOUPE_CNT_UNPARSEABLE_DROP);
+        return TC_ACT_SHOT;
     }
     rule = loupe_find_rule(skb, &p);
     if (!rule) {
         loupe_count(LOUPE_CNT_NOT_SELECTED);
+        return TC_ACT_OK;
+    }
+    if (p.first_fragment) {
+        /* A fragmented datagram cannot be handed to the proxy whole (its other fragments carry
+         * no ports): an enforced port drops it, a visibility-only one passes it unrecorded. */
+        if (rule->flags & LOUPE_REDIRECT_ENFORCE) {
+            loupe_count(LOUPE_CNT_FRAGMENT_DROP);
+            return TC_ACT_SHOT;
+        }
+        loupe_count(LOUPE_CNT_FRAGMENT_PASS);
         return TC_ACT_OK;
     }
 

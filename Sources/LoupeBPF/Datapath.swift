@@ -5,6 +5,7 @@ import Glibc
 public enum DatapathCounter: UInt32, CaseIterable, Sendable {
     case unmanaged = 0, notTCP, notSelected, assignedEstablished, assignedListener
     case proxyAbsentPass, proxyAbsentDrop, noSocketPass, assignFailed
+    case unparseableDrop, fragmentDrop, fragmentPass, laterFragmentPass
 
     /// Metric-style name, e.g. `assigned_listener`.
     public var name: String {
@@ -18,6 +19,10 @@ public enum DatapathCounter: UInt32, CaseIterable, Sendable {
         case .proxyAbsentDrop: "proxy_absent_drop"
         case .noSocketPass: "no_socket_pass"
         case .assignFailed: "assign_failed"
+        case .unparseableDrop: "unparseable_drop"
+        case .fragmentDrop: "fragment_drop"
+        case .fragmentPass: "fragment_pass"
+        case .laterFragmentPass: "later_fragment_pass"
         }
     }
 }

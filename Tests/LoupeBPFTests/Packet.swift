@@ -17,6 +17,63 @@ enum Packet {
         return p
     }
 
+    /// IPv4 TCP with `options` (padded to 4 bytes: IHL > 5) and the fragment field
+    /// (`flags` 0x2000 = more fragments, offset in 8-byte units).
+    static func ipv4TCP(src: String, sport: UInt16, dst: String, dport: UInt16, syn: Bool,
+                        options: [UInt8], fragment: UInt16 = 0x4000, l4: [UInt8]? = nil) -> [UInt8] {
+        let opts = options + Array(repeating: 0, count: (4 - options.count % 4) % 4)
+        let payload = l4 ?? tcp(sport: sport, dport: dport, syn: syn)
+        let total = 20 + opts.count + payload.count
+        var ip: [UInt8] = [0x40 | UInt8(5 + opts.count / 4), 0, UInt8(total >> 8), UInt8(total & 0xff), 0, 1,
+                           UInt8(fragment >> 8), UInt8(fragment & 0xff), 64, 6, 0, 0]
+        ip += v4(src) + v4(dst) + opts
+        return ethernet(type: 0x0800) + ip + payload
+    }
+
+    /// An IPv6 extension header: `next`, its length field, then `body` (6 + 8·len bytes).
+    enum Extension {
+        case hopByHop, destinationOptions, routing, authentication
+        case fragment(offset: UInt16, more: Bool)
+
+        var number: UInt8 {
+            switch self {
+            case .hopByHop: 0
+            case .routing: 43
+            case .fragment: 44
+            case .authentication: 51
+            case .destinationOptions: 60
+            }
+        }
+
+        func bytes(next: UInt8) -> [UInt8] {
+            switch self {
+            case .hopByHop, .destinationOptions:
+                return [next, 0, 1, 4, 0, 0, 0, 0] // PadN of 4
+            case .routing:
+                return [next, 0, 4, 0, 0, 0, 0, 0] // type 4 (SRH) shape, no segments left
+            case .authentication:
+                return [next, 1] + Array(repeating: 0, count: 10) // 12 bytes: (1 + 2) · 4
+            case .fragment(let offset, let more):
+                let field = (offset << 3) | (more ? 1 : 0)
+                return [next, 0, UInt8(field >> 8), UInt8(field & 0xff), 0, 0, 0, 7]
+            }
+        }
+    }
+
+    /// IPv6 with a chain of extension headers before TCP (`l4` replaces the TCP header).
+    static func ipv6TCP(src: String, sport: UInt16, dst: String, dport: UInt16, syn: Bool,
+                        extensions: [Extension], l4: [UInt8]? = nil, last: UInt8 = 6) -> [UInt8] {
+        var chain: [UInt8] = []
+        for (i, e) in extensions.enumerated() {
+            chain += e.bytes(next: i + 1 < extensions.count ? extensions[i + 1].number : last)
+        }
+        let payload = l4 ?? tcp(sport: sport, dport: dport, syn: syn)
+        let length = chain.count + payload.count
+        let first = extensions.first?.number ?? last
+        return ethernet(type: 0x86dd) + [0x60, 0, 0, 0, UInt8(length >> 8), UInt8(length & 0xff), first, 64]
+            + v6(src) + v6(dst) + chain + payload
+    }
+
     static func ipv4UDP(src: String, sport: UInt16, dst: String, dport: UInt16) -> [UInt8] {
         ethernet(type: 0x0800) + [0x45, 0, 0, 36, 0, 1, 0x40, 0, 64, 17, 0, 0] + v4(src) + v4(dst) + udp(sport: sport, dport: dport)
     }

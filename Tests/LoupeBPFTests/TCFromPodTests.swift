@@ -143,4 +143,114 @@ final class TCFromPodTests {
         let v6 = try run(Packet.ipv6UDP(src: "2001:db8:18::a", sport: 40000, dst: "2001:db8:19::a", dport: 53))
         #expect(v6.counters == [.proxyAbsentPass: 1]) // the UDP socket is IPv4 only
     }
+
+    // MARK: headers the parser must walk (IPv4 options, IPv6 extension headers, fragments)
+
+    static let enforcedPort: UInt16 = 80
+
+    /// One listener and an enforced egress rule on port 80 for both families.
+    private func enforcedRule(v6: Bool = false) throws -> TCPSocket {
+        let listener = try TCPSocket.listen(v6: v6)
+        try datapath.setRedirects([RedirectEntry(match: .egress(ifindex: lo), port: Self.enforcedPort,
+                                                 proxyPort: listener.port, enforce: true)])
+        return listener
+    }
+
+    @Test func ipv4WithOptionsIsSteered() throws {
+        let listener = try enforcedRule()
+        defer { close(listener.fd) }
+        let nops = try run(Packet.ipv4TCP(src: "198.18.0.10", sport: 40000, dst: "198.18.0.11", dport: 80, syn: true,
+                                          options: [1, 1, 1, 0]))
+        #expect(nops.counters == [Self.socketFound: 1])
+        // Record Route with room for 9 addresses: IHL 15, the longest header there is.
+        let rr = try run(Packet.ipv4TCP(src: "198.18.0.10", sport: 40000, dst: "198.18.0.11", dport: 80, syn: true,
+                                        options: [7, 39, 4] + Array(repeating: 0, count: 36) + [0]))
+        #expect(rr.counters == [Self.socketFound: 1])
+    }
+
+    @Test(arguments: [
+        ("hop-by-hop", [Packet.Extension.hopByHop]),
+        ("destination options", [.destinationOptions]),
+        ("routing", [.routing]),
+        ("authentication", [.authentication]),
+        ("a chain of five", [.hopByHop, .destinationOptions, .routing, .authentication, .destinationOptions]),
+    ])
+    func ipv6ExtensionHeadersAreWalkedToTheTCPHeader(name: String, chain: [Packet.Extension]) throws {
+        let listener = try enforcedRule(v6: true)
+        defer { close(listener.fd) }
+        let r = try run(Packet.ipv6TCP(src: "2001:db8:18::a", sport: 40000, dst: "2001:db8:18::b", dport: 80, syn: true,
+                                       extensions: chain))
+        #expect(r.counters == [Self.socketFound: 1], "\(name)")
+        let other = try run(Packet.ipv6TCP(src: "2001:db8:18::a", sport: 40000, dst: "2001:db8:18::b", dport: 443, syn: true,
+                                           extensions: chain))
+        #expect(other.counters == [.notSelected: 1], "\(name)")
+    }
+
+    @Test func anExtensionChainLongerThanTheBoundIsDropped() throws {
+        let listener = try enforcedRule(v6: true)
+        defer { close(listener.fd) }
+        let r = try run(Packet.ipv6TCP(src: "2001:db8:18::a", sport: 40000, dst: "2001:db8:18::b", dport: 80, syn: true,
+                                       extensions: Array(repeating: .destinationOptions, count: 9)))
+        #expect(r.counters == [.unparseableDrop: 1])
+        #expect(r.verdict == 2)
+    }
+
+    @Test func truncatedHeadersAreDroppedNotPassed() throws {
+        let listener = try enforcedRule(v6: true)
+        defer { close(listener.fd) }
+        // An extension header whose length runs past the packet.
+        var v6 = Packet.ipv6TCP(src: "2001:db8:18::a", sport: 40000, dst: "2001:db8:18::b", dport: 80, syn: true,
+                                extensions: [.hopByHop])
+        v6[14 + 40 + 1] = 200
+        #expect(try run(v6).counters == [.unparseableDrop: 1])
+        // IPv4 whose options claim more than the packet holds, and IHL < 5.
+        var v4 = Packet.ipv4TCP(src: "198.18.0.10", sport: 40000, dst: "198.18.0.11", dport: 80, syn: true)
+        v4[14] = 0x4f
+        v4.removeLast(10)
+        #expect(try run(v4).counters == [.unparseableDrop: 1])
+        var short = Packet.ipv4TCP(src: "198.18.0.10", sport: 40000, dst: "198.18.0.11", dport: 80, syn: true)
+        short[14] = 0x44
+        #expect(try run(short).counters == [.unparseableDrop: 1])
+    }
+
+    @Test func firstFragmentsAreDroppedOnEnforcedPortsAndPassedOnVisibilityPorts() throws {
+        let listener = try enforcedRule()
+        defer { close(listener.fd) }
+        let first4 = Packet.ipv4TCP(src: "198.18.0.10", sport: 40000, dst: "198.18.0.11", dport: 80, syn: true,
+                                    options: [], fragment: 0x2000)
+        let first6 = Packet.ipv6TCP(src: "2001:db8:18::a", sport: 40000, dst: "2001:db8:18::b", dport: 80, syn: true,
+                                    extensions: [.fragment(offset: 0, more: true)])
+        let dropped4 = try run(first4), dropped6 = try run(first6)
+        #expect(dropped4.counters == [.fragmentDrop: 1] && dropped4.verdict == 2)
+        #expect(dropped6.counters == [.fragmentDrop: 1] && dropped6.verdict == 2)
+        try datapath.setRedirects([RedirectEntry(match: .egress(ifindex: lo), port: 80, proxyPort: listener.port)])
+        #expect(try run(first4).counters == [.fragmentPass: 1])
+        #expect(try run(first6).counters == [.fragmentPass: 1])
+    }
+
+    @Test func laterFragmentsPassAndTinyFirstFragmentsAreDropped() throws {
+        let listener = try enforcedRule()
+        defer { close(listener.fd) }
+        let later4 = Packet.ipv4TCP(src: "198.18.0.10", sport: 40000, dst: "198.18.0.11", dport: 80, syn: false,
+                                    options: [], fragment: 3, l4: Array(repeating: 0x41, count: 16))
+        let later6 = Packet.ipv6TCP(src: "2001:db8:18::a", sport: 40000, dst: "2001:db8:18::b", dport: 80, syn: false,
+                                    extensions: [.fragment(offset: 3, more: false)], l4: Array(repeating: 0x41, count: 16))
+        #expect(try run(later4).counters == [.laterFragmentPass: 1])
+        #expect(try run(later6).counters == [.laterFragmentPass: 1])
+        // RFC 1858's tiny fragment: the ports fit, the rest of the TCP header does not.
+        let tcp = Packet.tcp(sport: 40000, dport: 80, syn: true)
+        let tiny4 = Packet.ipv4TCP(src: "198.18.0.10", sport: 40000, dst: "198.18.0.11", dport: 80, syn: true,
+                                   options: [], fragment: 0x2000, l4: Array(tcp.prefix(8)))
+        let tiny6 = Packet.ipv6TCP(src: "2001:db8:18::a", sport: 40000, dst: "2001:db8:18::b", dport: 80, syn: true,
+                                   extensions: [.fragment(offset: 0, more: true)], l4: Array(tcp.prefix(8)))
+        #expect(try run(tiny4).counters == [.unparseableDrop: 1])
+        #expect(try run(tiny6).counters == [.unparseableDrop: 1])
+    }
+
+    @Test func icmpv6BehindExtensionHeadersPasses() throws {
+        let r = try run(Packet.ipv6TCP(src: "2001:db8:18::a", sport: 0, dst: "2001:db8:18::b", dport: 0, syn: false,
+                                       extensions: [.hopByHop], l4: [128, 0, 0, 0, 0, 1, 0, 1], last: 58))
+        #expect(r.counters == [.notTCP: 1])
+        #expect(r.verdict == 0)
+    }
 }

@@ -39,10 +39,10 @@ struct loupe_redirect_value {
     __u32 reserved;
 };
 
-/* Per-outcome counters (per-CPU array index). Names in Swift: DatapathCounter. */
+/* Per-outcome counters (per-CPU array index). Names in Swift: DatapathCounter (same order). */
 enum loupe_counter {
     LOUPE_CNT_UNMANAGED = 0,       /* packet from a veth that is not a managed endpoint: pass */
-    LOUPE_CNT_NOT_TCP,             /* neither TCP nor UDP (or not IP): pass */
+    LOUPE_CNT_NOT_TCP,             /* neither TCP nor UDP behind the IP headers (or not IP): pass */
     LOUPE_CNT_NOT_SELECTED,        /* no redirect rule for this port: pass */
     LOUPE_CNT_ASSIGNED_ESTABLISHED,/* selected, proxy socket of the connection found: assigned */
     LOUPE_CNT_ASSIGNED_LISTENER,   /* selected SYN (or UDP datagram), proxy listener found: assigned */
@@ -50,6 +50,11 @@ enum loupe_counter {
     LOUPE_CNT_PROXY_ABSENT_DROP,   /* selected SYN, no proxy listener, enforced: drop (fail closed) */
     LOUPE_CNT_NO_SOCKET_PASS,      /* selected non-SYN packet of a connection the proxy does not own: pass */
     LOUPE_CNT_ASSIGN_FAILED,       /* bpf_sk_assign refused: drop (the client retransmits) */
+    LOUPE_CNT_UNPARSEABLE_DROP,    /* IP whose headers cannot be walked to its ports (truncated, IHL < 5,
+                                    * IPv6 extension chain too long, tiny first fragment): drop */
+    LOUPE_CNT_FRAGMENT_DROP,       /* first fragment of a datagram to an enforced port: drop */
+    LOUPE_CNT_FRAGMENT_PASS,       /* first fragment to a visibility-only port: pass unrecorded (fail open) */
+    LOUPE_CNT_LATER_FRAGMENT_PASS, /* non-first fragment (no ports; its first fragment is judged): pass */
     LOUPE_CNT_MAX,
 };
 
