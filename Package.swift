@@ -27,6 +27,9 @@ let package = Package(
             linkerSettings: [.linkedLibrary("bpf"), .linkedLibrary("elf"), .linkedLibrary("z")]
         ),
         .target(name: "LoupeBPF", dependencies: ["CLoupeBPF"]),
+        // posix_spawn/exec with a clean signal state: every child process starts through LoupeProcess.
+        .target(name: "CLoupeProcess", path: "Sources/CLoupeProcess"),
+        .target(name: "LoupeProcess", dependencies: ["CLoupeProcess"]),
         .target(name: "LoupeFlow"),
         .target(name: "LoupePolicy", dependencies: [.product(name: "Yams", package: "Yams")]),
         .target(name: "LoupeProtocols"),
@@ -47,12 +50,12 @@ let package = Package(
         ),
         .target(
             name: "LoupeLab",
-            dependencies: ["LoupePolicy", .product(name: "Yams", package: "Yams")]
+            dependencies: ["LoupePolicy", "LoupeProcess", .product(name: "Yams", package: "Yams")]
         ),
         .target(
             name: "LoupeAgent",
             dependencies: [
-                "LoupeBPF", "LoupeFlow", "LoupePolicy", "LoupeProtocols", "LoupeProxy",
+                "LoupeBPF", "LoupeFlow", "LoupePolicy", "LoupeProtocols", "LoupeProxy", "LoupeProcess",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -65,7 +68,7 @@ let package = Package(
         .executableTarget(
             name: "loupe",
             dependencies: [
-                "LoupeAgent", "LoupeLab", "LoupeFlow", "LoupePolicy", "LoupeBPF",
+                "LoupeAgent", "LoupeLab", "LoupeFlow", "LoupePolicy", "LoupeBPF", "LoupeProcess",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -76,6 +79,7 @@ let package = Package(
         // Fixtures are read from the source tree by path (#filePath), not bundled.
         .testTarget(name: "LoupeProtocolsTests", dependencies: ["LoupeProtocols"], exclude: ["Fixtures"]),
         .testTarget(name: "LoupeBPFTests", dependencies: ["LoupeBPF", "CLoupeBPF"]),
+        .testTarget(name: "LoupeProcessTests", dependencies: ["LoupeProcess"]),
         .testTarget(
             name: "LoupeAgentTests",
             dependencies: [

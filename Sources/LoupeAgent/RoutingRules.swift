@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import LoupeProcess
 
 /// The node routing that makes an assigned packet reach the proxy socket: packets marked
 /// 0x200/0xf00 by the tc program look up table 2004, whose default route is local.
@@ -25,17 +26,9 @@ struct RoutingRules {
     }
 
     private func ip(_ args: [String]) throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["ip"] + args
-        p.standardOutput = FileHandle.nullDevice
-        let err = Pipe()
-        p.standardError = err
-        try p.run()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        if p.terminationStatus != 0 {
-            throw AgentError("ip \(args.joined(separator: " ")): \(String(decoding: e, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))")
+        let r = try ChildProcess.run(["ip"] + args)
+        if r.status != 0 {
+            throw AgentError("ip \(args.joined(separator: " ")): \(r.stderr.trimmingCharacters(in: .whitespacesAndNewlines))")
         }
     }
 }

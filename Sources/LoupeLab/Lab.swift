@@ -1,5 +1,6 @@
 import Foundation
 import LoupePolicy
+import LoupeProcess
 
 /// `loupe lab up|down|exec`: builds the netns lab from an inventory and tears it down.
 /// `up` reconciles: pods whose spec did not change keep their netns, address and processes
@@ -98,7 +99,7 @@ public struct Lab {
         killRecordedProcesses()
         for ns in try listNetns() where ns == LabNetwork.nodeNetns || ns == LabNetwork.worldNetns || ns.hasPrefix(LabNetwork.podNetnsPrefix) {
             killProcesses(inNetns: ns)
-            try Shell.run(["ip", "netns", "delete", ns], allowFailure: true)
+            _ = try? ChildProcess.run(["ip", "netns", "delete", ns])
             if !quiet { log("removed netns \(ns)") }
         }
         try? FileManager.default.removeItem(atPath: stateDirectory)
@@ -151,8 +152,10 @@ public struct Lab {
 
     // MARK: building blocks
 
-    private func ip(_ args: String...) throws { try Shell.run(["ip"] + args) }
-    private func inNetns(_ netns: String, _ argv: [String]) throws { try Shell.run(["ip", "netns", "exec", netns] + argv) }
+    private func ip(_ args: String...) throws { try ChildProcess.check(["ip"] + args) }
+    private func inNetns(_ netns: String, _ argv: [String]) throws {
+        try ChildProcess.check(["nsenter", "--net=/var/run/netns/\(netns)", "--"] + argv)
+    }
 
     private func makeNode() throws {
         let n = LabNetwork.nodeNetns
@@ -167,7 +170,7 @@ public struct Lab {
     }
 
     private func mac(netns: String, dev: String) throws -> String {
-        let out = try Shell.run(["ip", "-n", netns, "-o", "link", "show", dev])
+        let out = try ChildProcess.check(["ip", "-n", netns, "-o", "link", "show", dev])
         guard let r = out.range(of: "link/ether ") else { throw LabError("no MAC on \(dev) in \(netns)") }
         return String(out[r.upperBound...].prefix(17))
     }
@@ -216,7 +219,7 @@ public struct Lab {
         let netns = LabNetwork.podNetns(namespace: pod.namespace, name: pod.name)
         killRecordedProcesses(prefix: fileStem(pod))
         killProcesses(inNetns: netns)
-        try Shell.run(["ip", "netns", "delete", netns], allowFailure: true)
+        _ = try? ChildProcess.run(["ip", "netns", "delete", netns])
         log("pod \(pod.qualifiedName): removed")
     }
 
@@ -236,11 +239,9 @@ public struct Lab {
             let stem = "world_" + host.name
             let dir = podsDirectory + "/" + stem
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-            try Shell.spawnDetached(
-                ["nsenter", "--net=/var/run/netns/\(LabNetwork.worldNetns)", "--"] + host.command,
-                log: logDirectory + "/\(stem).log", pidFile: pidDirectory + "/\(stem).pid", cwd: dir,
-                environment: ["LOUPE_HOST_IP": host.ips[0], "LOUPE_HOST_IPV6": host.ips[1], "LOUPE_HOST_NAME": host.name,
-                              "LOUPE_INVENTORY_DIR": inventoryDirectory])
+            try start(["nsenter", "--net=/var/run/netns/\(LabNetwork.worldNetns)", "--"] + host.command, stem: stem, cwd: dir,
+                      environment: ["LOUPE_HOST_IP": host.ips[0], "LOUPE_HOST_IPV6": host.ips[1], "LOUPE_HOST_NAME": host.name,
+                                    "LOUPE_INVENTORY_DIR": inventoryDirectory])
             log("lab host \(host.name): \(host.ips.joined(separator: ", ")): \(host.command.joined(separator: " "))")
         }
     }
@@ -248,7 +249,7 @@ public struct Lab {
     private func removeWorld(_ hosts: [LabHost]) throws {
         killRecordedProcesses(prefix: "world_")
         killProcesses(inNetns: LabNetwork.worldNetns)
-        try Shell.run(["ip", "netns", "delete", LabNetwork.worldNetns], allowFailure: true)
+        _ = try? ChildProcess.run(["ip", "netns", "delete", LabNetwork.worldNetns])
     }
 
     private func fileStem(_ pod: Pod) -> String { "\(pod.namespace)_\(pod.name)" }
@@ -261,13 +262,20 @@ public struct Lab {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         for c in pod.containers where !c.argv.isEmpty {
             let stem = "\(fileStem(pod))_\(c.name)"
-            try Shell.spawnDetached(["nsenter", "--net=/var/run/netns/\(netns)", "--"] + c.argv,
-                                    log: logDirectory + "/\(stem).log", pidFile: pidDirectory + "/\(stem).pid", cwd: dir,
-                                    environment: ["LOUPE_POD_IP": pod.ips.first ?? "", "LOUPE_POD_NAME": pod.name,
-                                                  "LOUPE_POD_NAMESPACE": pod.namespace, "LOUPE_INVENTORY_DIR": inventoryDirectory]
-                                        .merging(trust) { a, _ in a })
+            try start(["nsenter", "--net=/var/run/netns/\(netns)", "--"] + c.argv, stem: stem, cwd: dir,
+                      environment: ["LOUPE_POD_IP": pod.ips.first ?? "", "LOUPE_POD_NAME": pod.name,
+                                    "LOUPE_POD_NAMESPACE": pod.namespace, "LOUPE_INVENTORY_DIR": inventoryDirectory]
+                          .merging(trust) { a, _ in a })
             log("pod \(pod.qualifiedName): started \(c.name): \(c.argv.joined(separator: " "))")
         }
+    }
+
+    /// Starts a lab process in the background (`ChildProcess`: clean signal state, its own
+    /// session), output appended to `logs/STEM.log`, its PID in `pids/STEM.pid`. nsenter execs
+    /// the command in place, so that PID is the command's.
+    private func start(_ argv: [String], stem: String, cwd: String, environment: [String: String]) throws {
+        let pid = try ChildProcess.spawnDetached(argv, log: logDirectory + "/\(stem).log", cwd: cwd, environment: environment)
+        try "\(pid)\n".write(toFile: pidDirectory + "/\(stem).pid", atomically: true, encoding: .utf8)
     }
 
     private func writeResolved(_ inv: Inventory) throws {
@@ -277,7 +285,7 @@ public struct Lab {
     }
 
     private func listNetns() throws -> [String] {
-        try Shell.run(["ip", "netns", "list"]).split(separator: "\n").compactMap { $0.split(separator: " ").first.map(String.init) }
+        try ChildProcess.check(["ip", "netns", "list"]).split(separator: "\n").compactMap { $0.split(separator: " ").first.map(String.init) }
     }
 
     /// Processes we started, by the PIDs they recorded.
@@ -296,7 +304,7 @@ public struct Lab {
 
     /// Everything still running inside a netns of ours (children a crashed run left behind).
     private func killProcesses(inNetns netns: String) {
-        guard let out = try? Shell.run(["ip", "netns", "pids", netns], allowFailure: true) else { return }
+        guard let out = try? ChildProcess.run(["ip", "netns", "pids", netns]).stdout else { return }
         for pid in out.split(separator: "\n").compactMap({ Int32($0) }) { terminate(pid: pid) }
     }
 
@@ -313,14 +321,24 @@ public struct Lab {
         return false
     }
 
+    /// SIGTERM, and SIGKILL (said so) if the process is still there a second later.
     private func terminate(pid: Int32) {
         guard pid > 1 else { return }
         kill(pid, SIGTERM)
         for _ in 0..<20 {
-            if kill(pid, 0) != 0 { return }
+            if !isRunning(pid) { return }
             usleep(50_000)
         }
         kill(pid, SIGKILL)
+        log("process \(pid) ignored SIGTERM for 1 s: killed (SIGKILL)")
+    }
+
+    /// Alive and not a zombie (a zombie child of ours has ended; it only waits to be reaped).
+    private func isRunning(_ pid: Int32) -> Bool {
+        guard kill(pid, 0) == 0 else { return false }
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return false }
+        return !stat[stat.index(after: close)...].hasPrefix(" Z")
     }
 }
 

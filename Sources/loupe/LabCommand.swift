@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import LoupeBPF
 import LoupeLab
+import LoupeProcess
 import LoupeProxy
 
 /// `loupe lab up|down|exec`: the netns lab that stands in for a node with pods.
@@ -63,12 +64,15 @@ func requireRoot() throws {
     }
 }
 
+/// Replaces this process with `argv` (`ChildProcess.exec`: signal mask emptied, ignored signals
+/// reset — the async command's thread would otherwise hand its blocked signals on).
 func execvpOrFail(_ argv: [String]) -> Never {
-    var cargs = argv.map { strdup($0) }
-    cargs.append(nil)
-    execvp(argv[0], &cargs)
-    FileHandle.standardError.write(Data("loupe: exec \(argv[0]): \(String(cString: strerror(errno)))\n".utf8))
-    exit(127)
+    do {
+        try ChildProcess.exec(argv)
+    } catch {
+        FileHandle.standardError.write(Data("loupe: \(error)\n".utf8))
+        exit(127)
+    }
 }
 
 /// The lab's node CA: made by `loupe lab up` when missing (and removed by `lab down` with the
