@@ -36,16 +36,19 @@ test: build
 	swift test $(SWIFT_BUILD_FLAGS)
 	python3 -m pytest -v tests/e2e
 
-# libFuzzer over the DNS codec and the TLS ClientHello parser (FUZZ_SECONDS each, default 60);
-# corpora in .build/fuzz-corpus-*.
+# libFuzzer over the DNS codec, the TLS ClientHello parser and the HTTP/1 request parser
+# (FUZZ_SECONDS each, default 60); corpora in .build/fuzz-corpus-*.
 FUZZ_SECONDS ?= 60
 fuzz:
-	@mkdir -p .build/fuzz-corpus-dns .build/fuzz-corpus-tls
+	@mkdir -p .build/fuzz-corpus-dns .build/fuzz-corpus-tls .build/fuzz-corpus-http1
 	swiftc -O -sanitize=fuzzer,address -parse-as-library Sources/LoupeProtocols/*.swift fuzz/FuzzDNS.swift -o .build/fuzz-dns
 	.build/fuzz-dns -max_total_time=$(FUZZ_SECONDS) .build/fuzz-corpus-dns
 	swiftc -O -sanitize=fuzzer,address -parse-as-library Sources/LoupeProtocols/*.swift fuzz/FuzzClientHello.swift -o .build/fuzz-tls
 	for f in Tests/LoupeProtocolsTests/Fixtures/*.hex; do python3 -c 'import sys; sys.stdout.buffer.write(bytes.fromhex(open(sys.argv[1]).read()))' $$f > .build/fuzz-corpus-tls/$$(basename $$f .hex); done
 	.build/fuzz-tls -max_total_time=$(FUZZ_SECONDS) .build/fuzz-corpus-tls
+	swiftc -O -sanitize=fuzzer,address -parse-as-library Sources/LoupeProtocols/*.swift fuzz/FuzzHTTP1Request.swift -o .build/fuzz-http1
+	printf 'POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3;x\r\nabc\r\n0\r\nT: 1\r\n\r\nget / HTTP/1.0\r\nContent-Length: 2\r\n\r\nok' > .build/fuzz-corpus-http1/seed
+	.build/fuzz-http1 -max_total_time=$(FUZZ_SECONDS) .build/fuzz-corpus-http1
 
 bench: deps bpf
 	bench/run.sh

@@ -92,7 +92,7 @@ let package = Package(
         .testTarget(
             name: "LoupeProxyTests",
             dependencies: [
-                "LoupeProxy", "LoupeFlow",
+                "LoupeProxy", "LoupeFlow", "LoupeProtocols",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -14,35 +14,64 @@ public enum ProtocolDetector {
         case opaque
     }
 
-    /// Request methods recognised as HTTP/1.x (RFC 9110 plus WebDAV's common ones).
-    static let methods: [[UInt8]] = [
-        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-        "PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK", "REPORT", "SEARCH",
-    ].map { Array($0.utf8) }
     static let http2Preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
-    static let longestMethod = methods.map(\.count).max()!
+    /// A first line longer than this that still has the shape of a request line so far is taken
+    /// as HTTP/1 (the request parser then judges it, limits included).
+    public static let requestLineCap = 16 * 1024
 
     public static func detect<C: Collection>(_ bytes: C) -> Decision where C.Element == UInt8 {
-        let b = Array(bytes.prefix(http2Preface.count))
-        if b.isEmpty { return .needMore }
-        if b[0] == 0x16 {
+        guard let first = bytes.first else { return .needMore }
+        if first == 0x16 {
             // TLS record: content type handshake, version 3.x.
-            if b.count < 2 { return .needMore }
-            return b[1] == 0x03 ? .tls : .opaque
+            guard bytes.count >= 2 else { return .needMore }
+            return bytes.dropFirst().first == 0x03 ? .tls : .opaque
         }
-        if http2Preface.starts(with: b) {
-            return b.count == http2Preface.count ? .http2 : .needMore
+        let head = Array(bytes.prefix(http2Preface.count))
+        if http2Preface.starts(with: head) {
+            return head.count == http2Preface.count ? .http2 : .needMore
         }
-        // An HTTP/1 method token followed by a space.
-        var couldStillMatch = false
-        for m in methods {
-            if b.count > m.count {
-                if b.starts(with: m) && b[m.count] == UInt8(ascii: " ") { return .http1 }
-            } else if m.starts(with: b) {
-                couldStillMatch = true
+        return requestLine(bytes)
+    }
+
+    /// HTTP/1 by the grammar of its request line (RFC 9112 §3), not by a list of methods: a
+    /// token, a space, and a line that ends in ` HTTP/` DIGIT `.` DIGIT. Methods are
+    /// case-sensitive tokens of any spelling (`get`, `PURGE`, `M-SEARCH`); a line that starts
+    /// like a request but ends otherwise (`get key` of memcached, Redis's inline commands) is
+    /// not HTTP. What lies between is the request parser's to judge (a malformed target gets a 400).
+    static func requestLine<C: Collection>(_ bytes: C) -> Decision where C.Element == UInt8 {
+        var it = bytes.makeIterator()
+        var n = 0
+        var methodLength = 0
+        // The method token and its space.
+        while let b = it.next() {
+            n += 1
+            if HTTP1RequestParser.isTchar(b) { methodLength += 1; continue }
+            guard b == UInt8(ascii: " "), methodLength > 0 else { return .opaque }
+            break
+        }
+        if n == methodLength { return n >= requestLineCap ? .opaque : .needMore }
+        // The rest of the line: remember its last 10 bytes (" HTTP/1.1" and a CR).
+        var tail: [UInt8] = []
+        tail.reserveCapacity(10)
+        while let b = it.next() {
+            n += 1
+            if b == UInt8(ascii: "\n") {
+                if tail.last == UInt8(ascii: "\r") { tail.removeLast() }
+                return endsWithHTTPVersion(tail) ? .http1 : .opaque
             }
+            if tail.count == 10 { tail.removeFirst() }
+            tail.append(b)
+            if n >= requestLineCap { return .http1 }
         }
-        return couldStillMatch ? .needMore : .opaque
+        return .needMore
+    }
+
+    private static func endsWithHTTPVersion(_ t: [UInt8]) -> Bool {
+        guard t.count >= 9 else { return false }
+        let v = t.suffix(9)
+        let i = v.startIndex
+        return zip(v.prefix(6), " HTTP/".utf8).allSatisfy { $0 == $1 }
+            && HTTP1RequestParser.isDigit(v[i + 6]) && v[i + 7] == UInt8(ascii: ".") && HTTP1RequestParser.isDigit(v[i + 8])
     }
 
     /// Whether a server's first bytes are an HTTP/2 server preface (a SETTINGS frame on stream 0,

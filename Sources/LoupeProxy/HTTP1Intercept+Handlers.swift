@@ -1,5 +1,6 @@
 import LoupeFlow
 import LoupePolicy
+import LoupeProtocols
 import NIOCore
 import NIOHTTP1
 
@@ -127,48 +128,34 @@ extension HTTP1Intercept {
         }
 
         func errorCaught(context: ChannelHandlerContext, error: Error) {
-            guard let parserError = error as? HTTPParserError else {
+            // Once refused, what the client still sends (the decoder reports it as an error) is dropped.
+            guard !rejected else { return }
+            guard let failure = error as? HTTP1RequestParser.Failure else {
                 connection.close()
                 return
             }
-            reject(context: context, reason: Self.describe(parserError))
+            reject(context: context, failure)
         }
 
-        /// 400 with the reason, an ERROR flow naming it, then close: the client's framing can
-        /// no longer be trusted, so the connection cannot be reused.
-        private func reject(context: ChannelHandlerContext, reason: String) {
-            guard !rejected else { return }
+        /// 400 (501, 505) with the reason, an ERROR flow naming it, then close: the client's
+        /// framing can no longer be trusted, so the connection cannot be reused.
+        private func reject(context: ChannelHandlerContext, _ failure: HTTP1RequestParser.Failure) {
             rejected = true
             connection.environment.count("http_requests_rejected")
             let c = connection.context
+            let status = HTTPResponseStatus(statusCode: failure.status)
+            let what = failure.status == 400 ? "malformed request rejected" : "request rejected"
             connection.environment.record(c.flow(
                 verdict: .error, type: .l7,
                 l7: Layer7(type: .response, latencyNs: 0,
-                           http: HTTP(code: 400, method: "", url: "", protocol: "HTTP/1.1", headers: [])),
-                reply: true, summary: "HTTP/1.1 400 malformed request rejected: \(reason)"))
-            HTTP1Intercept.answerAndClose(context, status: .badRequest, text: "Bad Request: \(reason)") { self.connection.close() }
+                           http: HTTP(code: failure.status, method: "", url: "", protocol: "HTTP/1.1", headers: [])),
+                reply: true, summary: "HTTP/1.1 \(failure.status) \(what): \(failure.reason)"))
+            HTTP1Intercept.answerAndClose(context, status: status, text: "\(status.reasonPhrase): \(failure.reason)") {
+                self.connection.close()
+            }
         }
 
         static func versionString(_ v: HTTPVersion) -> String { "HTTP/\(v.major).\(v.minor)" }
-
-        static func describe(_ e: HTTPParserError) -> String {
-            switch e {
-            case .headerOverflow: return "header block exceeds the limit"
-            case .unexpectedContentLength: return "both Content-Length and Transfer-Encoding"
-            case .invalidConstant, .invalidMethod: return "malformed request line"
-            case .invalidVersion: return "malformed HTTP version"
-            case .invalidURL: return "malformed request target"
-            case .invalidHeaderToken: return "malformed header"
-            case .invalidContentLength: return "malformed Content-Length"
-            case .invalidChunkSize: return "malformed chunk size"
-            case .lfExpected, .invalidCharactersUsed: return "malformed line ending or characters"
-            case .unknown:
-                // NIO folds llhttp's HPE_INVALID_TRANSFER_ENCODING (which includes Transfer-Encoding
-                // together with Content-Length) and HPE_CR_EXPECTED into .unknown.
-                return "invalid message framing (Transfer-Encoding with Content-Length, a bad Transfer-Encoding, or a bare LF)"
-            default: return "malformed request (\(e))"
-            }
-        }
     }
 
     /// Upstream (server) side: responses go back to the client part by part, each final response
@@ -199,7 +186,8 @@ extension HTTP1Intercept {
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             switch unwrapInboundIn(data) {
-            case .head(let head):
+            case .head(var head):
+                Self.normalizeChunked(&head.headers)
                 let code = Int(head.status.code)
                 let c = connection.context
                 switch connection.http.responseHead(code: code, nowNanos: monotonicNanos()) {
@@ -237,6 +225,16 @@ extension HTTP1Intercept {
                     connection.switchToTunnel(downstreamHTTP: partner, upstreamHTTP: self, after: tunnel)
                 }
             }
+        }
+
+        /// NIO's response decoder removes a chunked body's framing whatever the spelling, and
+        /// its encoder puts it back only for `transfer-encoding: chunked` spelled so: a server's
+        /// `Chunked` is normalised, or the pod would read the body's bytes as chunks.
+        static func normalizeChunked(_ headers: inout HTTPHeaders) {
+            let values = headers[canonicalForm: "transfer-encoding"]
+            guard !values.isEmpty, values != ["chunked"],
+                  values.map({ $0.lowercased() }) == ["chunked"] else { return }
+            headers.replaceOrAdd(name: "transfer-encoding", value: "chunked")
         }
 
         private func record(_ e: Exchange, head: HTTPResponseHead, latency: UInt64, context c: ConnectionContext) {

@@ -108,7 +108,8 @@ extension ProxyConnection {
         do {
             if let refused {
                 mode = .closed
-                try ds.addHandlers([ByteToMessageHandler(HTTPRequestDecoder()), HTTPResponseEncoder(),
+                try ds.addHandlers([ByteToMessageHandler(HTTP1RequestDecoder(maxHeaderBytes: environment.configuration.maxHeaderBytes)),
+                                    HTTPResponseEncoder(),
                                     TLSIntercept.BadGateway(reason: refused)], position: .after(anchor))
                 return
             }

@@ -273,7 +273,8 @@ final class ProxyConnection {
     /// The SNI of a relayed TLS connection ("" without SNI), for its closing flow.
     var tlsServerName: String?
 
-    /// Step 3, HTTP/1: NIOHTTP1 codecs on both sides and the intercepting handlers (per-request
+    /// Step 3, HTTP/1: our request decoder (`HTTP1RequestDecoder`: methods by the grammar) and
+    /// NIOHTTP1's encoders and response decoder, and the intercepting handlers (per-request
     /// policy and flows), after the given handlers.
     func installHTTP1(_ ds: ChannelPipeline.SynchronousOperations, after downstreamAnchor: ChannelHandler,
                       _ us: ChannelPipeline.SynchronousOperations, after upstreamAnchor: ChannelHandler) throws {
@@ -287,9 +288,7 @@ final class ProxyConnection {
         down.partner = up
         up.partner = down
         try ds.addHandlers([
-            ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes,
-                                                    informationalResponseStrategy: .drop,
-                                                    limitConfiguration: limits)),
+            ByteToMessageHandler(HTTP1RequestDecoder(maxHeaderBytes: environment.configuration.maxHeaderBytes)),
             HTTPResponseEncoder(configuration: Self.keepFraming(HTTPResponseEncoder.Configuration())),
             down,
         ], position: .after(downstreamAnchor))
@@ -347,7 +346,7 @@ final class ProxyConnection {
         do {
             try ds.addHandler(a)
             try us.addHandler(b)
-            let downstreamHandlers = [try ds.context(handlerType: ByteToMessageHandler<HTTPRequestDecoder>.self),
+            let downstreamHandlers = [try ds.context(handlerType: ByteToMessageHandler<HTTP1RequestDecoder>.self),
                                       try ds.context(handlerType: HTTPResponseEncoder.self),
                                       try ds.context(handler: downstreamHTTP)]
             let upstreamHandlers = [try us.context(handlerType: ByteToMessageHandler<HTTPResponseDecoder>.self),

@@ -66,3 +66,64 @@ def test_options_and_extension_headers_to_a_visibility_port_work_and_are_recorde
     assert send("shop/client", kind, web, "GET", path) == "HTTP/1.1 200 OK | hello from web"
     fl = flows("--http-path", f"^{path}$")
     assert [(f["l7"]["type"], f["verdict"]) for f in fl] == [("REQUEST", "FORWARDED"), ("RESPONSE", "FORWARDED")]
+
+
+# A TCP SYN split into two IPv4 fragments, crafted on a raw socket (the pod is root in the lab):
+# the first fragment holds the whole TCP header (24 bytes with an MSS option), the second 8
+# bytes of data. Prints whether a SYN-ACK came back from the server within a second.
+FRAGMENTED_SYN = r"""
+import random, socket, struct, sys, time
+src, dst, dport = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sport = random.randint(20000, 60000)
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+data = b"fragment"
+tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 6 << 4, 0x02, 64240, 0, 0) + struct.pack("!BBH", 2, 4, 1460)
+pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, len(tcp) + len(data))
+tcp = tcp[:16] + struct.pack("!H", csum(pseudo + tcp + data)) + tcp[18:]
+payload = tcp + data
+ident = random.randint(1, 65535)
+def ip(frag, part):
+    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(part), ident, frag, 64, 6, 0,
+                       socket.inet_aton(src), socket.inet_aton(dst)) + part
+rx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+rx.settimeout(0.2)
+tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+tx.sendto(ip(0x2000, payload[:24]), (dst, 0))          # more fragments, offset 0
+tx.sendto(ip(24 // 8, payload[24:]), (dst, 0))         # offset 3 (× 8 bytes), last
+deadline = time.time() + 1.0
+answered = False
+while time.time() < deadline and not answered:
+    try:
+        pkt = rx.recv(65535)
+    except socket.timeout:
+        continue
+    ihl = (pkt[0] & 0xf) * 4
+    s_port, d_port, _, _, _, flags = struct.unpack("!HHIIBB", pkt[ihl:ihl + 14])
+    answered = s_port == dport and d_port == sport and flags & 0x12 == 0x12
+print("SYN-ACK" if answered else "silence")
+"""
+
+TIEFIGHTER4 = "198.18.0.17"
+CLIENT4 = "198.18.0.10"   # shop/client
+
+
+def test_a_fragmented_syn_to_an_enforced_port_is_dropped_and_counted(policies):
+    apply(RULE1)
+    before = status()["datapath"]
+    out = in_pod("default/tiefighter", "python3", "-c", FRAGMENTED_SYN, TIEFIGHTER4, DS4, "80", timeout=15).stdout.strip()
+    after = status()["datapath"]
+    assert out == "silence", "the server answered a fragmented SYN the proxy never saw"
+    assert after["fragment_drop"] == before["fragment_drop"] + 1
+    assert after["later_fragment_pass"] == before["later_fragment_pass"] + 1
+
+
+def test_a_fragmented_syn_to_a_visibility_port_passes_and_is_counted(running_agent):
+    before = status()["datapath"]
+    out = in_pod("shop/client", "python3", "-c", FRAGMENTED_SYN, CLIENT4, WEB4, "80", timeout=15).stdout.strip()
+    after = status()["datapath"]
+    assert out == "SYN-ACK", "fail open: the datagram reaches the server unrecorded"
+    assert after["fragment_pass"] == before["fragment_pass"] + 1

@@ -86,12 +86,39 @@ def test_rules_match_whole_values_case_sensitively(policies):
     apply(RULE1)
     assert ship("tiefighter", "POST", "/v1/request-landing/extra")[0] == 403
     assert ship("tiefighter", "POST", "/v1/request-landingX")[0] == 403
-    # A lower-case method is not an HTTP/1 method token Loupe recognises: on a port with HTTP
-    # rules such bytes are refused outright (Cilium's proxy answers 403); either way, denied.
-    assert ship("tiefighter", "post", "/v1/request-landing")[0] != 200
-    last = flows("--from-pod", "default/tiefighter", "--verdict", "DROPPED", last=1)[0]
-    assert last["drop_reason_desc"] == "POLICY_DENIED" and "not HTTP on a port with HTTP policy rules" in last["Summary"]
+    # Methods are case-sensitive tokens (RFC 9110): `post` is parsed as HTTP, recorded as
+    # spelled, and rule1's `method: "POST"` does not match it (as in Cilium).
+    assert ship("tiefighter", "post", "/v1/request-landing")[:2] == (403, "Access denied\n")
+    req, resp = flows("--from-pod", "default/tiefighter", "--verdict", "DROPPED", last=2)
+    assert (req["l7"]["http"]["method"], req["drop_reason_desc"]) == ("post", "POLICY_DENIED")
+    assert resp["l7"]["http"]["code"] == 403 and resp["Summary"].endswith("(post http://198.18.0.16/v1/request-landing)")
     assert ship("tiefighter", "POST", "/v1/request-landing")[0] == 200
+
+
+ALLOW_GET = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: allow-get}
+spec:
+  endpointSelector: {matchLabels: {class: deathstar}}
+  ingress:
+  - toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http:
+        - {method: GET, path: "/v1/.*"}
+"""
+
+
+@pytest.mark.parametrize("method", ["get", "Get", "BREW", "M-SEARCH"])
+def test_a_method_token_the_rule_does_not_name_gets_403_and_a_dropped_flow_naming_it(policies, method):
+    apply(ALLOW_GET, "allow-get.yaml")
+    assert ship("tiefighter", "GET", "/v1/healthz")[0] == 200
+    assert ship("tiefighter", method, "/v1/healthz")[:2] == (403, "Access denied\n")
+    req, resp = flows("--from-pod", "default/tiefighter", "--verdict", "DROPPED", last=2)
+    assert [f["l7"]["http"]["method"] for f in (req, resp)] == [method, method]
+    assert req["Summary"] == f"HTTP/1.1 {method} http://198.18.0.16/v1/healthz"
+    assert resp["l7"]["http"]["code"] == 403
 
 
 HEADERS = """

@@ -403,3 +403,14 @@ def test_observe_follow_streams_new_flows(running_agent):
     assert all(lines), "the follower printed nothing within 10 s"
     got = [json.loads(l)["flow"]["l7"]["type"] for l in lines]
     assert got == ["REQUEST", "RESPONSE"]
+
+
+@pytest.mark.parametrize("method", ["PURGE", "get", "M-SEARCH", "BREW"])
+def test_any_method_token_on_a_port_without_http_rules_is_forwarded_and_recorded(running_agent, method):
+    path = f"/t-method/{method.lower()}"
+    code, _, p = curl("shop/client", f"http://{WEB}{path}", "-X", method)
+    assert code != 0 and p.returncode == 0, p.stderr      # nginx answered (whatever it thinks of the method)
+    fl = flows("--http-path", f"^{path}$")
+    assert [(f["l7"]["type"], f["verdict"], f["l7"]["http"]["method"]) for f in fl] == \
+        [("REQUEST", "FORWARDED", method), ("RESPONSE", "FORWARDED", method)]
+    assert fl[1]["l7"]["http"]["code"] == code

@@ -1,0 +1,356 @@
+/// HTTP/1.1 requests as RFC 9112 writes them, parsed by the grammar rather than by a list of
+/// known spellings: a method is any token (`get`, `PURGE` and `M-SEARCH` included — methods are
+/// case-sensitive, and policy decides what they may do), a header name any token.
+///
+/// Pure: bytes in, steps out, nothing copied but the head. One framing decision per message,
+/// made once from the head (RFC 9112 §6.3) and handed to the forwarding side with the head's
+/// framing headers normalised, so that the proxy and the server can never read a body
+/// differently (request smuggling):
+/// - `Transfer-Encoding` with `Content-Length`, a `Content-Length` that is not digits or whose
+///   copies differ, `Transfer-Encoding` in HTTP/1.0, bare LF line endings, whitespace before a
+///   header's colon, obsolete line folding and a second `Host` are rejected (400);
+/// - a transfer coding other than `chunked` is not understood: 501 (RFC 9112 §6.1);
+/// - after an `Upgrade` request or `CONNECT` the parser stops: what follows is not HTTP/1.
+public struct HTTP1RequestParser: Sendable {
+    public struct Field: Sendable, Equatable {
+        public var name: String
+        public var value: String
+        public init(name: String, value: String) {
+            self.name = name
+            self.value = value
+        }
+    }
+
+    public struct Head: Sendable, Equatable {
+        public var method: String
+        public var target: String
+        public var major: Int
+        public var minor: Int
+        /// As received, except the framing headers: a chunked request carries one
+        /// `transfer-encoding: chunked`, a sized one one `content-length`.
+        public var fields: [Field]
+        /// The request asked to leave HTTP/1 (an `Upgrade` header, or `CONNECT`): the parser
+        /// stops after it.
+        public var leavesHTTP: Bool
+    }
+
+    /// Why a request was refused, and the status that says so.
+    public struct Failure: Error, Sendable, Equatable, CustomStringConvertible {
+        public var reason: String
+        /// 400, or 501 (a transfer coding not understood), 505 (an HTTP version not supported).
+        public var status: Int
+        public init(_ reason: String, status: Int = 400) {
+            self.reason = reason
+            self.status = status
+        }
+        public var description: String { reason }
+    }
+
+    public enum Step: Sendable, Equatable {
+        /// Not enough bytes for the next step (nothing consumed).
+        case needMore
+        /// Framing bytes consumed (a chunk-size line, a chunk's CRLF, an empty line before a
+        /// request); nothing to deliver.
+        case skip
+        case head(Head)
+        /// The next `n` bytes of the input are body bytes: the caller takes them as they are.
+        case body(Int)
+        /// The message is complete (with its trailer fields, if it had any).
+        case end(trailers: [Field]?)
+        /// After an upgrade or CONNECT: the rest of the input is not HTTP/1 (nothing consumed).
+        case stopped
+    }
+
+    enum State: Sendable {
+        case head
+        case fixedBody(remaining: Int, leavesHTTP: Bool)
+        case chunkSize(leavesHTTP: Bool)
+        case chunkData(remaining: Int, leavesHTTP: Bool)
+        case chunkEnd(leavesHTTP: Bool)
+        case trailers(leavesHTTP: Bool)
+        case stopped
+    }
+
+    public let maxHeaderBytes: Int
+    private var state = State.head
+    /// Head/trailer scanning resumes where the last call stopped (the caller keeps the bytes).
+    private var scanned = 0
+
+    public init(maxHeaderBytes: Int = 64 * 1024) {
+        self.maxHeaderBytes = maxHeaderBytes
+    }
+
+    /// The next step at the start of `input` (the caller's unconsumed bytes) and how many bytes
+    /// it consumed.
+    public mutating func step(_ input: UnsafeRawBufferPointer) throws -> (step: Step, consumed: Int) {
+        switch state {
+        case .head:
+            guard let end = try scanBlock(input, what: "header block") else { return (.needMore, 0) }
+            if end == 2 { // an empty line before the request line (RFC 9112 §2.2): ignored
+                return (.skip, 2)
+            }
+            let head = try Self.parseHead(UnsafeRawBufferPointer(rebasing: input[0..<end]))
+            state = try Self.bodyState(of: head)
+            return (.head(head.head), end)
+        case .fixedBody(let remaining, let leaves):
+            if remaining == 0 {
+                state = leaves ? .stopped : .head
+                return (.end(trailers: nil), 0)
+            }
+            guard !input.isEmpty else { return (.needMore, 0) }
+            let n = min(remaining, input.count)
+            state = .fixedBody(remaining: remaining - n, leavesHTTP: leaves)
+            return (.body(n), n)
+        case .chunkSize(let leaves):
+            guard let lineEnd = try scanLine(input, limit: 4096, what: "chunk size line") else { return (.needMore, 0) }
+            let size = try Self.chunkSize(UnsafeRawBufferPointer(rebasing: input[0..<(lineEnd - 2)]))
+            state = size == 0 ? .trailers(leavesHTTP: leaves) : .chunkData(remaining: size, leavesHTTP: leaves)
+            return (.skip, lineEnd)
+        case .chunkData(let remaining, let leaves):
+            guard !input.isEmpty else { return (.needMore, 0) }
+            let n = min(remaining, input.count)
+            state = remaining == n ? .chunkEnd(leavesHTTP: leaves) : .chunkData(remaining: remaining - n, leavesHTTP: leaves)
+            return (.body(n), n)
+        case .chunkEnd(let leaves):
+            guard input.count >= 2 else { return (.needMore, 0) }
+            guard input[0] == Self.cr, input[1] == Self.lf else { throw Failure("malformed chunk: no CRLF after its data") }
+            state = .chunkSize(leavesHTTP: leaves)
+            return (.skip, 2)
+        case .trailers(let leaves):
+            guard let end = try scanBlock(input, what: "trailer section") else { return (.needMore, 0) }
+            let fields = end == 2 ? nil : try Self.parseFields(UnsafeRawBufferPointer(rebasing: input[0..<(end - 2)]), from: 0)
+            state = leaves ? .stopped : .head
+            return (.end(trailers: fields), end)
+        case .stopped:
+            return (.stopped, 0)
+        }
+    }
+
+    // MARK: scanning
+
+    static let cr = UInt8(ascii: "\r"), lf = UInt8(ascii: "\n"), sp = UInt8(ascii: " "), htab = UInt8(ascii: "\t")
+
+    /// The length of the block of lines ending in an empty line (2 when the first line is
+    /// empty), or nil when it is not complete yet. Every line must end in CRLF.
+    private mutating func scanBlock(_ input: UnsafeRawBufferPointer, what: String) throws -> Int? {
+        var i = scanned
+        var lineStart = 0
+        // Resume: find the start of the line `scanned` is in.
+        if i > 0 {
+            var j = i - 1
+            while j >= 0 && input[j] != Self.lf { j -= 1 }
+            lineStart = j + 1
+        }
+        while i < input.count {
+            if input[i] == Self.lf {
+                guard i > 0, input[i - 1] == Self.cr else { throw Failure("malformed line ending (a bare LF) in the \(what)") }
+                if i == lineStart + 1 {
+                    scanned = 0
+                    return i + 1
+                }
+                lineStart = i + 1
+            }
+            i += 1
+            if i > maxHeaderBytes { throw Failure("\(what) exceeds the limit of \(maxHeaderBytes) bytes") }
+        }
+        scanned = i
+        return nil
+    }
+
+    /// The length of the first line, CRLF included, or nil when it is not complete yet.
+    private func scanLine(_ input: UnsafeRawBufferPointer, limit: Int, what: String) throws -> Int? {
+        for i in 0..<min(input.count, limit) where input[i] == Self.lf {
+            guard i > 0, input[i - 1] == Self.cr else { throw Failure("malformed line ending (a bare LF) in a \(what)") }
+            return i + 1
+        }
+        if input.count >= limit { throw Failure("\(what) exceeds \(limit) bytes") }
+        return nil
+    }
+
+    // MARK: grammar
+
+    /// tchar (RFC 9110 §5.6.2): the characters of a method or a field name.
+    static let tchar: [Bool] = (0..<256).map { b in
+        switch UInt8(b) {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"):
+            return true
+        default:
+            return "!#$%&'*+-.^_`|~".utf8.contains(UInt8(b))
+        }
+    }
+
+    @inline(__always) static func isTchar(_ b: UInt8) -> Bool { tchar[Int(b)] }
+
+    /// field-vchar / SP / HTAB: visible ASCII, obs-text, space and tab; no other control.
+    @inline(__always) static func isValueByte(_ b: UInt8) -> Bool { b >= 0x20 ? b != 0x7f : b == htab }
+
+    struct ParsedHead: Sendable {
+        var head: Head
+        var transferCodings: [String]
+        var contentLength: Int?
+    }
+
+    /// Request line, fields, and the framing facts; the head block ends in an empty line.
+    static func parseHead(_ b: UnsafeRawBufferPointer) throws -> ParsedHead {
+        var p = 0
+        while p < b.count && isTchar(b[p]) { p += 1 }
+        guard p > 0, p < b.count, b[p] == sp else { throw Failure("malformed request line: the method is not a token") }
+        let method = String(decoding: b[0..<p], as: UTF8.self)
+        p += 1
+        let targetStart = p
+        while p < b.count && b[p] > 0x20 && b[p] < 0x7f { p += 1 }
+        guard p > targetStart, p < b.count, b[p] == sp else { throw Failure("malformed request line: the request target") }
+        let target = String(decoding: b[targetStart..<p], as: UTF8.self)
+        p += 1
+        // HTTP-version = "HTTP/" DIGIT "." DIGIT, then CRLF
+        guard p + 10 <= b.count, zip(b[p..<(p + 5)], httpSlash).allSatisfy({ $0 == $1 }),
+              isDigit(b[p + 5]), b[p + 6] == UInt8(ascii: "."), isDigit(b[p + 7]),
+              b[p + 8] == cr, b[p + 9] == lf else {
+            throw Failure("malformed request line: the HTTP version")
+        }
+        let major = Int(b[p + 5] - UInt8(ascii: "0")), minor = Int(b[p + 7] - UInt8(ascii: "0"))
+        guard major == 1 && minor <= 1 else { throw Failure("HTTP version \(major).\(minor) not supported", status: 505) }
+        let fields = try parseFields(UnsafeRawBufferPointer(rebasing: b[0..<(b.count - 2)]), from: p + 10)
+        return try framing(method: method, target: target, major: major, minor: minor, fields: fields)
+    }
+
+    static let httpSlash = Array("HTTP/".utf8)
+
+    @inline(__always) static func isDigit(_ b: UInt8) -> Bool { b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9") }
+
+    /// Field lines (`name: value` CRLF …) from `start` to the end of `b`.
+    static func parseFields(_ b: UnsafeRawBufferPointer, from start: Int) throws -> [Field] {
+        var fields: [Field] = []
+        var p = start
+        while p < b.count {
+            if b[p] == sp || b[p] == htab { throw Failure("obsolete line folding in a header") }
+            let nameStart = p
+            while p < b.count && isTchar(b[p]) { p += 1 }
+            guard p < b.count, p > nameStart, b[p] == UInt8(ascii: ":") else {
+                if p < b.count && p > nameStart && (b[p] == sp || b[p] == htab) {
+                    throw Failure("malformed header: whitespace before the colon")
+                }
+                throw Failure("malformed header: the name is not a token")
+            }
+            let name = String(decoding: b[nameStart..<p], as: UTF8.self)
+            p += 1
+            while p < b.count && (b[p] == sp || b[p] == htab) { p += 1 }
+            let valueStart = p
+            while p < b.count && b[p] != cr {
+                guard isValueByte(b[p]) else { throw Failure("malformed header: a control character in the value of \(name)") }
+                p += 1
+            }
+            guard p + 1 < b.count, b[p + 1] == lf else { throw Failure("malformed header: a CR without LF") }
+            var valueEnd = p
+            while valueEnd > valueStart && (b[valueEnd - 1] == sp || b[valueEnd - 1] == htab) { valueEnd -= 1 }
+            fields.append(Field(name: name, value: String(decoding: b[valueStart..<valueEnd], as: UTF8.self)))
+            p += 2
+        }
+        return fields
+    }
+
+    /// The one framing decision of a request (RFC 9112 §6.3), with its framing headers
+    /// normalised so that what is forwarded says exactly what was decided.
+    static func framing(method: String, target: String, major: Int, minor: Int, fields: [Field]) throws -> ParsedHead {
+        var codings: [String] = []
+        var sawTransferEncoding = false
+        var lengths: [Substring] = []
+        var hosts = 0
+        var upgrade = false
+        var kept: [Field] = []
+        kept.reserveCapacity(fields.count)
+        for f in fields {
+            if f.name.caselessEquals("transfer-encoding") {
+                sawTransferEncoding = true
+                codings += f.value.split(separator: ",").map { $0.trimmingOWS.lowercased() }.filter { !$0.isEmpty }
+                continue
+            }
+            if f.name.caselessEquals("content-length") {
+                lengths += f.value.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingOWS }
+                continue
+            }
+            if f.name.caselessEquals("host") { hosts += 1 }
+            if f.name.caselessEquals("upgrade") { upgrade = true }
+            kept.append(f)
+        }
+        if hosts > 1 { throw Failure("more than one Host header") }
+        var length: Int?
+        if sawTransferEncoding {
+            guard lengths.isEmpty else { throw Failure("invalid message framing: Transfer-Encoding with Content-Length") }
+            guard minor >= 1 else { throw Failure("invalid message framing: Transfer-Encoding in an HTTP/1.0 request") }
+            guard codings == ["chunked"] else {
+                throw Failure("transfer coding not understood (Transfer-Encoding: \(codings.joined(separator: ", ")))", status: 501)
+            }
+            kept.append(Field(name: "transfer-encoding", value: "chunked"))
+        } else if !lengths.isEmpty {
+            guard let first = lengths.first, lengths.allSatisfy({ $0 == first }),
+                  !first.isEmpty, first.count <= 18, first.utf8.allSatisfy(isDigit), let n = Int(first) else {
+                throw Failure("malformed Content-Length")
+            }
+            length = n
+            kept.append(Field(name: "content-length", value: String(n)))
+        }
+        let head = Head(method: method, target: target, major: major, minor: minor, fields: kept,
+                        leavesHTTP: upgrade || method == "CONNECT")
+        return ParsedHead(head: head, transferCodings: codings, contentLength: length)
+    }
+
+    static func bodyState(of h: ParsedHead) throws -> State {
+        let leaves = h.head.leavesHTTP
+        if h.head.method == "CONNECT" { return .fixedBody(remaining: 0, leavesHTTP: true) } // no content (RFC 9110 §9.3.6)
+        if !h.transferCodings.isEmpty { return .chunkSize(leavesHTTP: leaves) }
+        return .fixedBody(remaining: h.contentLength ?? 0, leavesHTTP: leaves)
+    }
+
+    /// chunk-size [ chunk-ext ] (the line without its CRLF).
+    static func chunkSize(_ b: UnsafeRawBufferPointer) throws -> Int {
+        var size = 0, p = 0
+        while p < b.count, let d = hexValue(b[p]) {
+            guard p < 15 else { throw Failure("malformed chunk size: too large") }
+            size = size << 4 | d
+            p += 1
+        }
+        guard p > 0 else { throw Failure("malformed chunk size") }
+        while p < b.count && (b[p] == sp || b[p] == htab) { p += 1 }
+        if p < b.count {
+            guard b[p] == UInt8(ascii: ";") else { throw Failure("malformed chunk size") }
+            for q in p..<b.count where !isValueByte(b[q]) { throw Failure("malformed chunk extension") }
+        }
+        return size
+    }
+
+    @inline(__always) static func hexValue(_ b: UInt8) -> Int? {
+        switch b {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): Int(b - UInt8(ascii: "0"))
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): Int(b - UInt8(ascii: "a") + 10)
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): Int(b - UInt8(ascii: "A") + 10)
+        default: nil
+        }
+    }
+}
+
+extension HTTP1RequestParser {
+    /// `step` over an array (tests, fuzzing).
+    public mutating func step(_ bytes: [UInt8]) throws -> (step: Step, consumed: Int) {
+        try bytes.withUnsafeBytes { try step($0) }
+    }
+}
+
+extension String {
+    /// ASCII case-insensitive equality with a lower-case literal (header names).
+    func caselessEquals(_ lower: String) -> Bool {
+        guard utf8.count == lower.utf8.count else { return false }
+        for (a, b) in zip(utf8, lower.utf8) where a != b && !(a >= 0x41 && a <= 0x5a && a | 0x20 == b) { return false }
+        return true
+    }
+}
+
+extension Substring {
+    /// Without optional whitespace (SP, HTAB) at either end.
+    var trimmingOWS: Substring {
+        var s = self
+        while let c = s.first, c == " " || c == "\t" { s = s.dropFirst() }
+        while let c = s.last, c == " " || c == "\t" { s = s.dropLast() }
+        return s
+    }
+}
