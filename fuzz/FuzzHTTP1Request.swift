@@ -19,7 +19,7 @@ public func fuzzHTTP1Request(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt 
             switch step {
             case .needMore:
                 guard fed < bytes.count else { return log }
-                let n = fed == 0 ? min(split, bytes.count) : bytes.count - fed
+                let n = fed == 0 ? max(1, min(split, bytes.count)) : bytes.count - fed
                 buffer += bytes[fed..<(fed + n)]
                 fed += n
             case .stopped: return log + ["stopped"]
