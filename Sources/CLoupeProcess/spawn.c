@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stdio.h>
 #include <stddef.h>
 #include <unistd.h>
 #include "CLoupeProcess.h"
@@ -73,4 +74,9 @@ int loupe_exec(char *const argv[])
     pthread_sigmask(SIG_SETMASK, &none, NULL);
     execvp(argv[0], argv);
     return -1;
+}
+
+void loupe_stdout_line_buffered(void)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
 }

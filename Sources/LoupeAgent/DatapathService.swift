@@ -57,7 +57,7 @@ public final class DatapathService: Service, @unchecked Sendable {
                     policySignature = signature
                     changed = self.loadPolicies(policies) || changed
                 }
-                if changed { self.apply(dp) }
+                if changed { self.applyToDatapath() }
                 try await Task.sleep(for: .milliseconds(self.configuration.inventoryPollMilliseconds))
             }
         }
@@ -88,6 +88,12 @@ public final class DatapathService: Service, @unchecked Sendable {
         policy = PolicyEngine(policies: loaded.policies)
         logger.info("policies applied: \(loaded.policies.map(\.name).joined(separator: ", "))")
         return true
+    }
+
+    /// `apply` on the loaded datapath (none once shutdown has begun).
+    private func applyToDatapath() {
+        guard let dp = lock.withLock({ datapath }) else { return }
+        apply(dp)
     }
 
     private func apply(_ dp: Datapath) {

@@ -75,8 +75,12 @@ final class APIConnectionHandler: ChannelInboundHandler {
     let environment: ProxyEnvironment
     let datapathCounters: @Sendable () -> [DatapathCounter: UInt64]
     private var subscription: UInt64?
-    /// Flows waiting to be written, whether a drain is scheduled, and how many this stream lost.
-    private let queue = Mutex<(items: [FlowRecord], scheduled: Bool, lost: UInt64)>(([], false, 0))
+    /// Flows waiting to be written, whether a drain is scheduled, and how many this stream lost:
+    /// filled by the store's subscriber on the proxy's threads, drained on this channel's loop.
+    final class Queue: Sendable {
+        let state = Mutex<(items: [FlowRecord], scheduled: Bool, lost: UInt64)>(([], false, 0))
+    }
+    private let queue = Queue()
 
     init(environment: ProxyEnvironment, datapathCounters: @escaping @Sendable () -> [DatapathCounter: UInt64]) {
         self.environment = environment
@@ -110,14 +114,18 @@ final class APIConnectionHandler: ChannelInboundHandler {
         if !follow {
             var buf = context.channel.allocator.buffer(capacity: 4096)
             for r in store.last(last, matching: filter.matches) { buf.writeBytes(FlowEncoding.jsonLineBytes(r)) }
-            context.writeAndFlush(wrapOutboundOut(buf)).whenComplete { _ in context.close(promise: nil) }
+            let channel = context.channel
+            context.writeAndFlush(wrapOutboundOut(buf)).whenComplete { _ in channel.close(promise: nil) }
             return
         }
         let loop = context.eventLoop
         let channel = context.channel
-        let (id, backlog) = store.subscribe(last: last, matching: filter.matches) { [weak self] record in
-            guard let self, filter.matches(record.flow) else { return }
-            let (schedule, dropped) = self.queue.withLock { q -> (Bool, Bool) in
+        let queue = self.queue
+        // The handler itself is touched on its own loop only.
+        let handler = NIOLoopBound(self, eventLoop: loop)
+        let (id, backlog) = store.subscribe(last: last, matching: filter.matches) { record in
+            guard filter.matches(record.flow) else { return }
+            let (schedule, dropped) = queue.state.withLock { q -> (Bool, Bool) in
                 if q.items.count >= Self.queueLimit {
                     q.lost += 1
                     return (false, true)
@@ -128,7 +136,7 @@ final class APIConnectionHandler: ChannelInboundHandler {
                 return (true, false)
             }
             if dropped { store.countLost(source: "observer") }
-            if schedule { loop.execute { self.drain(channel) } }
+            if schedule { loop.execute { handler.value.drain(channel) } }
         }
         subscription = id
         var buf = context.channel.allocator.buffer(capacity: 4096)
@@ -140,7 +148,7 @@ final class APIConnectionHandler: ChannelInboundHandler {
     private func drain(_ channel: Channel) {
         guard channel.isActive else { return }
         while channel.isWritable {
-            let (batch, lost) = queue.withLock { q -> ([FlowRecord], UInt64) in
+            let (batch, lost) = queue.state.withLock { q -> ([FlowRecord], UInt64) in
                 var b: [FlowRecord] = []
                 swap(&b, &q.items) // takes the queue's storage (a copy then removeAll reallocated it)
                 let lost = q.lost
@@ -200,6 +208,7 @@ final class APIConnectionHandler: ChannelInboundHandler {
         var buf = context.channel.allocator.buffer(capacity: data.count + 1)
         buf.writeBytes(data)
         buf.writeString("\n")
-        context.writeAndFlush(wrapOutboundOut(buf)).whenComplete { _ in if close { context.close(promise: nil) } }
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(buf)).whenComplete { _ in if close { channel.close(promise: nil) } }
     }
 }

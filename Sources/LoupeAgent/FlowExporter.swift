@@ -105,7 +105,9 @@ public final class FlowExporter: Service, @unchecked Sendable {
 }
 
 /// The export file and its size-based rotation: `PATH` → `PATH.1` → … → `PATH.<maxBackups>`.
-final class ExportFile {
+/// `@unchecked Sendable`: made by `FlowExporter.run`, then handed to the writer thread, which is
+/// the only one that touches it from then on.
+final class ExportFile: @unchecked Sendable {
     private let configuration: FlowExportConfiguration
     private var fd: Int32 = -1
     private var size = 0

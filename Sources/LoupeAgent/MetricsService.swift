@@ -199,7 +199,9 @@ public final class MetricsService: Service, @unchecked Sendable {
         return text
     }
 
-    static let descriptors: [String: MetricNameDescriptor] = {
+    /// Name, unit and help of Hubble's metric families (Sendable facts; swift-prometheus's
+    /// descriptor is built from them when a family is registered).
+    static let families: [String: (name: String, unit: String, help: String)] = {
         let all: [(String, String, String)] = [
             ("hubble_flows_processed", "total", "Total number of flows processed"),
             ("hubble_http_requests", "total", "Count of HTTP requests (counted on their responses)"),
@@ -209,15 +211,14 @@ public final class MetricsService: Service, @unchecked Sendable {
             ("hubble_drop", "total", "Number of drops"),
             ("hubble_policy_verdicts", "total", "Number of policy verdicts"),
         ]
-        var out: [String: MetricNameDescriptor] = [:]
-        for (name, unit, help) in all {
-            out[name + "_" + unit] = MetricNameDescriptor(metricName: name, unitName: unit, helpText: help)
-        }
+        var out: [String: (name: String, unit: String, help: String)] = [:]
+        for (name, unit, help) in all { out[name + "_" + unit] = (name, unit, help) }
         return out
     }()
 
     static func descriptor(_ name: String) -> MetricNameDescriptor {
-        descriptors[name] ?? MetricNameDescriptor(metricName: name, unitName: "", helpText: "")
+        guard let f = families[name] else { return MetricNameDescriptor(metricName: name, unitName: "", helpText: "") }
+        return MetricNameDescriptor(metricName: f.name, unitName: f.unit, helpText: f.help)
     }
 }
 

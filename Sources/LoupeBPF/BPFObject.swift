@@ -60,25 +60,25 @@ public struct BPFMap: Sendable {
     public let name: String
     public let fd: Int32
 
-    public func update<K, V>(_ key: K, _ value: V) throws {
+    public func update<K: BitwiseCopyable, V: BitwiseCopyable>(_ key: K, _ value: V) throws {
         var k = key, v = value
         let rc = bpf_map_update_elem(fd, &k, &v, UInt64(BPF_ANY))
         if rc != 0 { throw BPFError("update \(name)", errno: errno) }
     }
 
     /// Adds `key` only when absent (BPF_NOEXIST).
-    public func insert<K, V>(_ key: K, _ value: V) throws(BPFError) {
+    public func insert<K: BitwiseCopyable, V: BitwiseCopyable>(_ key: K, _ value: V) throws(BPFError) {
         var k = key, v = value
         let rc = bpf_map_update_elem(fd, &k, &v, UInt64(BPF_NOEXIST))
         if rc != 0 { throw BPFError("insert into \(name)", errno: errno) }
     }
 
-    public func delete<K>(_ key: K) {
+    public func delete<K: BitwiseCopyable>(_ key: K) {
         var k = key
         _ = bpf_map_delete_elem(fd, &k)
     }
 
-    public func contains<K, V>(_ key: K, valueType: V.Type) -> Bool {
+    public func contains<K: BitwiseCopyable, V: BitwiseCopyable>(_ key: K, valueType: V.Type) -> Bool {
         var k = key
         let v = UnsafeMutablePointer<V>.allocate(capacity: 1)
         defer { v.deallocate() }
@@ -86,7 +86,7 @@ public struct BPFMap: Sendable {
     }
 
     /// All keys currently in a hash map.
-    public func keys<K>(_ type: K.Type) -> [K] {
+    public func keys<K: BitwiseCopyable>(_ type: K.Type) -> [K] {
         var result: [K] = []
         let next = UnsafeMutablePointer<K>.allocate(capacity: 1)
         defer { next.deallocate() }

@@ -143,6 +143,12 @@ public enum ChildProcess {
     static func errnoText() -> String { String(cString: strerror(errno)) }
 }
 
+/// This process's own standard output.
+public enum StandardOutput {
+    /// Line-buffered even into a pipe: a follower sees each line as it is printed.
+    public static func lineBuffered() { loupe_stdout_line_buffered() }
+}
+
 fileprivate extension String {
     var trimmingWhitespace: String {
         var s = Substring(self)

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import LoupeFlow
+import LoupeProcess
 
 /// `loupe observe`: the flow log, with `hubble observe`'s flags.
 struct ObserveCommand: ParsableCommand {
@@ -49,7 +50,7 @@ struct ObserveCommand: ParsableCommand {
         }
         let request: [String: Any] = ["flows": ["last": last ?? (follow ? 0 : 20), "follow": follow, "filter": filter.asDictionary]]
         if output == .table { print(FlowEncoding.tableHeader) }
-        setvbuf(stdout, nil, _IOLBF, 0)
+        StandardOutput.lineBuffered()
         var failure: String?
         var undecodable = 0
         var lost: UInt64 = 0

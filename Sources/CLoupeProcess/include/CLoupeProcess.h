@@ -20,4 +20,8 @@ int loupe_spawn(char *const argv[], char *const envp[], const char *cwd,
  * execvp(argv[0], argv). Returns only on failure (errno set). */
 int loupe_exec(char *const argv[]);
 
+/* stdout line-buffered (a follower piping `loupe observe -f` sees each flow as it comes). In C
+ * because Swift 6 refuses to name the global `stdout`. */
+void loupe_stdout_line_buffered(void);
+
 #endif
