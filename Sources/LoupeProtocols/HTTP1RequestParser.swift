@@ -90,7 +90,7 @@ public struct HTTP1RequestParser: Sendable {
                 return (.skip, 2)
             }
             let head = try Self.parseHead(UnsafeRawBufferPointer(rebasing: input[0..<end]))
-            state = try Self.bodyState(of: head)
+            state = Self.bodyState(of: head)
             return (.head(head.head), end)
         case .fixedBody(let remaining, let leaves):
             if remaining == 0 {
@@ -186,8 +186,9 @@ public struct HTTP1RequestParser: Sendable {
 
     struct ParsedHead: Sendable {
         var head: Head
-        var transferCodings: [String]
-        var contentLength: Int?
+        /// The body is chunked (the only transfer coding accepted), else `contentLength` bytes long.
+        var chunked: Bool
+        var contentLength: Int
     }
 
     /// Request line, fields, and the framing facts; the head block ends in an empty line.
@@ -202,10 +203,7 @@ public struct HTTP1RequestParser: Sendable {
         guard p > targetStart, p < b.count, b[p] == sp else { throw Failure("malformed request line: the request target") }
         let target = String(decoding: b[targetStart..<p], as: UTF8.self)
         p += 1
-        // HTTP-version = "HTTP/" DIGIT "." DIGIT, then CRLF
-        guard p + 10 <= b.count, zip(b[p..<(p + 5)], httpSlash).allSatisfy({ $0 == $1 }),
-              isDigit(b[p + 5]), b[p + 6] == UInt8(ascii: "."), isDigit(b[p + 7]),
-              b[p + 8] == cr, b[p + 9] == lf else {
+        guard p + 10 <= b.count, isHTTPVersion(b[p..<(p + 8)]), b[p + 8] == cr, b[p + 9] == lf else {
             throw Failure("malformed request line: the HTTP version")
         }
         let major = Int(b[p + 5] - UInt8(ascii: "0")), minor = Int(b[p + 7] - UInt8(ascii: "0"))
@@ -215,6 +213,13 @@ public struct HTTP1RequestParser: Sendable {
     }
 
     static let httpSlash = Array("HTTP/".utf8)
+
+    /// HTTP-version = "HTTP/" DIGIT "." DIGIT (RFC 9112 §2.3): exactly these 8 bytes.
+    static func isHTTPVersion<C: Collection>(_ v: C) -> Bool where C.Element == UInt8 {
+        guard v.count == 8 else { return false }
+        let b = Array(v)
+        return b[0..<5].elementsEqual(httpSlash) && isDigit(b[5]) && b[6] == UInt8(ascii: ".") && isDigit(b[7])
+    }
 
     @inline(__always) static func isDigit(_ b: UInt8) -> Bool { b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9") }
 
@@ -274,7 +279,7 @@ public struct HTTP1RequestParser: Sendable {
             kept.append(f)
         }
         if hosts > 1 { throw Failure("more than one Host header") }
-        var length: Int?
+        var length = 0
         if sawTransferEncoding {
             guard lengths.isEmpty else { throw Failure("invalid message framing: Transfer-Encoding with Content-Length") }
             guard minor >= 1 else { throw Failure("invalid message framing: Transfer-Encoding in an HTTP/1.0 request") }
@@ -292,14 +297,14 @@ public struct HTTP1RequestParser: Sendable {
         }
         let head = Head(method: method, target: target, major: major, minor: minor, fields: kept,
                         leavesHTTP: upgrade || method == "CONNECT")
-        return ParsedHead(head: head, transferCodings: codings, contentLength: length)
+        return ParsedHead(head: head, chunked: sawTransferEncoding, contentLength: length)
     }
 
-    static func bodyState(of h: ParsedHead) throws -> State {
+    static func bodyState(of h: ParsedHead) -> State {
         let leaves = h.head.leavesHTTP
         if h.head.method == "CONNECT" { return .fixedBody(remaining: 0, leavesHTTP: true) } // no content (RFC 9110 §9.3.6)
-        if !h.transferCodings.isEmpty { return .chunkSize(leavesHTTP: leaves) }
-        return .fixedBody(remaining: h.contentLength ?? 0, leavesHTTP: leaves)
+        if h.chunked { return .chunkSize(leavesHTTP: leaves) }
+        return .fixedBody(remaining: h.contentLength, leavesHTTP: leaves)
     }
 
     /// chunk-size [ chunk-ext ] (the line without its CRLF).

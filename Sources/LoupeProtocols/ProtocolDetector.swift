@@ -66,12 +66,9 @@ public enum ProtocolDetector {
         return .needMore
     }
 
+    /// SP HTTP-version at the end of the line.
     private static func endsWithHTTPVersion(_ t: [UInt8]) -> Bool {
-        guard t.count >= 9 else { return false }
-        let v = t.suffix(9)
-        let i = v.startIndex
-        return zip(v.prefix(6), " HTTP/".utf8).allSatisfy { $0 == $1 }
-            && HTTP1RequestParser.isDigit(v[i + 6]) && v[i + 7] == UInt8(ascii: ".") && HTTP1RequestParser.isDigit(v[i + 8])
+        t.count >= 9 && t[t.count - 9] == UInt8(ascii: " ") && HTTP1RequestParser.isHTTPVersion(t.suffix(8))
     }
 
     /// Whether a server's first bytes are an HTTP/2 server preface (a SETTINGS frame on stream 0,
