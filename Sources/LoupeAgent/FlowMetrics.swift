@@ -107,9 +107,9 @@ public enum FlowMetrics {
         if flow.verdict == .dropped {
             // hubble_drop_total{reason,protocol}
             let proto = flow.l4.tcp != nil ? "TCP" : flow.l4.udp != nil ? "UDP" : "Unknown"
-            inc("hubble_drop_total", context.values(flow) + [MetricLabel("reason", flow.dropReasonDesc ?? "UNKNOWN"),
+            inc("hubble_drop_total", context.values(flow) + [MetricLabel("reason", flow.dropReasonDesc?.rawValue ?? "UNKNOWN"),
                                                             MetricLabel("protocol", proto)])
-            if flow.type == .l3l4 && flow.dropReasonDesc == "POLICY_DENIED" { verdict("l3-l4", "dropped") }
+            if flow.type == .l3l4 && flow.dropReasonDesc == .policyDenied { verdict("l3-l4", "dropped") }
         }
 
         if let l7 = flow.l7, let http = l7.http {

@@ -96,7 +96,7 @@ public final class MetricsService: Service, @unchecked Sendable {
             code = Int32(clamping: f.l7?.http?.code ?? -1)
             method = f.l7?.http?.method ?? ""
             proto = f.l7?.http?.protocol ?? ""
-            dropReason = f.dropReasonDesc
+            dropReason = f.dropReasonDesc?.rawValue
         }
     }
 

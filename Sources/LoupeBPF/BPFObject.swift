@@ -16,7 +16,7 @@ public final class BPFObject {
         loupe_libbpf_quiet(1)
         var err = [CChar](repeating: 0, count: 256)
         guard let obj = loupe_object_load(path, pinRoot, &err, err.count) else {
-            throw BPFError("load", detail: String(cString: err))
+            throw BPFError("load", detail: err.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })
         }
         self.object = obj
     }

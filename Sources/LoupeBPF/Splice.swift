@@ -35,13 +35,18 @@ public struct SpliceSocket: Sendable {
 
 /// Why the kernel did not take a connection; `reason` is metric-safe (`splice_fallback_<reason>`).
 public struct SpliceRefusal: Error, CustomStringConvertible, Sendable {
-    public var reason: String
+    public enum Reason: String, CaseIterable, Sendable {
+        case addressFamily = "address_family", testRun = "test_run", mapFull = "map_full", pairMap = "pair_map"
+        case noSocket = "no_socket", busy, socketState = "socket_state", insert, request
+    }
+
+    public var reason: Reason
     public var detail: String
-    public init(reason: String, detail: String) {
+    public init(reason: Reason, detail: String) {
         self.reason = reason
         self.detail = detail
     }
-    public var description: String { "\(reason): \(detail)" }
+    public var description: String { "\(reason.rawValue): \(detail)" }
 }
 
 /// The kernel splice (`bpf/splice.bpf.c`): a SOCKHASH of proxy sockets with the stream-verdict
@@ -74,7 +79,7 @@ public final class SpliceMaps: @unchecked Sendable {
     public func insert(downstream: SpliceSocket, upstream: SpliceSocket) throws(SpliceRefusal) {
         guard downstream.localAddress.count == upstream.localAddress.count,
               [4, 16].contains(downstream.localAddress.count) else {
-            throw SpliceRefusal(reason: "address_family", detail: "both sockets must be IPv4 or both IPv6")
+            throw SpliceRefusal(reason: .addressFamily, detail: "both sockets must be IPv4 or both IPv6")
         }
         do {
             try pairs.insert(downstream.cookie, loupe_splice_peer(peer_cookie: upstream.cookie, bytes: 0))
@@ -98,30 +103,30 @@ public final class SpliceMaps: @unchecked Sendable {
         if rc != 0 || retval != 0 {
             pairs.delete(downstream.cookie)
             pairs.delete(upstream.cookie)
-            throw rc != 0 ? SpliceRefusal(reason: "test_run", detail: "BPF_PROG_TEST_RUN: \(String(cString: strerror(-rc)))")
+            throw rc != 0 ? SpliceRefusal(reason: .testRun, detail: "BPF_PROG_TEST_RUN: \(String(cString: strerror(-rc)))")
                           : Self.refusal(retval)
         }
     }
 
     static func pairRefusal(_ error: BPFError) -> SpliceRefusal {
-        SpliceRefusal(reason: [E2BIG, ENOMEM, ENOSPC].contains(error.errno) ? "map_full" : "pair_map", detail: error.description)
+        SpliceRefusal(reason: [E2BIG, ENOMEM, ENOSPC].contains(error.errno) ? .mapFull : .pairMap, detail: error.description)
     }
 
     static func refusal(_ retval: UInt32) -> SpliceRefusal {
         let errno = Int32(retval & 0xffff)
         let err = String(cString: strerror(errno))
         switch retval & 0xffff_0000 {
-        case UInt32(LOUPE_SPLICE_ERR_NO_DOWNSTREAM): return SpliceRefusal(reason: "no_socket", detail: "the pod's socket was not found (closed?)")
-        case UInt32(LOUPE_SPLICE_ERR_NO_UPSTREAM): return SpliceRefusal(reason: "no_socket", detail: "the destination socket was not found (closed?)")
+        case UInt32(LOUPE_SPLICE_ERR_NO_DOWNSTREAM): return SpliceRefusal(reason: .noSocket, detail: "the pod's socket was not found (closed?)")
+        case UInt32(LOUPE_SPLICE_ERR_NO_UPSTREAM): return SpliceRefusal(reason: .noSocket, detail: "the destination socket was not found (closed?)")
         case UInt32(LOUPE_SPLICE_ERR_INSERT_DOWNSTREAM), UInt32(LOUPE_SPLICE_ERR_INSERT_UPSTREAM):
-            let reason = switch errno {
-            case EBUSY: "busy"
-            case E2BIG, ENOMEM, ENOSPC: "map_full"
-            case EOPNOTSUPP: "socket_state" // not ESTABLISHED any more (closing), or not TCP
-            default: "insert"
+            let reason: SpliceRefusal.Reason = switch errno {
+            case EBUSY: .busy
+            case E2BIG, ENOMEM, ENOSPC: .mapFull
+            case EOPNOTSUPP: .socketState // not ESTABLISHED any more (closing), or not TCP
+            default: .insert
             }
             return SpliceRefusal(reason: reason, detail: "sockhash insert: \(err)")
-        default: return SpliceRefusal(reason: "request", detail: "malformed request (\(retval))")
+        default: return SpliceRefusal(reason: .request, detail: "malformed request (\(retval))")
         }
     }
 

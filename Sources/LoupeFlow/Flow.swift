@@ -1,10 +1,16 @@
+/// Why a flow was dropped: the names of Hubble's `flow.DropReason` (its JSON spells the enum
+/// value's name). Loupe's proxy drops for policy only; the datapath's drops are counters.
+public enum DropReason: String, Codable, Sendable, Equatable {
+    case policyDenied = "POLICY_DENIED"
+}
+
 /// One observed event, shaped like Hubble's `flow.Flow` so that its JSON is what
 /// `hubble observe -o json` prints. Field names follow Hubble's JSON exactly (they are a contract).
 public struct Flow: Codable, Sendable, Equatable {
     public var time: String
     public var uuid: String
     public var verdict: Verdict
-    public var dropReasonDesc: String?
+    public var dropReasonDesc: DropReason?
     public var ip: IPInfo
     public var l4: Layer4
     public var source: Endpoint
@@ -39,7 +45,7 @@ public struct Flow: Codable, Sendable, Equatable {
         time = try c.decodeIfPresent(String.self, forKey: .time) ?? ""
         uuid = try c.decodeIfPresent(String.self, forKey: .uuid) ?? ""
         verdict = try c.decodeIfPresent(Verdict.self, forKey: .verdict) ?? .forwarded
-        dropReasonDesc = try c.decodeIfPresent(String.self, forKey: .dropReasonDesc)
+        dropReasonDesc = try c.decodeIfPresent(DropReason.self, forKey: .dropReasonDesc)
         ip = try c.decodeIfPresent(IPInfo.self, forKey: .ip) ?? IPInfo(source: "", destination: "")
         l4 = try c.decodeIfPresent(Layer4.self, forKey: .l4) ?? Layer4()
         source = try c.decodeIfPresent(Endpoint.self, forKey: .source) ?? Endpoint(id: nil, identity: 0, namespace: nil, labels: [], podName: nil)
@@ -54,7 +60,7 @@ public struct Flow: Codable, Sendable, Equatable {
         summary = try c.decodeIfPresent(String.self, forKey: .summary) ?? ""
     }
 
-    public init(time: String, uuid: String, verdict: Verdict, dropReasonDesc: String? = nil, ip: IPInfo, l4: Layer4,
+    public init(time: String, uuid: String, verdict: Verdict, dropReasonDesc: DropReason? = nil, ip: IPInfo, l4: Layer4,
                 source: Endpoint, destination: Endpoint, type: FlowType, nodeName: String,
                 destinationNames: [String]? = nil, l7: Layer7? = nil, isReply: Bool,
                 trafficDirection: TrafficDirection, summary: String, sourceNames: [String]? = nil) {

@@ -69,7 +69,7 @@ public enum FlowEncoding {
             case .sample: return "\(proto)-sample"
             }
         }
-        if flow.verdict == .dropped && flow.dropReasonDesc == "POLICY_DENIED" { return "Policy denied" }
+        if flow.verdict == .dropped && flow.dropReasonDesc == .policyDenied { return "Policy denied" }
         return "to-proxy"
     }
 

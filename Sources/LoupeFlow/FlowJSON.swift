@@ -26,7 +26,7 @@ struct FlowJSONWriter {
         o.field("time", &self) { $0.string(f.time) }
         o.field("uuid", &self) { $0.string(f.uuid) }
         o.field("verdict", &self) { $0.string(f.verdict.rawValue) }
-        if let d = f.dropReasonDesc { o.field("drop_reason_desc", &self) { $0.string(d) } }
+        if let d = f.dropReasonDesc { o.field("drop_reason_desc", &self) { $0.string(d.rawValue) } }
         o.field("IP", &self) { w in
             var p = ObjectWriter()
             p.field("source", &w) { $0.string(f.ip.source) }

@@ -20,7 +20,7 @@ public final class POSIXRegex: @unchecked Sendable, CustomStringConvertible {
         if rc != 0 {
             var buf = [CChar](repeating: 0, count: 256)
             regerror(rc, &compiled, &buf, buf.count)
-            throw CompileError(pattern: pattern, reason: String(cString: buf))
+            throw CompileError(pattern: pattern, reason: buf.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })
         }
     }
 

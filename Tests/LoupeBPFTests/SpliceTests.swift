@@ -103,7 +103,7 @@ final class SpliceTests {
             try maps.insert(downstream: a, upstream: b)
             Issue.record("closed sockets were spliced")
         } catch {
-            #expect(error.reason == "no_socket")
+            #expect(error.reason == .noSocket)
         }
         #expect(maps.status()["paired_sockets"] == 0)
     }

@@ -59,3 +59,46 @@ final class ReadCounter: ChannelOutboundHandler {
         #expect(upReads.reads == 1)
     }
 }
+
+/// The glue's rule for a partner that is not there yet: the read is held, and re-checked when
+/// the partner is attached (handlers are added one side after the other).
+@Suite struct GlueTests {
+    final class Probe: Glued {
+        typealias InboundIn = NIOAny
+        typealias OutboundIn = NIOAny
+        let glue: Glue
+        let side: ConnectionStateMachine.Side
+        init(_ glue: Glue, _ side: ConnectionStateMachine.Side) {
+            self.glue = glue
+            self.side = side
+        }
+    }
+
+    /// The client side glued and reading; the server side's channel, not yet glued.
+    func clientReadingAlone() throws -> (glue: Glue, up: EmbeddedChannel, downReads: ReadCounter) {
+        let loop = EmbeddedEventLoop()
+        let down = EmbeddedChannel(loop: loop), up = EmbeddedChannel(loop: loop)
+        let glue = Glue()
+        let downReads = ReadCounter()
+        try down.pipeline.syncOperations.addHandlers([downReads, Probe(glue, .client)])
+        down.read()
+        return (glue, up, downReads)
+    }
+
+    @Test func aReadWaitsForItsPartnerAndGoesOnWhenItIsAdded() throws {
+        let (glue, up, downReads) = try clientReadingAlone()
+        #expect(downReads.reads == 0, "no partner yet: the read is held")
+        try up.pipeline.syncOperations.addHandler(Probe(glue, .server))
+        #expect(downReads.reads == 1, "the partner was added, writable: the held read goes on")
+    }
+
+    @Test func aPartnerAddedWhileFullKeepsTheReadHeld() throws {
+        let (glue, up, downReads) = try clientReadingAlone()
+        up.isWritable = false
+        try up.pipeline.syncOperations.addHandler(Probe(glue, .server))
+        #expect(downReads.reads == 0)
+        up.isWritable = true
+        up.pipeline.fireChannelWritabilityChanged()
+        #expect(downReads.reads == 1)
+    }
+}

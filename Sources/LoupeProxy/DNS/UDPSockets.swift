@@ -157,13 +157,13 @@ struct SocketAddress: Hashable, CustomStringConvertible {
             let sin = withUnsafeBytes(of: &s) { $0.loadUnaligned(as: sockaddr_in.self) }
             var a = sin.sin_addr
             inet_ntop(AF_INET, &a, &buf, socklen_t(buf.count))
-            ip = String(cString: buf)
+            ip = buf.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
             port = UInt16(bigEndian: sin.sin_port)
         case AF_INET6:
             let sin6 = withUnsafeBytes(of: &s) { $0.loadUnaligned(as: sockaddr_in6.self) }
             var a = sin6.sin6_addr
             inet_ntop(AF_INET6, &a, &buf, socklen_t(buf.count))
-            ip = String(cString: buf)
+            ip = buf.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
             port = UInt16(bigEndian: sin6.sin6_port)
         default:
             return nil

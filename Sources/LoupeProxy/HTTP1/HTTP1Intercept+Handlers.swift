@@ -5,25 +5,46 @@ import NIOCore
 import NIOHTTP1
 
 extension HTTP1Intercept {
+    /// What both sides of an intercepted HTTP/1 connection share: the glue (backpressure) and
+    /// the exchanges in flight (`StateMachine`: responses paired with requests).
+    final class Session {
+        let connection: ProxyConnection
+        let glue = Glue()
+        var exchanges = StateMachine()
+        weak var client: DownstreamHandler?
+
+        init(connection: ProxyConnection) { self.connection = connection }
+    }
+
+    /// A handler of either side: its glue and connection are the session's.
+    protocol SessionHandler: Glued { var session: Session { get } }
+
+    static func pair(connection: ProxyConnection) -> (DownstreamHandler, UpstreamHandler) {
+        let session = Session(connection: connection)
+        let down = DownstreamHandler(session: session)
+        session.client = down
+        return (down, UpstreamHandler(session: session))
+    }
+
     /// Downstream (client) side: parsed requests go upstream part by part, never buffered whole;
     /// reads pause while the upstream socket is not writable. Malformed input gets a 400.
-    final class DownstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    final class DownstreamHandler: SessionHandler {
         typealias InboundIn = HTTPServerRequestPart
         typealias OutboundIn = HTTPServerResponsePart
         typealias OutboundOut = HTTPServerResponsePart
 
-        let connection: ProxyConnection
-        var partner: UpstreamHandler?
-        var context: ChannelHandlerContext?
-        private var pendingRead = false
+        let session: Session
+        let side = ConnectionStateMachine.Side.client
         private var rejected = false
         /// The current request was denied: its body goes nowhere.
         private var discardingBody = false
 
-        init(connection: ProxyConnection) { self.connection = connection }
+        init(session: Session) { self.session = session }
 
-        func handlerAdded(context: ChannelHandlerContext) { self.context = context }
-        func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+        /// Writes a request part toward the destination.
+        private func forward(_ part: HTTPClientRequestPart) {
+            if let written = glue.write(NIOAny(part), to: .server) { connection.wrote(written, to: .server) }
+        }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             guard !rejected else { return }
@@ -36,7 +57,7 @@ extension HTTP1Intercept {
                 let denied = decision.isEnforced && !decision.allows(HTTPRequestFacts(
                     method: head.method.rawValue, path: head.uri, host: host ?? c.authorityFallback,
                     headers: head.headers.map { (name: $0.name, value: $0.value) }))
-                let action = connection.http.requestHead(
+                let action = session.exchanges.requestHead(
                     method: head.method.rawValue, uri: head.uri, host: host,
                     fallbackAuthority: c.authorityFallback, version: Self.versionString(head.version),
                     upgrade: head.headers.contains(name: "upgrade"), nowNanos: monotonicNanos(),
@@ -44,7 +65,7 @@ extension HTTP1Intercept {
                 switch action {
                 case .forward(let exchange):
                     recordRequest(exchange, head: head, verdict: .forwarded)
-                    partner?.write(.head(head))
+                    forward(.head(head))
                 case .respondLocally(let exchange):
                     recordRequest(exchange, head: head, verdict: .dropped)
                     discardingBody = true
@@ -54,9 +75,9 @@ extension HTTP1Intercept {
                     discardingBody = true
                 }
             case .body(let buffer):
-                if !discardingBody { partner?.write(.body(.byteBuffer(buffer))) }
+                if !discardingBody { forward(.body(.byteBuffer(buffer))) }
             case .end(let trailers):
-                if discardingBody { discardingBody = false } else { partner?.write(.end(trailers)) }
+                if discardingBody { discardingBody = false } else { forward(.end(trailers)) }
             }
         }
 
@@ -68,14 +89,14 @@ extension HTTP1Intercept {
                     method: e.method, url: url, protocol: e.version,
                     headers: head.headers.map { HTTP.Header(key: $0.name, value: $0.value) })),
                 reply: false, summary: "\(e.version) \(e.method) \(url)",
-                dropReason: verdict == .dropped ? "POLICY_DENIED" : nil))
+                dropReason: verdict == .dropped ? .policyDenied : nil))
         }
 
         /// The policy's answer to a denied request: 403 `Access denied`, as Cilium's proxy
         /// gives; the connection stays usable unless the client asked to close or to leave HTTP.
         func respondDenied(_ e: Exchange) {
-            guard let context else { return }
-            connection.environment.count("http_requests_policy_denied")
+            guard let context = glue.context(.client) else { return }
+            connection.environment.count(.httpRequestsPolicyDenied)
             let url = e.url
             let latency = monotonicNanos() &- e.startNanos
             connection.environment.record(connection.context.flow(
@@ -83,7 +104,7 @@ extension HTTP1Intercept {
                 l7: Layer7(type: .response, latencyNs: latency,
                            http: HTTP(code: 403, method: e.method, url: url, protocol: e.version, headers: [])),
                 reply: true, summary: "\(e.version) 403 \(latency / 1_000_000)ms (\(e.method) \(url))",
-                dropReason: "POLICY_DENIED"))
+                dropReason: .policyDenied))
             let close = !e.keepAlive || e.wantsTunnel
             var headers = HTTPHeaders()
             headers.add(name: "content-type", value: "text/plain")
@@ -92,39 +113,23 @@ extension HTTP1Intercept {
             context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .forbidden, headers: headers))), promise: nil)
             context.write(wrapOutboundOut(.body(.byteBuffer(Self.accessDenied))), promise: nil)
             let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
-            connection.lastWriteToClient = done
+            connection.wrote(done, to: .client)
             if close {
                 let conn = connection
-                done.whenComplete { _ in conn.close() }
+                done.assumeIsolated().whenComplete { _ in conn.close() }
             }
         }
 
         static let accessDenied = ByteBuffer(string: "Access denied\r\n")
 
         func channelReadComplete(context: ChannelHandlerContext) {
-            partner?.context?.flush()
-        }
-
-        func channelWritabilityChanged(context: ChannelHandlerContext) {
-            if context.channel.isWritable { partner?.resumeRead() }
-            context.fireChannelWritabilityChanged()
-        }
-
-        func resumeRead() {
-            if pendingRead, let context {
-                pendingRead = false
-                context.read()
-            }
-        }
-
-        func read(context: ChannelHandlerContext) {
-            if partner?.context?.channel.isWritable ?? false { context.read() } else { pendingRead = true }
+            glue.flush(.server)
         }
 
         /// Writes a response part toward the client (from the upstream side).
         func write(_ part: HTTPServerResponsePart) {
-            guard let context, !rejected else { return }
-            connection.lastWriteToClient = context.write(wrapOutboundOut(part))
+            guard !rejected, let written = glue.write(wrapOutboundOut(part), to: .client) else { return }
+            connection.wrote(written, to: .client)
         }
 
         func errorCaught(context: ChannelHandlerContext, error: Error) {
@@ -141,7 +146,7 @@ extension HTTP1Intercept {
         /// framing can no longer be trusted, so the connection cannot be reused.
         private func reject(context: ChannelHandlerContext, _ failure: HTTP1RequestParser.Failure) {
             rejected = true
-            connection.environment.count("http_requests_rejected")
+            connection.environment.count(.httpRequestsRejected)
             let c = connection.context
             let status = HTTPResponseStatus(statusCode: failure.status)
             let what = failure.status == 400 ? "malformed request rejected" : "request rejected"
@@ -160,29 +165,21 @@ extension HTTP1Intercept {
 
     /// Upstream (server) side: responses go back to the client part by part, each final response
     /// paired with its request for the RESPONSE flow.
-    final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    final class UpstreamHandler: SessionHandler {
         typealias InboundIn = HTTPClientResponsePart
         typealias OutboundIn = HTTPClientRequestPart
         typealias OutboundOut = HTTPClientRequestPart
 
-        let connection: ProxyConnection
-        weak var partner: DownstreamHandler?
-        var context: ChannelHandlerContext?
-        private var pendingRead = false
+        let session: Session
+        let side = ConnectionStateMachine.Side.server
         private var tunnelAfterEnd = false
         /// What opened the tunnel (`Upgrade: websocket`, `CONNECT`), for the connection's flow.
         private var tunnel = ""
         private var closeAfterEnd = false
 
-        init(connection: ProxyConnection) { self.connection = connection }
+        init(session: Session) { self.session = session }
 
-        func handlerAdded(context: ChannelHandlerContext) { self.context = context }
-        func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
-
-        func write(_ part: HTTPClientRequestPart) {
-            guard let context else { return }
-            connection.lastWriteToServer = context.write(wrapOutboundOut(part))
-        }
+        private var partner: DownstreamHandler? { session.client }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             switch unwrapInboundIn(data) {
@@ -190,7 +187,7 @@ extension HTTP1Intercept {
                 Self.normalizeChunked(&head.headers)
                 let code = Int(head.status.code)
                 let c = connection.context
-                switch connection.http.responseHead(code: code, nowNanos: monotonicNanos()) {
+                switch session.exchanges.responseHead(code: code, nowNanos: monotonicNanos()) {
                 case .forward(let e, let latency, _):
                     record(e, head: head, latency: latency, context: c)
                     // NIO's request decoder stops parsing after an Upgrade/CONNECT request; when
@@ -203,26 +200,26 @@ extension HTTP1Intercept {
                 case .informational:
                     break
                 case .unsolicited:
-                    connection.environment.count("http_unsolicited_responses")
+                    connection.environment.count(.httpUnsolicitedResponses)
                 }
                 partner?.write(.head(head))
             case .body(let buffer):
                 partner?.write(.body(.byteBuffer(buffer)))
             case .end(let trailers):
                 partner?.write(.end(trailers))
-                for held in connection.http.responseEnd() { partner?.respondDenied(held) }
+                for held in session.exchanges.responseEnd() { partner?.respondDenied(held) }
                 // The decoder delivers .end for a 101 too, then stops parsing: only now may the
                 // codecs go (removing them at .head crashed the relay with the pending .end).
                 if closeAfterEnd {
                     closeAfterEnd = false
-                    partner?.context?.flush()
+                    glue.flush(.client)
                     let conn = connection
-                    (connection.lastWriteToClient ?? context.eventLoop.makeSucceededVoidFuture()).whenComplete { _ in conn.close() }
+                    connection.lastWrite(to: .client).assumeIsolated().whenComplete { _ in conn.close() }
                 }
                 if tunnelAfterEnd, let partner {
-                    partner.context?.flush()
+                    glue.flush(.client)
                     tunnelAfterEnd = false
-                    connection.switchToTunnel(downstreamHTTP: partner, upstreamHTTP: self, after: tunnel)
+                    connection.tunnelOpened(by: tunnel, downstreamHTTP: partner, upstreamHTTP: self)
                 }
             }
         }
@@ -249,27 +246,11 @@ extension HTTP1Intercept {
         }
 
         func channelReadComplete(context: ChannelHandlerContext) {
-            partner?.context?.flush()
-        }
-
-        func channelWritabilityChanged(context: ChannelHandlerContext) {
-            if context.channel.isWritable { partner?.resumeRead() }
-            context.fireChannelWritabilityChanged()
-        }
-
-        func resumeRead() {
-            if pendingRead, let context {
-                pendingRead = false
-                context.read()
-            }
-        }
-
-        func read(context: ChannelHandlerContext) {
-            if partner?.context?.channel.isWritable ?? false { context.read() } else { pendingRead = true }
+            glue.flush(.client)
         }
 
         func errorCaught(context: ChannelHandlerContext, error: Error) {
-            connection.environment.count("upstream_errors")
+            connection.environment.count(.upstreamErrors)
             connection.close()
         }
     }
@@ -289,6 +270,11 @@ extension HTTP1Intercept {
         context.write(NIOAny(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))),
                       promise: nil)
         context.write(NIOAny(HTTPServerResponsePart.body(.byteBuffer(body))), promise: nil)
-        context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil))).whenComplete { _ in close() }
+        context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil))).assumeIsolated().whenComplete { _ in close() }
     }
+}
+
+extension HTTP1Intercept.SessionHandler {
+    var glue: Glue { session.glue }
+    var connection: ProxyConnection { session.connection }
 }

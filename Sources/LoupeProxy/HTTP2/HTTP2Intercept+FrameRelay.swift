@@ -5,7 +5,7 @@ extension HTTP2Intercept {
     /// Right after each side's `NIOHTTP2Handler`: hands that side's frames and stream events to
     /// the session and writes the frames the session relays to it. Writes are flushed once per
     /// read batch of the other side; reads pause while the other side's socket is full.
-    final class FrameRelay: ChannelDuplexHandler {
+    final class FrameRelay: Glued {
         typealias InboundIn = HTTP2Frame
         typealias OutboundIn = HTTP2Frame
         typealias OutboundOut = HTTP2Frame
@@ -16,8 +16,9 @@ extension HTTP2Intercept {
 
         private(set) var session: Session?
         let client: Bool
-        private var context: ChannelHandlerContext?
-        private var pendingRead = false
+        let glue: Glue
+        var side: ConnectionStateMachine.Side { client ? .client : .server }
+        private var context: ChannelHandlerContext? { glue.context(side) }
         private var unflushed = false
         /// DATA bytes received on this connection and not yet credited back (connection level).
         var connectionCredit = 0
@@ -25,13 +26,10 @@ extension HTTP2Intercept {
         init(session: Session, client: Bool) {
             self.session = session
             self.client = client
+            self.glue = session.glue
         }
 
         private var other: FrameRelay? { session?.relay(client: !client) }
-
-        func handlerAdded(context: ChannelHandlerContext) {
-            self.context = context
-        }
 
         /// Raises the connection's receive window from the default 64 KiB (after the preface,
         /// which the HTTP/2 handler in front of this one sends when added).
@@ -41,7 +39,7 @@ extension HTTP2Intercept {
         }
 
         func handlerRemoved(context: ChannelHandlerContext) {
-            self.context = nil
+            glue.detach(side)
             session = nil // breaks the session ↔ relay cycle
         }
 
@@ -95,18 +93,6 @@ extension HTTP2Intercept {
                 }
             }
             context.fireUserInboundEventTriggered(event)
-        }
-
-        func read(context: ChannelHandlerContext) {
-            if other?.context?.channel.isWritable ?? true { context.read() } else { pendingRead = true }
-        }
-
-        func channelWritabilityChanged(context: ChannelHandlerContext) {
-            if context.channel.isWritable, let other, other.pendingRead, let oc = other.context {
-                other.pendingRead = false
-                oc.read()
-            }
-            context.fireChannelWritabilityChanged()
         }
 
         func errorCaught(context: ChannelHandlerContext, error: Error) {

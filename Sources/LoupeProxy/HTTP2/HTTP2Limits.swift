@@ -52,30 +52,30 @@ public struct HTTP2Limits: Sendable, Equatable {
 
     /// Which limit an error from the HTTP/2 stack reports, in the words of flows and
     /// `loupe status` counters; nil for an error that is not a limit (a protocol violation).
-    func breach(_ error: Error) -> (counter: String, description: String)? {
+    func breach(_ error: Error) -> (counter: ProxyCounter, description: String)? {
         let base = (error as? NIOHTTP2Errors.StreamError)?.baseError ?? error
         let window = "\(rateWindowSeconds) s"
         switch base {
         case is NIOHTTP2Errors.ExcessiveRSTFrames:
-            return ("rapid_reset", "stream resets (more than \(maxResetsPerWindow) RST_STREAM in \(window), rapid reset)")
+            return (.http2LimitRapidReset, "stream resets (more than \(maxResetsPerWindow) RST_STREAM in \(window), rapid reset)")
         case is NIOHTTP2Errors.ExcessiveContinuationFrames:
-            return ("continuation_frames", "CONTINUATION frames (more than \(maxContinuationFrames) after one HEADERS)")
+            return (.http2LimitContinuationFrames, "CONTINUATION frames (more than \(maxContinuationFrames) after one HEADERS)")
         case is NIOHTTP2Errors.ExcessivelyLargeHeaderBlock, is NIOHPACKErrors.MaxHeaderListSizeViolation:
-            return ("header_list_size", "header list size (more than \(maxHeaderListBytes) bytes)")
+            return (.http2LimitHeaderListSize, "header list size (more than \(maxHeaderListBytes) bytes)")
         case is NIOHTTP2Errors.MaxStreamsViolation:
-            return ("concurrent_streams", "concurrent streams (more than \(maxConcurrentStreams))")
+            return (.http2LimitConcurrentStreams, "concurrent streams (more than \(maxConcurrentStreams))")
         case is NIOHPACKErrors.InvalidDynamicTableSize, is NIOHPACKErrors.IllegalDynamicTableSizeChange:
-            return ("hpack_table_size", "HPACK table size (more than \(hpackTableBytes) bytes)")
+            return (.http2LimitHPACKTableSize, "HPACK table size (more than \(hpackTableBytes) bytes)")
         case is NIOHTTP2Errors.ExcessiveStreamErrors:
-            return ("stream_errors", "stream errors (more than \(maxStreamErrorsPerWindow) in \(window))")
+            return (.http2LimitStreamErrors, "stream errors (more than \(maxStreamErrorsPerWindow) in \(window))")
         case is NIOHTTP2Errors.ExcessiveNumberOfGlitches:
-            return ("glitches", "protocol glitches (too many suspicious frames)")
+            return (.http2LimitGlitches, "protocol glitches (too many suspicious frames)")
         case is NIOHTTP2Errors.ExcessiveControlFrames:
-            return ("control_frames", "control frame rate (PING/SETTINGS/PRIORITY flood)")
+            return (.http2LimitControlFrames, "control frame rate (PING/SETTINGS/PRIORITY flood)")
         case is NIOHTTP2Errors.ExcessiveEmptyDataFrames:
-            return ("empty_data_frames", "empty DATA frames")
+            return (.http2LimitEmptyDataFrames, "empty DATA frames")
         case is NIOHTTP2Errors.ExcessiveOutboundFrameBuffering:
-            return ("buffered_frames", "unread control frame replies (peer does not read)")
+            return (.http2LimitBufferedFrames, "unread control frame replies (peer does not read)")
         default:
             return nil
         }

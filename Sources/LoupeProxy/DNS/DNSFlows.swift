@@ -3,7 +3,7 @@ import LoupeProtocols
 
 /// Hubble's DNS flows for one query and its answer (pure: messages in, flows out).
 enum DNSFlows {
-    static func request(_ q: DNSMessage, context c: ConnectionContext, verdict: Verdict = .forwarded, dropReason: String? = nil,
+    static func request(_ q: DNSMessage, context c: ConnectionContext, verdict: Verdict = .forwarded, dropReason: DropReason? = nil,
                         udp: Bool = true) -> Flow {
         let query = q.questions.first?.name ?? "."
         let qtypes = q.questions.map { $0.type.description }
@@ -16,7 +16,7 @@ enum DNSFlows {
     /// `DNS Answer "198.19.0.20" TTL: 300 (Proxy api.example.test. A)` /
     /// `DNS Answer RCode: Non-Existent Domain TTL: 4294967295 (Proxy nx.example.test. A)`.
     static func response(_ r: DNSMessage, query q: DNSMessage, latencyNanos: UInt64, context c: ConnectionContext,
-                         verdict: Verdict = .forwarded, dropReason: String? = nil, note: String? = nil, udp: Bool = true) -> Flow {
+                         verdict: Verdict = .forwarded, dropReason: DropReason? = nil, note: String? = nil, udp: Bool = true) -> Flow {
         let query = q.questions.first?.name ?? r.questions.first?.name ?? "."
         let qtypes = q.questions.map { $0.type.description }
         let addresses = r.answers.compactMap(\.address)

@@ -43,7 +43,7 @@ public final class ProxyEnvironment: Sendable {
     public let configuration: ProxyConfiguration
     /// Names pods resolved through the DNS proxy, for `destination_names`.
     public let fqdn = FQDNCache()
-    private let counters = Mutex<[String: UInt64]>([:])
+    public let counters = ProxyCounters()
     /// HTTPS interception's node CA and TLS contexts.
     let tls: TLSIntercept.Contexts
 
@@ -72,11 +72,12 @@ public final class ProxyEnvironment: Sendable {
     }
 
     /// Proxy-level counters (connections, upstream errors, parse errors, policy denials) for `loupe status`.
-    public func count(_ name: String, _ n: UInt64 = 1) {
-        counters.withLock { $0[name, default: 0] += n }
+    public func count(_ counter: ProxyCounter, _ n: UInt64 = 1) {
+        counters.add(counter, n)
     }
 
-    public var counterValues: [String: UInt64] { counters.withLock { $0 } }
+    /// Every counter by name.
+    public var counterValues: [String: UInt64] { counters.byName }
 
     private let spliceMapsStore = Mutex<SpliceMaps?>(nil)
     /// The kernel splice, when loaded (the proxy service attaches it before accepting).

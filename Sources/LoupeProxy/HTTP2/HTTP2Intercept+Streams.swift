@@ -162,7 +162,7 @@ extension HTTP2Intercept.Session {
         }
         let written = connection.downstream.eventLoop.makePromise(of: Void.self)
         target.write(HTTP2Frame(streamID: streamID, payload: payload), promise: written)
-        written.futureResult.whenSuccess(credited)
+        written.futureResult.assumeIsolated().whenSuccess(credited)
     }
 
     /// `n` bytes the client (`client: true`) or the destination sent on this stream were written
@@ -209,7 +209,7 @@ extension HTTP2Intercept.Session {
             verdict: denied ? .dropped : .forwarded, type: .l7,
             l7: Layer7(type: .request, latencyNs: 0, http: HTTP(method: req.method, url: req.url, protocol: "HTTP/2",
                                                                 headers: f.flowHeaders)),
-            reply: false, summary: "HTTP/2 \(req.method) \(req.url)", dropReason: denied ? "POLICY_DENIED" : nil))
+            reply: false, summary: "HTTP/2 \(req.method) \(req.url)", dropReason: denied ? .policyDenied : nil))
         if denied { return respondDenied(pair) }
         guard !upstreamGoingAway, let server else { return refuse(pair) }
         let up = streams.pairUpstream(pair)
@@ -221,9 +221,9 @@ extension HTTP2Intercept.Session {
     /// still sending its body is then told to stop (RST_STREAM NO_ERROR, RFC 9113 §8.1).
     private func respondDenied(_ pair: HTTP2Intercept.StreamPair) {
         guard let client else { return }
-        connection.environment.count("http_requests_policy_denied")
+        connection.environment.count(.httpRequestsPolicyDenied)
         if let r = pair.exchange.answeredLocally(code: 403, now: monotonicNanos()) {
-            recordResponse(r, verdict: .dropped, dropReason: "POLICY_DENIED")
+            recordResponse(r, verdict: .dropped, dropReason: .policyDenied)
         }
         let body = HTTP1Intercept.DownstreamHandler.accessDenied
         let head = HPACKHeaders([(":status", "403"), ("content-type", "text/plain"),
@@ -236,7 +236,7 @@ extension HTTP2Intercept.Session {
     /// No destination stream can be had (it is going away): REFUSED_STREAM tells the client the
     /// request was not processed and may be retried.
     private func refuse(_ pair: HTTP2Intercept.StreamPair) {
-        connection.environment.count("http2_streams_refused")
+        connection.environment.count(.http2StreamsRefused)
         client?.write(HTTP2Frame(streamID: pair.clientID, payload: .rstStream(.refusedStream)))
     }
 
@@ -284,7 +284,7 @@ extension HTTP2Intercept.Session {
         if let r = pair.exchange.closed(now: monotonicNanos()) { recordResponse(r, verdict: .forwarded) }
     }
 
-    private func recordResponse(_ r: HTTP2Intercept.Exchange.Response, verdict: Verdict, dropReason: String? = nil) {
+    private func recordResponse(_ r: HTTP2Intercept.Exchange.Response, verdict: Verdict, dropReason: DropReason? = nil) {
         connection.environment.record(connection.context.flow(
             verdict: r.incomplete ? .error : verdict, type: .l7,
             l7: Layer7(type: .response, latencyNs: r.latencyNanos,

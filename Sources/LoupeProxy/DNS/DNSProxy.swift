@@ -153,9 +153,9 @@ public final class DNSProxy: @unchecked Sendable {
     }
 
     private func query(_ bytes: [UInt8], from client: SocketAddress, to resolver: SocketAddress?) {
-        environment.count("dns_queries")
+        environment.count(.dnsQueries)
         guard let resolver else {
-            environment.count("dns_no_original_destination")
+            environment.count(.dnsNoOriginalDestination)
             return
         }
         let peer = peer(client: client, resolver: resolver)
@@ -175,17 +175,17 @@ public final class DNSProxy: @unchecked Sendable {
         // answered REFUSED by the proxy and never reaches the resolver.
         let decision = peer.decision
         if decision.isEnforced, !decision.allows(dnsQuery: q.questions[0].name) {
-            environment.count("dns_queries_policy_denied")
-            environment.record(DNSFlows.request(q, context: c, verdict: .dropped, dropReason: "POLICY_DENIED"))
+            environment.count(.dnsQueriesPolicyDenied)
+            environment.record(DNSFlows.request(q, context: c, verdict: .dropped, dropReason: .policyDenied))
             let refused = DNSMessage.reply(to: q, rcode: .refused)
             reply(refused.serialize(), to: client, from: resolver)
-            environment.record(DNSFlows.response(refused, query: q, latencyNanos: 0, context: c, verdict: .dropped, dropReason: "POLICY_DENIED"))
+            environment.record(DNSFlows.response(refused, query: q, latencyNanos: 0, context: c, verdict: .dropped, dropReason: .policyDenied))
             return
         }
         environment.record(DNSFlows.request(q, context: c))
         guard pending.count < Self.maxInFlight else {
             // Bounded: each query in flight holds a socket.
-            environment.count("dns_inflight_limit")
+            environment.count(.dnsInflightLimit)
             fail(q, client: client, resolver: resolver, context: c, started: monotonicNanos(),
                  note: "(\(Self.maxInFlight) queries already in flight)")
             return
@@ -207,14 +207,14 @@ public final class DNSProxy: @unchecked Sendable {
             pending[key] = Pending(client: client, resolver: resolver, query: q, context: c, started: now, deadline: deadline)
             deadlines.append((deadline, key))
         } catch {
-            environment.count("dns_upstream_errors")
+            environment.count(.dnsUpstreamErrors)
             fail(q, client: client, resolver: resolver, context: c, started: monotonicNanos(), note: "(upstream \(resolver): \(error))")
         }
     }
 
     /// FORMERR for a malformed query that still has a header; shorter input is dropped. Both counted.
     private func reject(_ bytes: [UInt8], client: SocketAddress, resolver: SocketAddress, context c: ConnectionContext, reason: String) {
-        environment.count("dns_malformed_queries")
+        environment.count(.dnsMalformedQueries)
         let summary: String
         if bytes.count >= 12 {
             reply(DNSMessage.formatError(replyingTo: bytes).serialize(), to: client, from: resolver)
@@ -256,11 +256,11 @@ public final class DNSProxy: @unchecked Sendable {
             let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
             if n < 0 {
                 if errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR { return }
-                environment.count("dns_upstream_errors") // ECONNREFUSED and the like: waiting queries time out
+                environment.count(.dnsUpstreamErrors) // ECONNREFUSED and the like: waiting queries time out
                 return
             }
             guard n >= 12 else {
-                environment.count("dns_malformed_answers")
+                environment.count(.dnsMalformedAnswers)
                 continue
             }
             answer(Array(buffer[0..<n]), fd: fd)
@@ -270,12 +270,12 @@ public final class DNSProxy: @unchecked Sendable {
     private func answer(_ raw: [UInt8], fd: Int32) {
         let key = Key(fd: fd, id: UInt16(raw[0]) << 8 | UInt16(raw[1]))
         guard let p = pending[key] else {
-            environment.count("dns_unmatched_answers") // late (after SERVFAIL) or unsolicited
+            environment.count(.dnsUnmatchedAnswers) // late (after SERVFAIL) or unsolicited
             return
         }
         let parsed = DNSMessage.parse(raw)
         if case .success(let r) = parsed, r.questions != p.query.questions {
-            environment.count("dns_mismatched_answers")
+            environment.count(.dnsMismatchedAnswers)
             return
         }
         pending.removeValue(forKey: key)
@@ -291,7 +291,7 @@ public final class DNSProxy: @unchecked Sendable {
             environment.record(DNSFlows.response(r, query: p.query, latencyNanos: latency, context: p.context))
             learn(r, query: p.query, client: p.client.ip)
         case .failure(let e):
-            environment.count("dns_malformed_answers")
+            environment.count(.dnsMalformedAnswers)
             environment.record(p.context.flow(verdict: .error, type: .l7,
                                               l7: Layer7(type: .response, latencyNs: latency, dns: DNS(query: p.query.questions.first?.name ?? ".", qtypes: [])),
                                               reply: true, summary: "DNS malformed answer relayed unchanged: \(e)", udp: true))
@@ -317,7 +317,7 @@ public final class DNSProxy: @unchecked Sendable {
             let key = deadlines[deadlineHead].key
             deadlineHead += 1
             guard let p = pending.removeValue(forKey: key) else { continue } // answered already
-            environment.count("dns_upstream_timeouts")
+            environment.count(.dnsUpstreamTimeouts)
             fail(p.query, client: p.client, resolver: p.resolver, context: p.context, started: p.started,
                  note: "(upstream \(p.resolver) did not answer within \(environment.configuration.dnsTimeoutMilliseconds) ms)")
         }
@@ -346,11 +346,11 @@ public final class DNSProxy: @unchecked Sendable {
                 fd = try UDPSockets.replySocket(from: resolver)
                 replySockets[resolver] = fd
             } catch {
-                environment.count("dns_reply_errors")
+                environment.count(.dnsReplyErrors)
                 logger.error("dns: cannot answer from \(resolver): \(error)")
                 return
             }
         }
-        if !UDPSockets.send(fd, bytes, to: client) { environment.count("dns_reply_errors") }
+        if !UDPSockets.send(fd, bytes, to: client) { environment.count(.dnsReplyErrors) }
     }
 }

@@ -79,32 +79,33 @@ enum TLSIntercept {
     /// Waits for one side's handshake; reports the negotiated protocol or the failure.
     final class HandshakeWatcher: ChannelInboundHandler, RemovableChannelHandler {
         typealias InboundIn = NIOAny
-        private var done: ((Result<String?, Error>) -> Void)?
+        private let connection: ProxyConnection
+        private let side: ConnectionStateMachine.Side
+        private var done = false
 
-        init(_ done: @escaping (Result<String?, Error>) -> Void) { self.done = done }
+        init(connection: ProxyConnection, side: ConnectionStateMachine.Side) {
+            self.connection = connection
+            self.side = side
+        }
+
+        private func report(_ result: Result<String?, Error>) -> Bool {
+            guard !done else { return false }
+            done = true
+            connection.handshakeDone(side, result)
+            return true
+        }
 
         func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-            if case .handshakeCompleted(let proto) = event as? TLSUserEvent, let d = done {
-                done = nil
-                d(.success(proto))
-            }
+            if case .handshakeCompleted(let proto) = event as? TLSUserEvent { _ = report(.success(proto)) }
             context.fireUserInboundEventTriggered(event)
         }
 
         func errorCaught(context: ChannelHandlerContext, error: Error) {
-            if let d = done {
-                done = nil
-                d(.failure(error))
-                return
-            }
-            context.fireErrorCaught(error)
+            if !report(.failure(error)) { context.fireErrorCaught(error) }
         }
 
         func channelInactive(context: ChannelHandlerContext) {
-            if let d = done {
-                done = nil
-                d(.failure(ChannelError.eof))
-            }
+            _ = report(.failure(ChannelError.eof))
             context.fireChannelInactive()
         }
     }

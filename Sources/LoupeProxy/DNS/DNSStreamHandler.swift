@@ -13,14 +13,21 @@ final class DNSStreamHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundOut = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
+    /// What both sides share: the queries waiting for their answers, by id.
+    final class Session {
+        var pending: [UInt16: (query: DNSMessage, startNanos: UInt64)] = [:]
+    }
+
     static let maxFrame = 65_535
     private let connection: ProxyConnection
+    private let session: Session
     private let fromClient: Bool
     private var buffer: ByteBuffer?
 
-    init(connection: ProxyConnection, fromClient: Bool) {
+    init(connection: ProxyConnection, session: Session, side: ConnectionStateMachine.Side) {
         self.connection = connection
-        self.fromClient = fromClient
+        self.session = session
+        self.fromClient = side == .client
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -47,15 +54,15 @@ final class DNSStreamHandler: ChannelInboundHandler, RemovableChannelHandler {
             case .success(let q) where !q.isResponse && !q.questions.isEmpty:
                 let decision = connection.currentDecision()
                 if decision.isEnforced, !decision.allows(dnsQuery: q.questions[0].name) {
-                    env.count("dns_queries_policy_denied")
-                    env.record(DNSFlows.request(q, context: c, verdict: .dropped, dropReason: "POLICY_DENIED", udp: false))
+                    env.count(.dnsQueriesPolicyDenied)
+                    env.record(DNSFlows.request(q, context: c, verdict: .dropped, dropReason: .policyDenied, udp: false))
                     let refused = DNSMessage.reply(to: q, rcode: .refused)
-                    env.record(DNSFlows.response(refused, query: q, latencyNanos: 0, context: c, verdict: .dropped, dropReason: "POLICY_DENIED", udp: false))
+                    env.record(DNSFlows.response(refused, query: q, latencyNanos: 0, context: c, verdict: .dropped, dropReason: .policyDenied, udp: false))
                     answerLocally(refused, context: context)
                     return
                 }
                 env.record(DNSFlows.request(q, context: c, udp: false))
-                connection.dnsPending[q.id] = (q, monotonicNanos())
+                session.pending[q.id] = (q, monotonicNanos())
                 context.fireChannelRead(wrapInboundOut(frame))
             case .success:
                 reject(message, reason: "not a query with a question", context: context)
@@ -63,17 +70,17 @@ final class DNSStreamHandler: ChannelInboundHandler, RemovableChannelHandler {
                 reject(message, reason: e.description, context: context)
             }
         } else {
-            if case .success(let r) = DNSMessage.parse(message), let (q, started) = connection.dnsPending.removeValue(forKey: r.id) {
+            if case .success(let r) = DNSMessage.parse(message), let (q, started) = session.pending.removeValue(forKey: r.id) {
                 env.record(DNSFlows.response(r, query: q, latencyNanos: monotonicNanos() &- started, context: c, udp: false))
             } else {
-                env.count("dns_unmatched_answers")
+                env.count(.dnsUnmatchedAnswers)
             }
             context.fireChannelRead(wrapInboundOut(frame)) // answers always go on unchanged
         }
     }
 
     private func reject(_ message: [UInt8], reason: String, context: ChannelHandlerContext) {
-        connection.environment.count("dns_malformed_queries")
+        connection.environment.count(.dnsMalformedQueries)
         connection.environment.record(connection.context.flow(
             verdict: .error, type: .l7, l7: Layer7(type: .request, latencyNs: 0, dns: DNS(query: "", qtypes: [])),
             reply: false, summary: "DNS malformed query answered FORMERR: \(reason)"))
@@ -86,6 +93,6 @@ final class DNSStreamHandler: ChannelInboundHandler, RemovableChannelHandler {
         var out = context.channel.allocator.buffer(capacity: bytes.count + 2)
         out.writeInteger(UInt16(bytes.count))
         out.writeBytes(bytes)
-        connection.lastWriteToClient = context.writeAndFlush(wrapOutboundOut(out))
+        connection.wrote(context.writeAndFlush(wrapOutboundOut(out)), to: .client)
     }
 }

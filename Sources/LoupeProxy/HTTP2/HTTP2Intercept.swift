@@ -24,7 +24,7 @@ import NIOHTTP2
 enum HTTP2Intercept {
     @discardableResult
     static func install(connection: ProxyConnection, downstream ds: ChannelPipeline.SynchronousOperations,
-                        after detect: ChannelHandler, upstream: Channel, us: ChannelPipeline.SynchronousOperations,
+                        after detect: ChannelHandler, us: ChannelPipeline.SynchronousOperations,
                         after gate: ChannelHandler) throws -> Session {
         let limits = connection.environment.configuration.http2
         let session = Session(connection: connection)
@@ -48,6 +48,7 @@ enum HTTP2Intercept {
     /// The state of one intercepted connection pair: its streams, flow-control credit, GOAWAY.
     final class Session {
         let connection: ProxyConnection
+        let glue = Glue()
         var client: FrameRelay?
         var server: FrameRelay?
         var streams = StreamTable()
@@ -88,7 +89,7 @@ enum HTTP2Intercept {
             if streams.openClientStreams == 0 {
                 ds.close(promise: nil)
             } else {
-                let deadline = ds.eventLoop.scheduleTask(in: .seconds(Self.drainDeadlineSeconds)) { ds.close(promise: nil) }
+                let deadline = ds.eventLoop.assumeIsolated().scheduleTask(in: .seconds(Self.drainDeadlineSeconds)) { ds.close(promise: nil) }
                 ds.closeFuture.whenComplete { _ in deadline.cancel() }
             }
         }
@@ -102,7 +103,7 @@ enum HTTP2Intercept {
         private func sendGoAwayToClient() {
             guard !goAwaySent, let client else { return }
             goAwaySent = true
-            connection.environment.count("http2_goaway_to_client")
+            connection.environment.count(.http2GoAwayToClient)
             client.write(HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: .maxID, errorCode: .noError, opaqueData: nil)))
             client.flush()
         }
@@ -116,10 +117,10 @@ enum HTTP2Intercept {
             let side = client ? "client" : "server"
             let summary: String
             if let breach = limits.breach(error) {
-                connection.environment.count("http2_limit_\(breach.counter)")
+                connection.environment.count(breach.counter)
                 summary = "HTTP/2 limit breached by \(side): \(breach.description); " + (streamLevel ? "stream reset" : "connection closed with GOAWAY")
             } else if Self.isProtocolError(error) {
-                connection.environment.count("http2_protocol_errors")
+                connection.environment.count(.http2ProtocolErrors)
                 summary = "HTTP/2 protocol error from \(side): \(describe(error)); " + (streamLevel ? "stream reset" : "connection closed with GOAWAY")
             } else if Self.isLocalRace(error) {
                 return // our write met a stream or connection that had just closed
@@ -129,7 +130,7 @@ enum HTTP2Intercept {
                 return
             }
             if streamLevel && errorFlows >= Self.maxErrorFlowsPerConnection {
-                connection.environment.count("http2_error_flows_not_recorded")
+                connection.environment.count(.http2ErrorFlowsNotRecorded)
             } else {
                 errorFlows += 1
                 connection.environment.record(connection.context.flow(

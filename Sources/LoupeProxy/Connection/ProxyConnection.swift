@@ -1,0 +1,411 @@
+import LoupeFlow
+import LoupePolicy
+import LoupeProtocols
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// One proxied connection: downstream (the pod's socket, accepted) and upstream (our socket to
+/// the original destination). `ConnectionStateMachine` decides; this carries its actions out
+/// (pipelines, sockets, flows, counters). Steps, top-down:
+///   0. policy: a peer not allowed on this port is reset here (DROPPED flow);
+///   1. connect upstream (marked, so it is never redirected again), reads held until then;
+///   2. detect the protocol on the client's first bytes (`FirstBytesHandler`; a server that
+///      speaks first → opaque);
+///   3. HTTP/1 → `HTTP1Intercept` handlers on both sides (per-request policy verdicts);
+///      HTTP/2 → `HTTP2Intercept`; HTTPS on an HTTPS port → `TLSIntercept` then either;
+///      anything else → `RelayHandler` pair, unless HTTP rules apply (then refused);
+///   4. opaque (raw TCP, TLS after its hello, tunnels): handed to the kernel's sockmap splice
+///      once the proxy holds nothing more (`ProxyConnection+Splice`), else relayed here;
+///   5. on close, the opaque connection's L3_L4 flow.
+/// Handlers report events (bytes relayed, writes queued, FIN, protocol decided) and never
+/// touch the connection's state. Everything runs on the downstream channel's event loop (the
+/// upstream uses the same loop): callbacks are registered isolated to it. Handlers hold the
+/// connection strongly: NIO may still call them (leftover bytes, EOF errors from a decoder being
+/// removed) after both close futures fired; the cycle through the pipelines is broken when the
+/// pipelines are torn down on close.
+protocol FramingConfigurable { var automaticallySetFramingHeaders: Bool { get set } }
+extension HTTPRequestEncoder.Configuration: FramingConfigurable {}
+extension HTTPResponseEncoder.Configuration: FramingConfigurable {}
+
+final class ProxyConnection {
+    typealias Side = ConnectionStateMachine.Side
+
+    /// Reads on both sockets start at 512 bytes and grow with what arrives (up to 64 KiB, as
+    /// NIO's default). Each channel keeps its last read buffer for reuse: at NIO's default 2 KiB
+    /// start, an idle connection held two of them.
+    static let reads = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65_536)
+
+    let downstream: Channel
+    private(set) var upstream: Channel?
+    let environment: ProxyEnvironment
+    var context: ConnectionContext
+    var machine = ConnectionStateMachine()
+    private var decision: DecisionCache<PolicyEngine.ConnectionDecision>
+    /// The last write queued toward each side: a peer's close waits for it, so no tail is lost.
+    private(set) var lastWriteToClient: EventLoopFuture<Void>?
+    private(set) var lastWriteToServer: EventLoopFuture<Void>?
+
+    init(downstream: Channel, environment: ProxyEnvironment) {
+        self.downstream = downstream
+        self.environment = environment
+        let snap = environment.snapshot
+        let local = downstream.localAddress
+        let remote = downstream.remoteAddress
+        var c = ConnectionContext(clientIP: remote?.ipAddress ?? "?", clientPort: remote?.port ?? 0,
+                                  serverIP: local?.ipAddress ?? "?", serverPort: local?.port ?? 0,
+                                  snapshot: snap, nodeName: environment.configuration.nodeName)
+        c.serverNames = environment.fqdn.names(client: c.clientIP, address: c.serverIP)
+        context = c
+        decision = DecisionCache(Self.decide(c, snap), generation: snap.generation)
+    }
+
+    var loop: NIOIsolatedEventLoop { downstream.eventLoop.assumeIsolated() }
+
+    /// The policy decision for this connection, recomputed when the policy set or inventory
+    /// changed (so a reload applies to requests on connections that are already open).
+    func currentDecision() -> PolicyEngine.ConnectionDecision {
+        decision.get(generation: environment.generation) {
+            let snap = environment.snapshot
+            return (Self.decide(context, snap), snap.generation)
+        }
+    }
+
+    static func decide(_ c: ConnectionContext, _ snap: ProxyEnvironment.Snapshot) -> PolicyEngine.ConnectionDecision {
+        snap.policy.decide(client: snap.pod(withIP: c.clientIP), server: snap.pod(withIP: c.serverIP),
+                           port: UInt16(clamping: c.serverPort))
+    }
+
+    /// What the state machine needs to know once the protocol is known.
+    func facts(tls: Bool = false) -> ConnectionStateMachine.Facts {
+        let d = currentDecision()
+        let cfg = environment.configuration
+        let visibility = context.rule?.l7
+        return ConnectionStateMachine.Facts(
+            carriesDNS: visibility == .dns || d.hasDNSRules, requiresHTTP: d.requiresHTTP,
+            interceptHTTP2: cfg.interceptHTTP2, visibility: visibility, splice: cfg.splice,
+            interceptionUnavailable: tls && visibility == .https ? tlsInterceptionUnavailable() : nil)
+    }
+
+    // MARK: - Step 0 and 1: accept, connect
+
+    /// Called from the child channel initializer.
+    func start() {
+        environment.count(.connectionsAccepted)
+        let d = currentDecision()
+        switch machine.accepted(deniesConnection: d.deniesConnection) {
+        case .deny:
+            environment.count(.connectionsPolicyDenied)
+            record(.dropped, "TCP connection denied by \(d.deniedDirection) policy", dropReason: .policyDenied)
+            return reset(downstream)
+        case .connectUpstream:
+            break
+        }
+        try? downstream.pipeline.syncOperations.addHandlers([FirstBytesHandler(connection: self, side: .client),
+                                                              HalfCloseWatcher(connection: self, side: .client)])
+        downstream.closeFuture.assumeIsolated().whenComplete { _ in self.closed(.client) }
+
+        guard let target = downstream.localAddress else { return downstream.close(promise: nil) }
+        let cfg = environment.configuration
+        // The initializer runs on this loop (the bootstrap's group is it).
+        let bound = NIOLoopBound(self, eventLoop: downstream.eventLoop)
+        ClientBootstrap(group: downstream.eventLoop)
+            .channelOption(ChannelOptions.recvAllocator, value: Self.reads)
+            .channelOption(ChannelOptions.Types.SocketOption(level: 1, name: 36), value: Int(cfg.upstreamMark)) // SO_MARK
+            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
+            .connectTimeout(.milliseconds(cfg.connectTimeoutMilliseconds))
+            .channelInitializer { ch in
+                ch.eventLoop.makeCompletedFuture {
+                    let connection = bound.value
+                    try ch.pipeline.syncOperations.addHandlers([FirstBytesHandler(connection: connection, side: .server),
+                                                                HalfCloseWatcher(connection: connection, side: .server)])
+                }
+            }
+            .connect(to: target)
+            .assumeIsolated()
+            .whenComplete { result in
+                switch result {
+                case .success(let ch): self.upstreamConnected(ch)
+                case .failure(let error): self.upstreamFailed(error)
+                }
+            }
+    }
+
+    private func upstreamConnected(_ channel: Channel) {
+        switch machine.upstreamConnected() {
+        case .closeUpstream:
+            channel.close(promise: nil)
+        case .startReading:
+            upstream = channel
+            channel.closeFuture.assumeIsolated().whenComplete { _ in self.closed(.server) }
+            downstream.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
+        }
+    }
+
+    private func upstreamFailed(_ error: Error) {
+        environment.count(.upstreamConnectErrors)
+        if machine.upstreamConnectFailed() {
+            record(.error, "TCP upstream connect to \(context.authorityFallback) failed: \(error)")
+        }
+        // Reset rather than close, so the client sees a refusal as it would without the proxy.
+        reset(downstream)
+    }
+
+    /// Closes with RST (SO_LINGER 0): the client sees a refusal, not an empty reply.
+    func reset(_ channel: Channel) {
+        if let options = channel as? SocketOptionProvider {
+            options.setSoLinger(linger(l_onoff: 1, l_linger: 0)).assumeIsolated().whenComplete { _ in channel.close(promise: nil) }
+        } else {
+            channel.close(promise: nil)
+        }
+    }
+
+    // MARK: - Step 2: detection
+
+    /// The client's first bytes decided the protocol.
+    func detected(_ detected: ConnectionStateMachine.Detected) {
+        let isTLS = if case .tls = detected { true } else { false }
+        let (notes, action) = machine.detected(detected, facts: facts(tls: isTLS))
+        perform(notes, action)
+    }
+
+    /// The destination spoke before the client. An HTTP/2 server's SETTINGS may come before the
+    /// client's preface: keep waiting for the client (it speaks without waiting), but not
+    /// forever. Anything else is not HTTP: relay it.
+    func serverSpokeFirst(http2Preface: Bool) {
+        guard machine.state == .detecting else { return }
+        if !http2Preface { return detected(.opaque) }
+        loop.scheduleTask(in: .seconds(Self.http2PrefaceWaitSeconds)) {
+            if self.machine.state == .detecting { self.detected(.opaque) }
+        }
+    }
+
+    static let http2PrefaceWaitSeconds: Int64 = 5
+
+    private func perform(_ notes: [ConnectionStateMachine.Note], _ action: ConnectionStateMachine.DetectAction) {
+        for note in notes { record(note) }
+        switch action {
+        case .none:
+            break
+        case .refuse(let summary):
+            environment.count(.connectionsPolicyDenied)
+            record(.dropped, summary, dropReason: .policyDenied)
+            upstream?.close(promise: nil)
+            reset(downstream)
+        case .interceptTLS(let serverName, let alpn):
+            interceptTLS(serverName: serverName, alpn: alpn)
+        case .install(let what):
+            guard let upstream else { return close() }
+            let ds = downstream.pipeline.syncOperations, us = upstream.pipeline.syncOperations
+            do {
+                let clientHold = try ds.handler(type: FirstBytesHandler.self)
+                let serverHold = try us.handler(type: FirstBytesHandler.self)
+                try install(what, ds, after: clientHold, us, after: serverHold)
+                // Removing the one-shot handlers hands their held bytes to what was just installed.
+                ds.removeHandler(clientHold, promise: nil)
+                us.removeHandler(serverHold, promise: nil)
+            } catch {
+                return close()
+            }
+            if case .opaque(_, splice: true) = what { spliceWhenDrained() }
+        }
+    }
+
+    private func record(_ note: ConnectionStateMachine.Note) {
+        switch note {
+        case .hello(.hello(let h)):
+            environment.count(.tlsClientHellos)
+            if let sni = h.serverName, !context.serverNames.contains(sni) { context.serverNames.insert(sni, at: 0) }
+            var summary = "TLS ClientHello " + (h.serverName.map { "SNI=\($0)" } ?? "without SNI")
+            if !h.alpn.isEmpty { summary += " ALPN=" + h.alpn.joined(separator: ",") }
+            record(.forwarded, summary)
+        case .hello(.notTLS(let why)), .hello(.malformed(let why)):
+            environment.count(.tlsClientHellosUnreadable)
+            record(.forwarded, "TLS ClientHello unreadable (\(why)): relayed opaque")
+        case .hello(.needMore):
+            break
+        case .notTLSOnTLSPort(let firstBytes):
+            environment.count(.tlsPortNotTLS)
+            record(.forwarded, "not TLS on a TLS visibility port (first bytes: \(firstBytes)): relayed opaque")
+        case .tlsVisibilityOnly(let summary):
+            record(.forwarded, summary)
+        }
+    }
+
+    // MARK: - Step 3: what carries the connection
+
+    /// Installs the handlers for `what` after the given ones on each side.
+    func install(_ what: ConnectionStateMachine.Install,
+                 _ ds: ChannelPipeline.SynchronousOperations, after downstreamAnchor: ChannelHandler,
+                 _ us: ChannelPipeline.SynchronousOperations, after upstreamAnchor: ChannelHandler) throws {
+        switch what {
+        case .http1:
+            environment.count(.connectionsHTTP1)
+            try installHTTP1(ds, after: downstreamAnchor, us, after: upstreamAnchor)
+        case .http2:
+            environment.count(.connectionsHTTP2)
+            try HTTP2Intercept.install(connection: self, downstream: ds, after: downstreamAnchor, us: us, after: upstreamAnchor)
+        case .opaque(let kind, _):
+            let (a, b) = RelayHandler.pair(connection: self)
+            try ds.addHandler(a, position: .after(downstreamAnchor))
+            try us.addHandler(b, position: .after(upstreamAnchor))
+            switch kind {
+            case .dns:
+                // DNS over TCP: frames inspected on their way through the relay.
+                environment.count(.connectionsDNSTCP)
+                let session = DNSStreamHandler.Session()
+                try ds.addHandler(DNSStreamHandler(connection: self, session: session, side: .client), position: .after(downstreamAnchor))
+                try us.addHandler(DNSStreamHandler(connection: self, session: session, side: .server), position: .after(upstreamAnchor))
+            case .tunnel:
+                environment.count(.connectionsTunneled)
+            case .raw, .tls:
+                environment.count(.connectionsOpaque)
+            }
+        }
+    }
+
+    /// HTTP/1: our request decoder (`HTTP1RequestDecoder`: methods by the grammar), NIOHTTP1's
+    /// encoders and response decoder, and the intercepting handlers (per-request policy and
+    /// flows), after the given handlers.
+    private func installHTTP1(_ ds: ChannelPipeline.SynchronousOperations, after downstreamAnchor: ChannelHandler,
+                              _ us: ChannelPipeline.SynchronousOperations, after upstreamAnchor: ChannelHandler) throws {
+        var limits = NIOHTTPDecoderLimitConfiguration()
+        limits.maxHeaderListSize = environment.configuration.maxHeaderBytes
+        limits.maxHeaderFieldSize = environment.configuration.maxHeaderBytes
+        let (down, up) = HTTP1Intercept.pair(connection: self)
+        try ds.addHandlers([
+            ByteToMessageHandler(HTTP1RequestDecoder(maxHeaderBytes: environment.configuration.maxHeaderBytes)),
+            HTTPResponseEncoder(configuration: Self.keepFraming(HTTPResponseEncoder.Configuration())),
+            down,
+        ], position: .after(downstreamAnchor))
+        try us.addHandlers([
+            HTTPRequestEncoder(configuration: Self.keepFraming(HTTPRequestEncoder.Configuration())),
+            ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes,
+                                                     informationalResponseStrategy: .forward,
+                                                     limitConfiguration: limits)),
+            up,
+        ], position: .after(upstreamAnchor))
+    }
+
+    /// A transparent proxy keeps each message's framing as the peer wrote it: NIO's encoders
+    /// would otherwise add `transfer-encoding: chunked` to a body-less POST (and the server then
+    /// reads the terminating chunk as a next request).
+    static func keepFraming<C>(_ c: C) -> C where C: FramingConfigurable {
+        var c = c
+        c.automaticallySetFramingHeaders = false
+        return c
+    }
+
+    /// The HTTP exchange asked for a tunnel (101 Switching Protocols, CONNECT 2xx): from now on
+    /// both directions are relayed as opaque bytes. Codecs are removed after the relay is in
+    /// place so their leftover bytes flow into it.
+    func tunnelOpened(by opening: String, downstreamHTTP: ChannelHandler, upstreamHTTP: ChannelHandler) {
+        guard let upstream, let what = machine.tunnelOpened(by: opening, splice: environment.configuration.splice) else { return }
+        let ds = downstream.pipeline.syncOperations
+        let us = upstream.pipeline.syncOperations
+        do {
+            try install(what, ds, after: downstreamHTTP, us, after: upstreamHTTP)
+            let downstreamHandlers = [try ds.context(handlerType: ByteToMessageHandler<HTTP1RequestDecoder>.self),
+                                      try ds.context(handlerType: HTTPResponseEncoder.self),
+                                      try ds.context(handler: downstreamHTTP)]
+            let upstreamHandlers = [try us.context(handlerType: ByteToMessageHandler<HTTPResponseDecoder>.self),
+                                    try us.context(handlerType: HTTPRequestEncoder.self),
+                                    try us.context(handler: upstreamHTTP)]
+            for c in downstreamHandlers { ds.removeHandler(context: c, promise: nil) }
+            for c in upstreamHandlers { us.removeHandler(context: c, promise: nil) }
+        } catch {
+            return close()
+        }
+        if !spliceWhenDrained() {
+            downstream.read()
+            upstream.read()
+        }
+    }
+
+    // MARK: - Events from the handlers
+
+    func relayed(_ n: UInt64, from side: Side) {
+        machine.relayed(n, from: side)
+        if machine.splice != nil { environment.count(.spliceBytesRelayedAfterSplice, n) }
+    }
+
+    /// A write was queued toward `side`: a close of its peer waits for it.
+    func wrote(_ future: EventLoopFuture<Void>, to side: Side) {
+        if side == .client { lastWriteToClient = future } else { lastWriteToServer = future }
+    }
+
+    func lastWrite(to side: Side) -> EventLoopFuture<Void> {
+        (side == .client ? lastWriteToClient : lastWriteToServer) ?? downstream.eventLoop.makeSucceededVoidFuture()
+    }
+
+    func channel(_ side: Side) -> Channel? { side == .client ? downstream : upstream }
+
+    /// A relay's read batch ended: for the splice's drain, the side's last read is done.
+    func readBatchDone(_ side: Side) {
+        if machine.isDraining { machine.drainReadDone(side) }
+    }
+
+    var holdsReads: Bool { machine.holdsReads }
+    func drainReadPending(_ side: Side) -> Bool { machine.drainReadPending(side) }
+
+    // MARK: - Step 5: FIN and close
+
+    /// One side sent FIN: pass it on (after everything queued toward the peer has been written),
+    /// as a direct TCP connection would, so half-close protocols and HTTP/1.0-style clients
+    /// that shut their write side after the request still get their answer. NIO turns the
+    /// second half-close of a socket into a full close.
+    func inputClosed(from side: Side) {
+        switch machine.inputClosed(from: side, facts: facts()) {
+        case .shutPeerWhenForwarded:
+            afterForwarded(from: side) { $0.close(mode: .output, promise: nil) }
+        case .closeAll:
+            close()
+        case .shutPeer(let detect):
+            if let (notes, action) = detect { perform(notes, action) }
+            guard let target = channel(side.peer) else { return }
+            lastWrite(to: side.peer).assumeIsolated().whenComplete { _ in
+                target.close(mode: .output, promise: nil)
+                // A peer that never closes its side must not hold the sockets forever.
+                let deadline = target.eventLoop.assumeIsolated().scheduleTask(in: .seconds(Self.halfCloseGraceSeconds)) {
+                    target.close(promise: nil)
+                }
+                target.closeFuture.whenComplete { _ in deadline.cancel() }
+            }
+        }
+    }
+
+    static let halfCloseGraceSeconds: Int64 = 60
+
+    func close() {
+        downstream.close(promise: nil)
+        upstream?.close(promise: nil)
+    }
+
+    private func closed(_ side: Side) {
+        switch machine.closed(side) {
+        case .none:
+            return // the pod is being told why (502), on its own connection
+        case .closePeerWhenForwarded:
+            afterForwarded(from: side) { $0.close(promise: nil) }
+        case .drainHTTP2:
+            // The client's streams drain first.
+            (try? downstream.pipeline.syncOperations.handler(type: HTTP2Intercept.FrameRelay.self))?.session?.upstreamClosed()
+        case .closePeer:
+            if let peer = channel(side.peer) {
+                lastWrite(to: side.peer).assumeIsolated().whenComplete { _ in peer.close(promise: nil) }
+            }
+        }
+        if let kind = machine.finish() {
+            record(.forwarded, "\(ConnectionStateMachine.describe(kind)) closed: \(machine.bytesFromClient) bytes from client, "
+                + "\(machine.bytesFromServer) bytes from server")
+        }
+    }
+
+    // MARK: - Flows
+
+    /// An L3/L4 flow of this connection, client to server.
+    func record(_ verdict: Verdict, _ summary: String, dropReason: DropReason? = nil) {
+        environment.record(context.flow(verdict: verdict, type: .l3l4, l7: nil, reply: false, summary: summary, dropReason: dropReason))
+    }
+}
