@@ -20,6 +20,11 @@ stop_agent() {
 }
 trap 'stop_agent; "$A" lab down >/dev/null' EXIT
 "$A" lab down >/dev/null
+# bench/nginx.conf also serves TLS (run.sh's HTTPS runs): its certificate must exist.
+TLS=/tmp/loupe-bench-tls
+mkdir -p "$TLS"
+[[ -s "$TLS/server.pem" ]] || openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=web.backend.test \
+  -addext subjectAltName=DNS:web.backend.test -keyout "$TLS/server.key" -out "$TLS/server.pem" 2>/dev/null
 "$A" lab up -f bench/inventory.yaml >/dev/null
 NGINX=$(awk '/name: nginx/{f=1} f&&/podIP:/{print $2; exit}' /run/loupe/lab/inventory.yaml)
 run() { # run BINARY: prints req/s

@@ -11,6 +11,9 @@ import ServiceLifecycle
 /// directory (ports with L7 rules, enforced) say — re-read whenever either changes, so an
 /// edit applies within a poll interval, no restart. A bad inventory or policy file is logged
 /// and the last good one stays in force.
+/// `@unchecked Sendable`: `run` (one task) owns the inventory and policy it applies; the loaded
+/// `Datapath` (a non-Sendable libbpf handle also read by `loupe status`) is behind `lock`, an
+/// NSLock because the handle is used inside it and handed out of it, which `Mutex` refuses.
 public final class DatapathService: Service, @unchecked Sendable {
     private let configuration: AgentConfiguration
     private let environment: ProxyEnvironment

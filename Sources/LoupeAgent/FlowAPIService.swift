@@ -11,7 +11,7 @@ import Synchronization
 /// Service: the agent's local API on a unix socket. A client sends one JSON line:
 /// `{"flows":{"last":N,"follow":true}}` → the newest N flows then every new one, as JSON lines
 /// (`hubble observe -o json` records); `{"status":{}}` → one JSON object with counters.
-public final class FlowAPIService: Service, @unchecked Sendable {
+public final class FlowAPIService: Service, Sendable {
     private let group: EventLoopGroup
     private let path: String
     private let environment: ProxyEnvironment

@@ -3,6 +3,7 @@ import Glibc
 import Logging
 import LoupeFlow
 import ServiceLifecycle
+import Synchronization
 
 /// What the flow export writes and keeps (Hubble's exporter options).
 public struct FlowExportConfiguration: Sendable {
@@ -23,15 +24,15 @@ public struct FlowExportConfiguration: Sendable {
 }
 
 /// Service: the flow export file. The store's subscriber only queues lines (it runs on the
-/// proxy's threads); a writer thread appends them and rotates by size. A full queue (the disk
-/// cannot keep up) drops flows for the export only, counted as lost events (`exporter`).
-public final class FlowExporter: Service, @unchecked Sendable {
+/// proxy's threads) and wakes the writer through an `AsyncStream`; the writer task takes the
+/// whole queue per wake-up (one write per batch, not per flow), appends and rotates by size.
+/// A full queue (the disk cannot keep up) drops flows for the export only, counted as lost
+/// events (`exporter`). On shutdown the writer finishes what is queued, then closes the file.
+public final class FlowExporter: Service, Sendable {
     private let configuration: FlowExportConfiguration
     private let store: FlowStore
     private let logger: Logger
-    private let condition = NSCondition()
-    private var queue: [String] = []
-    private var stopping = false
+    private let queue = Mutex<[String]>([])
     static let queueLimit = 65_536
 
     public init(configuration: FlowExportConfiguration, store: FlowStore, logger: Logger) {
@@ -42,70 +43,48 @@ public final class FlowExporter: Service, @unchecked Sendable {
 
     public func run() async throws {
         let file = try ExportFile(configuration: configuration)
-        let writer = Thread { [self] in writeLoop(file) }
-        writer.name = "loupe-export"
-        writer.start()
-        let cfg = configuration
+        // One pending wake-up is enough: the writer drains everything queued when it wakes.
+        let (wakeups, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        let cfg = configuration, store = store
         let (id, _) = store.subscribe(last: 0) { [self] record in
             guard cfg.exports(record.flow) else { return }
-            enqueue(FlowEncoding.jsonLine(record) + "\n")
+            let line = FlowEncoding.jsonLine(record) + "\n"
+            let queued = self.queue.withLock { q in
+                guard q.count < Self.queueLimit else { return false }
+                q.append(line)
+                return true
+            }
+            if queued { wake.yield() } else { store.countLost(source: "exporter") }
         }
         logger.info("exporting flows to \(configuration.path) (rotating at \(configuration.maxSizeBytes) bytes, \(configuration.maxBackups) backups)")
+        let writer = Task.detached { [self] in
+            for await _ in wakeups { writeQueued(file) }
+            writeQueued(file) // what came after the last wake-up
+            file.close()
+        }
         try? await gracefulShutdown()
         store.unsubscribe(id)
-        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in stop { done.resume() } }
+        wake.finish()
+        await writer.value
     }
 
-    private func enqueue(_ line: String) {
-        condition.lock()
-        let full = queue.count >= Self.queueLimit
-        if !full {
-            queue.append(line)
-            condition.signal()
+    /// Appends everything queued, in one batch.
+    private func writeQueued(_ file: ExportFile) {
+        let batch = queue.withLock { q in
+            let all = q
+            q.removeAll(keepingCapacity: true)
+            return all
         }
-        condition.unlock()
-        if full { store.countLost(source: "exporter") }
-    }
-
-    /// Lets the writer finish what is queued, then calls `then` (on the writer's thread).
-    private func stop(then: @escaping @Sendable () -> Void) {
-        condition.lock()
-        stopping = true
-        let done = writerDone
-        if !done { onStopped = then }
-        condition.signal()
-        condition.unlock()
-        if done { then() }
-    }
-
-    private var writerDone = false
-    private var onStopped: (@Sendable () -> Void)?
-
-    private func writeLoop(_ file: ExportFile) {
-        while true {
-            condition.lock()
-            while queue.isEmpty && !stopping { condition.wait() }
-            let batch = queue
-            queue.removeAll(keepingCapacity: true)
-            let stop = stopping
-            condition.unlock()
-            do { try file.append(batch) } catch {
-                logger.error("flow export: \(error)")
-                store.countLost(source: "exporter", UInt64(batch.count))
-            }
-            if stop && batch.isEmpty { break }
+        guard !batch.isEmpty else { return }
+        do { try file.append(batch) } catch {
+            logger.error("flow export: \(error)")
+            store.countLost(source: "exporter", UInt64(batch.count))
         }
-        file.close()
-        condition.lock()
-        writerDone = true
-        let then = onStopped
-        condition.unlock()
-        then?()
     }
 }
 
 /// The export file and its size-based rotation: `PATH` → `PATH.1` → … → `PATH.<maxBackups>`.
-/// `@unchecked Sendable`: made by `FlowExporter.run`, then handed to the writer thread, which is
+/// `@unchecked Sendable`: made by `FlowExporter.run`, then handed to the writer task, which is
 /// the only one that touches it from then on.
 final class ExportFile: @unchecked Sendable {
     private let configuration: FlowExportConfiguration

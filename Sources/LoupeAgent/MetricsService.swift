@@ -6,16 +6,16 @@ import LoupePolicy
 import LoupeProxy
 import NIOCore
 import NIOHTTP1
-import NIOConcurrencyHelpers
 import NIOPosix
 import Prometheus
 import ServiceLifecycle
+import Synchronization
 
 /// Service: Prometheus metrics on `GET /metrics` (default 127.0.0.1:9965, Hubble's port, in
 /// the agent's netns). Hubble's flow metrics come from every flow the store records (a
 /// subscriber that never drops: each flow is a few counter increments); `hubble_lost_events_total`
 /// and Loupe's own `loupe_*` counters are read when scraped.
-public final class MetricsService: Service, @unchecked Sendable {
+public final class MetricsService: Service, Sendable {
     private let group: EventLoopGroup
     private let host: String
     private let port: Int
@@ -64,7 +64,7 @@ public final class MetricsService: Service, @unchecked Sendable {
         /// of the flow pipeline's CPU). Cleared when series are pruned, or when it is full.
         var memo: [FlowShape: [Series]] = [:]
     }
-    private let series = NIOLockedValueBox(State())
+    private let series = Mutex(State())
     static let memoLimit = 16_384
 
     /// Everything FlowMetrics reads of a flow: endpoints by (ID, identity), which fix their
@@ -102,7 +102,7 @@ public final class MetricsService: Service, @unchecked Sendable {
 
     func apply(_ flow: Flow) {
         let shape = FlowShape(flow)
-        if let known = series.withLockedValue({ $0.memo[shape] }) {
+        if let known = series.withLock({ $0.memo[shape] }) {
             // Same updates as the first flow of this shape; only a histogram's value differs.
             for s in known {
                 switch s {
@@ -115,7 +115,7 @@ public final class MetricsService: Service, @unchecked Sendable {
         var touched: [Series] = []
         for u in FlowMetrics.updates(for: flow, context: context) {
             let key = SeriesKey(name: u.name, labels: u.labels)
-            let s = series.withLockedValue { state -> Series in
+            let s = series.withLock { state -> Series in
                 if let s = state.all[key] { return s }
                 let labels = u.labels.map { ($0.name, $0.value) }
                 let s: Series = switch u.change {
@@ -133,7 +133,7 @@ public final class MetricsService: Service, @unchecked Sendable {
             }
             touched.append(s)
         }
-        series.withLockedValue { state in
+        series.withLock { state in
             if state.memo.count >= Self.memoLimit { state.memo.removeAll() }
             state.memo[shape] = touched
         }
@@ -157,7 +157,7 @@ public final class MetricsService: Service, @unchecked Sendable {
             if !ns.isEmpty, get("namespace") != nil, !namespaces.contains(ns) { return false }
             return true
         }
-        let gone = series.withLockedValue { state -> [Series] in
+        let gone = series.withLock { state -> [Series] in
             let dead = state.all.filter { !alive($0.key.labels, "source") || !alive($0.key.labels, "destination") }
             for k in dead.keys { state.all.removeValue(forKey: k) }
             state.memo.removeAll()
@@ -174,7 +174,7 @@ public final class MetricsService: Service, @unchecked Sendable {
     /// The registry's metrics, then what is read at scrape time.
     func render() -> String {
         let snapshot = environment.snapshot
-        let pruneDue = series.withLockedValue { state -> Bool in
+        let pruneDue = series.withLock { state -> Bool in
             defer { state.generation = snapshot.generation }
             return state.generation != snapshot.generation
         }

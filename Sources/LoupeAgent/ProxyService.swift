@@ -8,7 +8,7 @@ import ServiceLifecycle
 /// Service: the transparent proxy listeners, and the kernel splice they hand opaque
 /// connections to. On graceful shutdown the listeners close first (new connections then fail
 /// open through the datapath), in-flight connections get a grace period to finish.
-public final class ProxyService: Service, @unchecked Sendable {
+public final class ProxyService: Service, Sendable {
     private let group: EventLoopGroup
     private let environment: ProxyEnvironment
     private let configuration: AgentConfiguration
@@ -52,7 +52,7 @@ public final class ProxyService: Service, @unchecked Sendable {
 
 /// Service: the transparent DNS proxy (UDP). Its socket exists while the service runs; on
 /// shutdown the thread stops and every socket closes.
-public final class DNSProxyService: Service, @unchecked Sendable {
+public final class DNSProxyService: Service, Sendable {
     private let environment: ProxyEnvironment
     private let logger: Logger
 

@@ -24,7 +24,7 @@ public struct SyntheticFlowConfiguration: Sendable {
 /// proxy's traffic cost. Each flow is a fresh copy (new UUID and time) of a typical HTTP
 /// response flow between two pods of the inventory. Logs the rate it achieved and the lost
 /// events at the end; followers that fall behind lose flows exactly as with real traffic.
-public final class SyntheticFlowSource: Service, @unchecked Sendable {
+public final class SyntheticFlowSource: Service, Sendable {
     private let configuration: SyntheticFlowConfiguration
     private let environment: ProxyEnvironment
     private let logger: Logger

@@ -51,7 +51,8 @@ public struct SpliceRefusal: Error, CustomStringConvertible, Sendable {
 
 /// The kernel splice (`bpf/splice.bpf.c`): a SOCKHASH of proxy sockets with the stream-verdict
 /// program attached, the pair map, and the inserter run through BPF_PROG_TEST_RUN. Maps are
-/// pinned beside the datapath's. Thread-safe (every call is one or a few bpf syscalls).
+/// pinned beside the datapath's. `@unchecked Sendable`: it holds only file descriptors, and every
+/// call is one or a few bpf syscalls, which the kernel serialises.
 public final class SpliceMaps: @unchecked Sendable {
     private let object: BPFObject
     private let insertProgram: Int32

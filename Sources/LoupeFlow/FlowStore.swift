@@ -3,6 +3,7 @@ import Foundation
 /// The agent's bounded in-memory flow log: the newest `capacity` flows, and live subscribers.
 /// A subscriber's callback runs on the appending thread and must not block; a subscriber that
 /// cannot keep up drops flows itself and counts them as lost events.
+/// `@unchecked Sendable`: all state is behind `lock` (see there why not a `Mutex`).
 public final class FlowStore: @unchecked Sendable {
     public typealias Subscriber = @Sendable (FlowRecord) -> Void
 

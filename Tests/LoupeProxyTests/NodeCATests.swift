@@ -13,7 +13,7 @@ import X509
         #expect(Array(san) == [.dnsName("api.example.test")])
         #expect(leaf.notValidAfter.timeIntervalSinceNow <= NodeCA.leafValidity)
         var verifier = Verifier(rootCertificates: CertificateStore([ca.certificate])) {
-            RFC5280Policy(validationTime: Date())
+            RFC5280Policy()
             ServerIdentityPolicy(serverHostname: "api.example.test", serverIP: nil)
         }
         guard case .validCertificate(let chain) = await verifier.validate(leaf: leaf.certificate, intermediates: CertificateStore()) else {
@@ -23,7 +23,7 @@ import X509
         #expect(chain.count == 2)
         // The same leaf does not pass for another name.
         var other = Verifier(rootCertificates: CertificateStore([ca.certificate])) {
-            RFC5280Policy(validationTime: Date())
+            RFC5280Policy()
             ServerIdentityPolicy(serverHostname: "www.example.test", serverIP: nil)
         }
         guard case .couldNotValidate = await other.validate(leaf: leaf.certificate, intermediates: CertificateStore()) else {

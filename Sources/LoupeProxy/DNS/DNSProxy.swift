@@ -16,6 +16,8 @@ import Synchronization
 /// dropped) and an ERROR flow naming what was wrong.
 ///
 /// One thread with poll(2): datagram I/O with ancillary data is outside NIO's API.
+/// `@unchecked Sendable`: its sockets and in-flight queries belong to that thread; `start` and
+/// `stop` only set them up before it runs and join it before tearing them down.
 public final class DNSProxy: @unchecked Sendable {
     private let environment: ProxyEnvironment
     private let logger: Logger

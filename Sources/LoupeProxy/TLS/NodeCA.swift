@@ -1,12 +1,13 @@
 import Crypto
 import Foundation
+import Synchronization
 import X509
 
 /// The node's certificate authority: it signs short-lived leaf certificates for the server
 /// names pods connect to, so the proxy can terminate their TLS (`<…/TCP/HTTPS>`) where a
 /// Cilium user would hand-make one secret per host. Its key stays on the node: written with
 /// mode 0600, never logged. Pods that opt into interception trust `ca.pem`.
-public final class NodeCA: @unchecked Sendable {
+public final class NodeCA: Sendable {
     public let certificate: Certificate
     private let key: P256.Signing.PrivateKey
     private let leaves = BoundedCache<Leaf>(limit: NodeCA.leafCacheSize)
@@ -129,22 +130,25 @@ public final class NodeCA: @unchecked Sendable {
 
 /// A small insertion-ordered cache behind a lock, the oldest entry going first past `limit`
 /// (the proxy's event loops share the CA's leaves and the TLS contexts built from them).
-final class BoundedCache<Value>: @unchecked Sendable {
-    private let lock = NSLock()
+final class BoundedCache<Value: Sendable>: Sendable {
+    private struct Entries {
+        var values: [String: Value] = [:]
+        var order: [String] = []
+    }
+
     private let limit: Int
-    private var entries: [String: Value] = [:]
-    private var order: [String] = []
+    private let entries = Mutex(Entries())
 
     init(limit: Int) { self.limit = limit }
 
-    func get(_ key: String) -> Value? { lock.withLock { entries[key] } }
+    func get(_ key: String) -> Value? { entries.withLock { $0.values[key] } }
 
     func put(_ key: String, _ value: Value) {
-        lock.withLock {
-            if entries.updateValue(value, forKey: key) == nil { order.append(key) }
-            while order.count > limit { entries[order.removeFirst()] = nil }
+        entries.withLock { e in
+            if e.values.updateValue(value, forKey: key) == nil { e.order.append(key) }
+            while e.order.count > limit { e.values[e.order.removeFirst()] = nil }
         }
     }
 
-    var count: Int { lock.withLock { entries.count } }
+    var count: Int { entries.withLock { $0.values.count } }
 }

@@ -19,31 +19,33 @@ import Synchronization
 enum TLSIntercept {
     /// TLS material shared by all connections: the node CA, and TLS contexts (costly to build)
     /// cached per ALPN offer (upstream) and per server name (downstream).
-    final class Contexts: @unchecked Sendable {
+    final class Contexts: Sendable {
         let configuration: ProxyConfiguration
-        private let lock = NSLock()
-        private var ca: Result<NodeCA, Error>?
-        private var upstream: [[String]: NIOSSLContext] = [:]
+        private struct Loaded {
+            var ca: Result<NodeCA, Error>?
+            var upstream: [[String]: NIOSSLContext] = [:]
+        }
+        private let loaded = Mutex(Loaded())
         private let downstream = BoundedCache<NIOSSLContext>(limit: NodeCA.leafCacheSize)
 
         init(configuration: ProxyConfiguration) { self.configuration = configuration }
 
         /// The node CA, loaded on first use (`loupe ca init` may run after the agent started).
         func nodeCA() throws -> NodeCA {
-            try lock.withLock {
-                if case .success(let ca) = ca { return ca }
+            try loaded.withLock { l in
+                if case .success(let ca) = l.ca { return ca }
                 guard let dir = configuration.caDirectory else {
                     throw NodeCA.CAError(description: "no node CA configured (loupe agent --ca-dir)")
                 }
-                let loaded = Result { try NodeCA.load(directory: dir) }
-                if case .success = loaded { ca = loaded }
-                return try loaded.get()
+                let result = Result { try NodeCA.load(directory: dir) }
+                if case .success = result { l.ca = result }
+                return try result.get()
             }
         }
 
         func upstreamContext(alpn: [String]) throws -> NIOSSLContext {
-            try lock.withLock {
-                if let c = upstream[alpn] { return c }
+            try loaded.withLock { l in
+                if let c = l.upstream[alpn] { return c }
                 var tls = TLSConfiguration.makeClientConfiguration()
                 tls.certificateVerification = .fullVerification
                 tls.trustRoots = .default
@@ -52,7 +54,7 @@ enum TLSIntercept {
                 }
                 tls.applicationProtocols = alpn
                 let c = try NIOSSLContext(configuration: tls)
-                upstream[alpn] = c
+                l.upstream[alpn] = c
                 return c
             }
         }
