@@ -3,7 +3,7 @@ import PackageDescription
 
 let package = Package(
     name: "loupe",
-    platforms: [.macOS(.v14)],
+    platforms: [.macOS(.v15)], // Synchronization (Mutex, Atomic)
     products: [
         .executable(name: "loupe", targets: ["loupe"]),
     ],
