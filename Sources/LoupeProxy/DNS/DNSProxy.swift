@@ -3,6 +3,7 @@ import Logging
 import LoupeFlow
 import LoupePolicy
 import LoupeProtocols
+import NIOCore
 import Synchronization
 
 /// The transparent DNS proxy over UDP. The tc program assigns a selected pod's datagrams to
@@ -136,21 +137,23 @@ public final class DNSProxy: @unchecked Sendable {
             peers.removeAll()
             peersGeneration = generation
         }
-        let key = PeerKey(client: client.ip, resolver: resolver)
+        let clientIP = client.ip
+        let key = PeerKey(client: clientIP, resolver: resolver)
         var p: Peer
         if let known = peers[key] {
             p = known
         } else {
             let snap = environment.snapshot
-            p = Peer(context: ConnectionContext(clientIP: client.ip, clientPort: Int(client.port), serverIP: resolver.ip,
-                                                serverPort: Int(resolver.port), snapshot: snap,
+            let resolverIP = resolver.ip
+            p = Peer(context: ConnectionContext(clientIP: clientIP, clientPort: Int(client.udpPort), serverIP: resolverIP,
+                                                serverPort: Int(resolver.udpPort), snapshot: snap,
                                                 nodeName: environment.configuration.nodeName, udp: true),
-                     decision: snap.policy.decide(client: snap.pod(withIP: client.ip), server: snap.pod(withIP: resolver.ip),
-                                                  port: resolver.port, tcp: false))
+                     decision: snap.policy.decide(client: snap.pod(withIP: clientIP), server: snap.pod(withIP: resolverIP),
+                                                  port: resolver.udpPort, tcp: false))
             if peers.count >= Self.maxPeers { peers.removeAll() }
             peers[key] = p
         }
-        p.context.clientPort = Int(client.port)
+        p.context.clientPort = Int(client.udpPort)
         return p
     }
 
@@ -201,7 +204,7 @@ public final class DNSProxy: @unchecked Sendable {
             if out.withUnsafeBytes({ Glibc.send(fd, $0.baseAddress, $0.count, 0) }) != out.count {
                 let code = errno
                 dropUpstream(fd) // e.g. ECONNREFUSED left by an earlier ICMP error: start afresh next time
-                throw UDPSockets.Failure(what: "send to \(resolver)", code: code)
+                throw UDPSockets.Failure(what: "send to \(resolver.endpoint)", code: code)
             }
             let now = monotonicNanos()
             let key = Key(fd: fd, id: id)
@@ -210,7 +213,7 @@ public final class DNSProxy: @unchecked Sendable {
             deadlines.append((deadline, key))
         } catch {
             environment.count(.dnsUpstreamErrors)
-            fail(q, client: client, resolver: resolver, context: c, started: monotonicNanos(), note: "(upstream \(resolver): \(error))")
+            fail(q, client: client, resolver: resolver, context: c, started: monotonicNanos(), note: "(upstream \(resolver.endpoint): \(error))")
         }
     }
 
@@ -349,7 +352,7 @@ public final class DNSProxy: @unchecked Sendable {
                 replySockets[resolver] = fd
             } catch {
                 environment.count(.dnsReplyErrors)
-                logger.error("dns: cannot answer from \(resolver): \(error)")
+                logger.error("dns: cannot answer from \(resolver.endpoint): \(error)")
                 return
             }
         }

@@ -1,4 +1,5 @@
 import Glibc
+import NIOCore
 
 /// The raw datagram socket calls the DNS proxy needs and NIO does not expose: a transparent
 /// socket that reports each datagram's original destination (IP_ORIGDSTADDR), and replies
@@ -34,7 +35,7 @@ enum UDPSockets {
                 try setOption(fd, solIP, ipTransparent)
                 try setOption(fd, solIP, ipRecvOrigDstAddr)
             }
-            try bind(fd, SocketAddress(ip: v6 ? "::" : "0.0.0.0", port: port)!)
+            try bind(fd, SocketAddress(ipAddress: v6 ? "::" : "0.0.0.0", port: Int(port)))
         } catch {
             close(fd)
             throw error
@@ -64,8 +65,8 @@ enum UDPSockets {
         guard fd >= 0 else { throw Failure(what: "socket", code: errno) }
         do {
             try setOption(fd, SOL_SOCKET, SO_MARK, mark)
-            let rc = address.withSockaddr { connect(fd, $0, $1) }
-            if rc != 0 { throw Failure(what: "connect \(address)", code: errno) }
+            let rc = address.withSockAddr { connect(fd, $0, socklen_t($1)) }
+            if rc != 0 { throw Failure(what: "connect \(address.endpoint)", code: errno) }
         } catch {
             close(fd)
             throw error
@@ -74,8 +75,8 @@ enum UDPSockets {
     }
 
     static func bind(_ fd: Int32, _ address: SocketAddress) throws {
-        let rc = address.withSockaddr { Glibc.bind(fd, $0, $1) }
-        if rc != 0 { throw Failure(what: "bind \(address)", code: errno) }
+        let rc = address.withSockAddr { Glibc.bind(fd, $0, socklen_t($1)) }
+        if rc != 0 { throw Failure(what: "bind \(address.endpoint)", code: errno) }
     }
 
     /// One datagram with its sender and original destination; nil when nothing is queued.
@@ -114,16 +115,10 @@ enum UDPSockets {
             guard len >= header, offset + len <= control.count else { return nil }
             let dataOffset = offset + ((header + 7) & ~7)
             if level == solIP && type == ipRecvOrigDstAddr && dataOffset + MemoryLayout<sockaddr_in>.size <= control.count {
-                let sin = control.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: dataOffset, as: sockaddr_in.self) }
-                var storage = sockaddr_storage()
-                withUnsafeMutableBytes(of: &storage) { dst in withUnsafeBytes(of: sin) { dst.copyMemory(from: $0) } }
-                return SocketAddress(storage: storage)
+                return SocketAddress(control.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: dataOffset, as: sockaddr_in.self) }, host: "")
             }
             if level == solIPv6 && type == ipv6RecvOrigDstAddr && dataOffset + MemoryLayout<sockaddr_in6>.size <= control.count {
-                let sin6 = control.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: dataOffset, as: sockaddr_in6.self) }
-                var storage = sockaddr_storage()
-                withUnsafeMutableBytes(of: &storage) { dst in withUnsafeBytes(of: sin6) { dst.copyMemory(from: $0) } }
-                return SocketAddress(storage: storage)
+                return SocketAddress(control.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: dataOffset, as: sockaddr_in6.self) }, host: "")
             }
             offset += (len + 7) & ~7
         }
@@ -131,70 +126,26 @@ enum UDPSockets {
     }
 
     static func send(_ fd: Int32, _ bytes: [UInt8], to address: SocketAddress) -> Bool {
-        bytes.withUnsafeBytes { b in address.withSockaddr { sendto(fd, b.baseAddress, b.count, 0, $0, $1) } } == bytes.count
+        bytes.withUnsafeBytes { b in address.withSockAddr { sendto(fd, b.baseAddress, b.count, 0, $0, socklen_t($1)) } } == bytes.count
     }
 }
 
-/// An IPv4/IPv6 address and port as the socket calls want it.
-struct SocketAddress: Hashable, CustomStringConvertible {
-    var ip: String
-    var port: UInt16
-    var isV6: Bool { ip.utf8.contains(UInt8(ascii: ":")) }
-    var family: Int32 { isV6 ? AF_INET6 : AF_INET }
+/// What the DNS proxy reads of NIO's socket address: the address as text (flows, policy), the
+/// port as a UDP port, the family for `socket()`.
+extension SocketAddress {
+    var ip: String { ipAddress ?? "?" }
+    var udpPort: UInt16 { UInt16(clamping: port ?? 0) }
+    var family: Int32 { self.protocol == .inet6 ? AF_INET6 : AF_INET }
+    /// `ip:port`, `[ip]:port` for IPv6, as in flows and logs.
+    var endpoint: String { family == AF_INET6 ? "[\(ip)]:\(udpPort)" : "\(ip):\(udpPort)" }
 
-    init?(ip: String, port: UInt16) {
-        self.ip = ip
-        self.port = port
-        var probe = sockaddr_storage()
-        guard Self.fill(&probe, ip: ip, port: port) else { return nil }
-    }
-
+    /// A sender address from recvmsg (IPv4 or IPv6; nil for anything else).
     init?(storage: sockaddr_storage) {
         var s = storage
-        var buf = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
         switch Int32(s.ss_family) {
-        case AF_INET:
-            let sin = withUnsafeBytes(of: &s) { $0.loadUnaligned(as: sockaddr_in.self) }
-            var a = sin.sin_addr
-            inet_ntop(AF_INET, &a, &buf, socklen_t(buf.count))
-            ip = buf.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
-            port = UInt16(bigEndian: sin.sin_port)
-        case AF_INET6:
-            let sin6 = withUnsafeBytes(of: &s) { $0.loadUnaligned(as: sockaddr_in6.self) }
-            var a = sin6.sin6_addr
-            inet_ntop(AF_INET6, &a, &buf, socklen_t(buf.count))
-            ip = buf.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
-            port = UInt16(bigEndian: sin6.sin6_port)
-        default:
-            return nil
+        case AF_INET: self.init(withUnsafeBytes(of: &s) { $0.loadUnaligned(as: sockaddr_in.self) }, host: "")
+        case AF_INET6: self.init(withUnsafeBytes(of: &s) { $0.loadUnaligned(as: sockaddr_in6.self) }, host: "")
+        default: return nil
         }
     }
-
-    static func fill(_ s: inout sockaddr_storage, ip: String, port: UInt16) -> Bool {
-        withUnsafeMutableBytes(of: &s) { raw -> Bool in
-            if ip.utf8.contains(UInt8(ascii: ":")) {
-                var sin6 = sockaddr_in6()
-                sin6.sin6_family = sa_family_t(AF_INET6)
-                sin6.sin6_port = port.bigEndian
-                guard inet_pton(AF_INET6, ip, &sin6.sin6_addr) == 1 else { return false }
-                withUnsafeBytes(of: sin6) { raw.copyMemory(from: $0) }
-            } else {
-                var sin = sockaddr_in()
-                sin.sin_family = sa_family_t(AF_INET)
-                sin.sin_port = port.bigEndian
-                guard inet_pton(AF_INET, ip, &sin.sin_addr) == 1 else { return false }
-                withUnsafeBytes(of: sin) { raw.copyMemory(from: $0) }
-            }
-            return true
-        }
-    }
-
-    func withSockaddr<T>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> T) -> T {
-        var s = sockaddr_storage()
-        _ = Self.fill(&s, ip: ip, port: port)
-        let len = socklen_t(isV6 ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size)
-        return withUnsafePointer(to: &s) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, len) } }
-    }
-
-    var description: String { isV6 ? "[\(ip)]:\(port)" : "\(ip):\(port)" }
 }
