@@ -2,6 +2,14 @@
 /// value's name). Loupe's proxy drops for policy only; the datapath's drops are counters.
 public enum DropReason: String, Codable, Sendable, Equatable {
     case policyDenied = "POLICY_DENIED"
+
+    /// Cilium's drop code: `drop_reason` and the drop event's `sub_type` (133 prints as
+    /// "Policy denied" in Hubble).
+    public var code: Int {
+        switch self {
+        case .policyDenied: 133
+        }
+    }
 }
 
 /// One observed event, shaped like Hubble's `flow.Flow` so that its JSON is what

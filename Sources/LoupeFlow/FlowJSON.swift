@@ -26,7 +26,8 @@ struct FlowJSONWriter {
         o.field("time", &self) { $0.string(f.time) }
         o.field("uuid", &self) { $0.string(f.uuid) }
         o.field("verdict", &self) { $0.string(f.verdict.rawValue) }
-        if let d = f.dropReasonDesc { o.field("drop_reason_desc", &self) { $0.string(d.rawValue) } }
+        // Fields go in flow.proto's declaration order, as protojson prints them.
+        if let d = f.dropReasonDesc, f.l7 == nil { o.field("drop_reason", &self) { $0.number(d.code) } }
         o.field("IP", &self) { w in
             var p = ObjectWriter()
             p.field("source", &w) { $0.string(f.ip.source) }
@@ -57,8 +58,21 @@ struct FlowJSONWriter {
             }
             // Hubble's L7 event type (MessageTypeAccessLog).
             o.field("event_type", &self) { $0.raw("{\"type\":129}") }
+        } else if f.verdict == .dropped, let d = f.dropReasonDesc {
+            // A drop event (MessageTypeDrop) whose sub-type is the reason: Hubble prints
+            // "Policy denied DROPPED", as for Cilium's own policy drops.
+            o.field("event_type", &self) { w in
+                w.raw("{\"type\":1,\"sub_type\":")
+                w.number(d.code)
+                w.raw("}")
+            }
+        } else {
+            // A trace event (MessageTypeTrace) at the proxy: the connection reached Loupe's proxy.
+            o.field("event_type", &self) { $0.raw("{\"type\":4,\"sub_type\":1}") }
         }
         o.field("traffic_direction", &self) { $0.string(f.trafficDirection.rawValue) }
+        if f.l7 == nil && f.verdict != .dropped { o.field("trace_observation_point", &self) { $0.string("TO_PROXY") } }
+        if let d = f.dropReasonDesc { o.field("drop_reason_desc", &self) { $0.string(d.rawValue) } }
         o.field("is_reply", &self) { $0.raw(f.isReply ? "true" : "false") }
         o.field("Summary", &self) { $0.string(f.summary) }
         o.close(&self)

@@ -28,6 +28,30 @@ func sampleFlow(reply: Bool = false, code: Int? = nil, verdict: Verdict = .forwa
         #expect(!line.contains("\n"))
     }
 
+    /// What Hubble's printer keys on: an L3/L4 policy drop is a drop event with the reason as
+    /// sub-type (it prints "Policy denied DROPPED"); other L3/L4 flows are traces to the proxy.
+    @Test func l3l4FlowsCarryHubbleEventTypes() throws {
+        var drop = sampleFlow(verdict: .dropped)
+        drop.l7 = nil
+        drop.type = .l3l4
+        drop.dropReasonDesc = .policyDenied
+        let line = FlowEncoding.jsonLine(FlowRecord(flow: drop))
+        #expect(line.contains("\"verdict\":\"DROPPED\",\"drop_reason\":133,\"IP\":"))
+        #expect(line.contains("\"traffic_direction\":\"EGRESS\",\"drop_reason_desc\":\"POLICY_DENIED\",\"is_reply\":false"))
+        #expect(line.contains("\"event_type\":{\"type\":1,\"sub_type\":133}"))
+        #expect(!line.contains("trace_observation_point"))
+        #expect(try FlowEncoding.decode(jsonLine: line).flow == drop)
+        var opaque = drop
+        opaque.verdict = .forwarded
+        opaque.dropReasonDesc = nil
+        let forwarded = FlowEncoding.jsonLine(FlowRecord(flow: opaque))
+        #expect(forwarded.contains("\"event_type\":{\"type\":4,\"sub_type\":1}"))
+        #expect(forwarded.contains("\"trace_observation_point\":\"TO_PROXY\""))
+        #expect(!forwarded.contains("drop_reason"))
+        let l7 = FlowEncoding.jsonLine(FlowRecord(flow: sampleFlow(verdict: .dropped)))
+        #expect(l7.contains("\"event_type\":{\"type\":129}") && !l7.contains("\"drop_reason\":"))
+    }
+
     @Test func jsonRoundTrips() throws {
         for f in [sampleFlow(), sampleFlow(reply: true, code: 200), sampleFlow(verdict: .dropped)] {
             let decoded = try FlowEncoding.decode(jsonLine: FlowEncoding.jsonLine(FlowRecord(flow: f)))

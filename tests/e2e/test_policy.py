@@ -63,6 +63,8 @@ def test_star_wars_rule1(policies):
     assert put[1]["l7"]["http"]["code"] == 403
     denied = flows("--from-pod", "default/xwing", "--verdict", "DROPPED", last=1)
     assert denied and denied[0]["Type"] == "L3_L4" and denied[0]["drop_reason_desc"] == "POLICY_DENIED"
+    # A drop event with the reason as sub-type: Hubble's printer shows "Policy denied DROPPED".
+    assert (denied[0]["event_type"], denied[0]["drop_reason"]) == ({"type": 1, "sub_type": 133}, 133)
     compact = loupe("observe", "--from-pod", "default/tiefighter", "--verdict", "DROPPED", "--last", "1").stdout
     assert "default/tiefighter" in compact and "DROPPED (HTTP/1.1 403" in compact, compact
 
