@@ -178,7 +178,8 @@ public struct Endpoint: Codable, Sendable, Equatable {
 public struct Layer7: Codable, Sendable, Equatable {
     public enum Kind: String, Codable, Sendable { case request = "REQUEST", response = "RESPONSE", sample = "SAMPLE" }
     public var type: Kind
-    /// Nanoseconds, as a string: Hubble's JSON prints uint64 as a string.
+    /// Nanoseconds, as a string: Hubble's JSON prints uint64 as a string; absent when 0 (a
+    /// request), as protojson omits proto3 zero values.
     public var latencyNs: String?
     public var http: HTTP?
     public var dns: DNS?
@@ -187,7 +188,7 @@ public struct Layer7: Codable, Sendable, Equatable {
 
     public init(type: Kind, latencyNs: UInt64? = nil, http: HTTP? = nil, dns: DNS? = nil) {
         self.type = type
-        self.latencyNs = latencyNs.map { String($0) }
+        self.latencyNs = latencyNs.flatMap { $0 == 0 ? nil : String($0) }
         self.http = http
         self.dns = dns
     }

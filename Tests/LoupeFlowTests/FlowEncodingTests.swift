@@ -23,7 +23,8 @@ func sampleFlow(reply: Bool = false, code: Int? = nil, verdict: Verdict = .forwa
         #expect(line.hasSuffix("},\"node_name\":\"loupe-node\",\"time\":\"2026-11-24T22:45:32.123456789Z\"}"))
         #expect(line.contains("\"l4\":{\"TCP\":{\"source_port\":45240,\"destination_port\":80}}"))
         #expect(line.contains("\"source\":{\"ID\":12,\"identity\":26450,\"namespace\":\"default\",\"labels\":[\"k8s:class=xwing\",\"k8s:org=alliance\"],\"pod_name\":\"xwing\"}"))
-        #expect(line.contains("\"l7\":{\"type\":\"REQUEST\",\"latency_ns\":\"0\",\"http\":{\"method\":\"POST\",\"url\":\"http://deathstar/v1/request-landing\""))
+        // protojson omits zero values: a request has no latency_ns.
+        #expect(line.contains("\"l7\":{\"type\":\"REQUEST\",\"http\":{\"method\":\"POST\",\"url\":\"http://deathstar/v1/request-landing\""))
         #expect(line.contains("\"traffic_direction\":\"EGRESS\",\"is_reply\":false,\"Summary\":\"HTTP/1.1 POST http://deathstar/v1/request-landing\"}"))
         #expect(!line.contains("\n"))
     }
