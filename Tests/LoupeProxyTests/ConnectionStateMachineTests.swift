@@ -40,7 +40,8 @@ import Testing
         // HTTPS port: the ClientHello is intercepted, the destination chooses h2.
         var m = detecting()
         let facts = Machine.Facts(visibility: .https, splice: true)
-        let (notes, action) = m.detected(.tls(.hello(Self.hello)), facts: facts)
+        let detection = m.detected(.tls(.hello(Self.hello)), facts: facts)
+        let (notes, action) = (detection.notes, detection.action)
         #expect(notes == [.hello(.hello(Self.hello))])
         #expect(action == .interceptTLS(serverName: "api.example.test", alpn: ["h2", "http/1.1"]))
         #expect(m.upstreamHandshakeDone(.success("h2")) == .handshakeWithPod(serverName: "api.example.test", offering: "h2", refused: nil))

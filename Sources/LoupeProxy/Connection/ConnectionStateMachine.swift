@@ -155,8 +155,14 @@ struct ConnectionStateMachine: Sendable {
         case none
     }
 
-    mutating func detected(_ detected: Detected, facts: Facts) -> (notes: [Note], action: DetectAction) {
-        guard state == .detecting else { return ([], .none) }
+    /// What detection decided: flows to record first, then the action.
+    struct Detection: Equatable, Sendable {
+        var notes: [Note]
+        var action: DetectAction
+    }
+
+    mutating func detected(_ detected: Detected, facts: Facts) -> Detection {
+        guard state == .detecting else { return Detection(notes: [], action: .none) }
         // A DNS port carries DNS over TCP, whatever its first bytes look like.
         let detected = facts.carriesDNS ? .opaque : detected
         var notes: [Note] = []
@@ -195,32 +201,27 @@ struct ConnectionStateMachine: Sendable {
             state = .tlsHandshake(TLSHandshake(serverName: serverName))
             // Offer the destination what the pod offered (that the proxy speaks).
             let alpn = hello.alpn.filter { ($0 == "h2" && facts.interceptHTTP2) || $0 == "http/1.1" }
-            return (notes, .interceptTLS(serverName: serverName, alpn: alpn))
+            return Detection(notes: notes, action: .interceptTLS(serverName: serverName, alpn: alpn))
         }
     }
 
     /// HTTP the proxy reads per request; on a TLS visibility port it is relayed as it is, and said so.
     private mutating func intercept(_ install: Install, named name: String, _ opaque: Opaque,
-                                    _ facts: Facts) -> (notes: [Note], action: DetectAction) {
+                                    _ facts: Facts) -> Detection {
         if facts.visibility == .tls { return relay(notes: [.notTLSOnTLSPort(firstBytes: name)], opaque, facts) }
         state = install == .http1 ? .http1 : .http2
-        return ([], .install(install))
+        return Detection(notes: [], action: .install(install))
     }
 
-    private mutating func refuse(_ notes: [Note], _ summary: String) -> (notes: [Note], action: DetectAction) {
+    private mutating func refuse(_ notes: [Note], _ summary: String) -> Detection {
         state = .closed
-        return (notes, .refuse(summary))
+        return Detection(notes: notes, action: .refuse(summary))
     }
 
-    private mutating func relay(notes: [Note], _ opaque: Opaque, _ facts: Facts) -> (notes: [Note], action: DetectAction) {
+    private mutating func relay(notes: [Note], _ opaque: Opaque, _ facts: Facts) -> Detection {
         let splice = facts.splice && opaque != .dns
         state = .opaque(opaque, splice ? .draining(reads: []) : .relaying)
-        return (notes, .install(.opaque(opaque, splice: splice)))
-    }
-
-    /// A server that speaks before the client is not HTTP (nor TLS): relay it.
-    mutating func serverSpokeFirst(facts: Facts) -> (notes: [Note], action: DetectAction) {
-        detected(.opaque, facts: facts)
+        return Detection(notes: notes, action: .install(.opaque(opaque, splice: splice)))
     }
 
     // MARK: - HTTPS interception
@@ -373,17 +374,9 @@ struct ConnectionStateMachine: Sendable {
         case shutPeerWhenForwarded
         /// Shut the peer's write side once what is queued toward it is written. `detect`: the
         /// client ended before its bytes decided the protocol: install this first.
-        case shutPeer(detect: (notes: [Note], action: DetectAction)?)
+        case shutPeer(detect: Detection?)
         /// The client ended before the destination answered the connect: nothing to wait for.
         case closeAll
-
-        static func == (a: Self, b: Self) -> Bool {
-            switch (a, b) {
-            case (.shutPeerWhenForwarded, .shutPeerWhenForwarded), (.closeAll, .closeAll): true
-            case (.shutPeer(let x), .shutPeer(let y)): x?.notes == y?.notes && x?.action == y?.action
-            default: false
-            }
-        }
     }
 
     /// A side sent FIN: it is passed on, as a direct TCP connection would.

@@ -76,7 +76,8 @@ final class ProxyConnection {
                            port: UInt16(clamping: c.serverPort))
     }
 
-    /// What the state machine needs to know once the protocol is known.
+    /// What the state machine needs to know once the protocol is known; `tls`: a ClientHello
+    /// naming a server (only then is the node CA's availability looked at, and counted).
     func facts(tls: Bool = false) -> ConnectionStateMachine.Facts {
         let d = currentDecision()
         let cfg = environment.configuration
@@ -165,9 +166,9 @@ final class ProxyConnection {
 
     /// The client's first bytes decided the protocol.
     func detected(_ detected: ConnectionStateMachine.Detected) {
-        let isTLS = if case .tls = detected { true } else { false }
-        let (notes, action) = machine.detected(detected, facts: facts(tls: isTLS))
-        perform(notes, action)
+        // The node CA is only looked at for a hello that could be intercepted (it names a server).
+        let named = if case .tls(.hello(let h)) = detected { h.serverName != nil } else { false }
+        perform(machine.detected(detected, facts: facts(tls: named)))
     }
 
     /// The destination spoke before the client. An HTTP/2 server's SETTINGS may come before the
@@ -183,9 +184,9 @@ final class ProxyConnection {
 
     static let http2PrefaceWaitSeconds: Int64 = 5
 
-    private func perform(_ notes: [ConnectionStateMachine.Note], _ action: ConnectionStateMachine.DetectAction) {
-        for note in notes { record(note) }
-        switch action {
+    private func perform(_ detection: ConnectionStateMachine.Detection) {
+        for note in detection.notes { record(note) }
+        switch detection.action {
         case .none:
             break
         case .refuse(let summary):
@@ -362,7 +363,7 @@ final class ProxyConnection {
         case .closeAll:
             close()
         case .shutPeer(let detect):
-            if let (notes, action) = detect { perform(notes, action) }
+            if let detect { perform(detect) }
             guard let target = channel(side.peer) else { return }
             lastWrite(to: side.peer).assumeIsolated().whenComplete { _ in
                 target.close(mode: .output, promise: nil)
