@@ -7,7 +7,7 @@ BPF_HDR := $(wildcard bpf/lib/*.h bpf/shared/*.h)
 CLANG ?= clang
 SWIFT_BUILD_FLAGS ?=
 
-.PHONY: all deps bpf build demo test test-unit test-e2e bench fuzz clean
+.PHONY: all deps bpf build demo test test-unit test-e2e bench fuzz clean proto
 
 all: build
 
@@ -52,6 +52,10 @@ fuzz:
 
 bench: deps bpf
 	bench/run.sh
+
+# Regenerates Sources/LoupeAPI/Generated from api/v1 (protoc from grpcio-tools; plugins built here).
+proto:
+	scripts/gen-proto.sh
 
 clean:
 	rm -rf $(BPF_OUT) .build

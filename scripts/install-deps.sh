@@ -15,4 +15,4 @@ if ((${#missing[@]})); then
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 # Test clients and servers: pytest, python h2 (crafted HTTP/2), grpcio (a real gRPC client and server).
-python3 -c 'import pytest, h2, grpc' 2>/dev/null || pip install -q pytest h2 grpcio
+python3 -c 'import pytest, h2, grpc, grpc_tools' 2>/dev/null || pip install -q pytest h2 grpcio grpcio-tools

@@ -6,7 +6,7 @@ import LoupeProxy
 import NIOPosix
 import ServiceLifecycle
 
-/// The node agent: datapath, proxy and local API as services of one `ServiceGroup`
+/// The node agent: datapath, proxy and the Hubble API as services of one `ServiceGroup`
 /// (array order is start order; SIGTERM/SIGINT shut them down in reverse: API, proxy, datapath).
 public struct Agent {
     public var configuration: AgentConfiguration
@@ -26,8 +26,8 @@ public struct Agent {
         let datapath = DatapathService(configuration: configuration, environment: environment, logger: logger)
         let proxy = ProxyService(group: group, environment: environment, configuration: configuration, logger: logger)
         let dns = DNSProxyService(environment: environment, logger: logger)
-        let api = FlowAPIService(group: group, path: configuration.socketPath, environment: environment,
-                                 datapathCounters: { datapath.counters() }, logger: logger)
+        let api = HubbleServer(configuration: configuration.hubble, group: group, environment: environment,
+                               datapathCounters: { datapath.counters() }, logger: logger)
         var parts: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: datapath, serviceName: "datapath")]
         if !configuration.datapathOnly {
             parts += [.init(service: proxy, serviceName: "proxy"), .init(service: dns, serviceName: "dns")]

@@ -13,8 +13,8 @@ public struct AgentConfiguration: Sendable {
         let dir = bpfObjectPath.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
         return (dir.isEmpty ? "" : dir + "/") + "splice.bpf.o"
     }
-    /// The local API (flows, status) as a unix socket.
-    public var socketPath: String = "/run/loupe/loupe.sock"
+    /// Hubble's gRPC API (flows, status): the unix socket and the TCP listener.
+    public var hubble = HubbleConfiguration()
     /// Every CiliumNetworkPolicy YAML file here is enforced; re-read when the directory changes.
     public var policyDirectory: String = "/etc/loupe/policies"
     /// How often the inventory file and the policy directory are checked for changes.

@@ -26,6 +26,9 @@ public final class FlowStore: @unchecked Sendable {
         var callbacks: [Subscriber] = []
         var nextSubscriberID: UInt64 = 1
         var lost: [String: UInt64] = [:]
+        /// Flows appended per wall-clock second over the last minute (`flowsRate`).
+        var perSecond = [UInt64](repeating: 0, count: 61)
+        var bucketSecond = [Int](repeating: 0, count: 61)
     }
 
     /// All state behind one lock. (A `Mutex<State>` copied the 64k-slot ring on every append
@@ -51,6 +54,13 @@ public final class FlowStore: @unchecked Sendable {
             s.ring[s.next] = Slot(record)
             s.next = (s.next + 1) % capacity
             s.total += 1
+            let second = time(nil)
+            let b = second % 61
+            if s.bucketSecond[b] != second {
+                s.bucketSecond[b] = second
+                s.perSecond[b] = 0
+            }
+            s.perSecond[b] += 1
             return s.callbacks
         }
         for sub in subscribers { sub(record) }
@@ -86,6 +96,21 @@ public final class FlowStore: @unchecked Sendable {
             }
         }
         return out.reversed()
+    }
+
+    /// Every kept flow, oldest first (a copy: filter it outside the lock).
+    public func records() -> [FlowRecord] { last(capacity) }
+
+    /// Flows per second over the last minute (Hubble's `flows_rate`).
+    public var flowsRate: Double {
+        let now = time(nil)
+        let total = withState { s in
+            (0..<61).reduce(UInt64(0)) { acc, i in
+                let age = now - s.bucketSecond[i]
+                return age >= 1 && age <= 60 ? acc + s.perSecond[i] : acc
+            }
+        }
+        return Double(total) / 60
     }
 
     public func unsubscribe(_ id: UInt64) {

@@ -34,6 +34,39 @@ public enum FlowTime {
         return prefix + pad(n.nanoseconds, 9) + "Z"
     }
 
+    /// Seconds and nanoseconds since the epoch of an RFC 3339 UTC timestamp as `rfc3339` writes
+    /// it (`2026-11-24T22:45:32.123456789Z`; fewer fraction digits, or none, also read); nil
+    /// for anything else.
+    public static func parse(_ text: String) -> (seconds: Int, nanoseconds: Int)? {
+        let b = Array(text.utf8)
+        func num(_ r: Range<Int>) -> Int? {
+            guard r.upperBound <= b.count else { return nil }
+            var v = 0
+            for i in r {
+                guard (48...57).contains(b[i]) else { return nil }
+                v = v * 10 + Int(b[i] - 48)
+            }
+            return v
+        }
+        guard b.count >= 20, b[4] == 45, b[7] == 45, b[10] == 84, b[13] == 58, b[16] == 58, b.last == 90,
+              let year = num(0..<4), let month = num(5..<7), let day = num(8..<10),
+              let hour = num(11..<13), let minute = num(14..<16), let second = num(17..<19) else { return nil }
+        var nanos = 0
+        if b.count > 20 {
+            guard b[19] == 46, b.count - 21 <= 9, let fraction = num(20..<(b.count - 1)) else { return nil }
+            nanos = fraction
+            for _ in 0..<(9 - (b.count - 21)) { nanos *= 10 }
+        }
+        var tm = Glibc.tm()
+        tm.tm_year = Int32(year - 1900)
+        tm.tm_mon = Int32(month - 1)
+        tm.tm_mday = Int32(day)
+        tm.tm_hour = Int32(hour)
+        tm.tm_min = Int32(minute)
+        tm.tm_sec = Int32(second)
+        return (Int(timegm(&tm)), nanos)
+    }
+
     /// `Nov 24 22:45:32.123` from an RFC 3339 timestamp, as `hubble observe` prints it.
     public static func compact(_ rfc3339: String) -> String {
         let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]

@@ -17,7 +17,14 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Transparent proxy port.") var proxyPort: Int = 15001
     @Option(help: "Transparent DNS (UDP) port.") var dnsPort: Int = 15053
     @Option(help: "DNS upstream timeout, milliseconds (then SERVFAIL).") var dnsTimeoutMs: Int = 5000
-    @Option(help: "Local API socket.") var socket: String = defaultServerPath
+    @Option(help: "Hubble API unix socket (default /var/run/loupe/hubble.sock; with --lab /run/loupe/hubble.sock).")
+    var hubbleSocket: String?
+    @Option(help: "Hubble API TCP address HOST:PORT (\":4244\" = every address, in the agent's netns); \"none\" turns it off.")
+    var hubbleListenAddress: String = ":4244"
+    @Option(help: "Hubble API TLS certificate (PEM) for the TCP listener.") var hubbleTlsCertFile: String?
+    @Option(help: "Hubble API TLS private key (PEM).") var hubbleTlsKeyFile: String?
+    @Option(help: "Hubble API: client certificates must chain to these CAs (PEM; mTLS). Repeatable or comma-separated.")
+    var hubbleTlsClientCaFiles: [String] = []
     @Option(help: "Node name in flows.") var nodeName: String = "loupe-node"
     @Option(help: "Proxy event-loop threads (default: one per core).") var threads: Int?
     @Option(help: "Largest HTTP header block accepted, bytes.") var maxHeaderBytes: Int = 64 * 1024
@@ -82,7 +89,10 @@ struct AgentCommand: AsyncParsableCommand {
         cfg.inventoryPath = inventory ?? LabNetwork.resolvedInventoryPath
         cfg.bpfObjectPath = bpfObject ?? defaultBPFObject()
         cfg.policyDirectory = policyDir ?? (lab ? PolicyCommand.labDirectory : cfg.policyDirectory)
-        cfg.socketPath = socket
+        cfg.hubble.socketPath = hubbleSocket ?? (lab ? "/run/loupe/hubble.sock" : "/var/run/loupe/hubble.sock")
+        cfg.hubble.tlsCertFile = hubbleTlsCertFile
+        cfg.hubble.tlsKeyFile = hubbleTlsKeyFile
+        cfg.hubble.tlsClientCAFiles = hubbleTlsClientCaFiles.flatMap { $0.split(separator: ",").map(String.init) }
         cfg.proxy.port = proxyPort
         cfg.proxy.dnsPort = dnsPort
         cfg.proxy.dnsTimeoutMilliseconds = dnsTimeoutMs
@@ -100,7 +110,14 @@ struct AgentCommand: AsyncParsableCommand {
         cfg.proxy.redaction.headersAllow = names(redactHttpHeadersAllow)
         cfg.proxy.redaction.headersDeny.formUnion(names(redactHttpHeadersDeny))
         do {
-            cfg.metricsAddress = try Self.parseAddress(metricsAddress)
+            cfg.metricsAddress = try Self.parseAddress(metricsAddress, flag: "--metrics-address")
+            cfg.hubble.listenAddress = try Self.parseAddress(hubbleListenAddress, flag: "--hubble-listen-address", emptyHost: "")
+            if (hubbleTlsCertFile == nil) != (hubbleTlsKeyFile == nil) {
+                throw ValidationError("--hubble-tls-cert-file and --hubble-tls-key-file go together")
+            }
+            if hubbleTlsCertFile == nil && !cfg.hubble.tlsClientCAFiles.isEmpty {
+                throw ValidationError("--hubble-tls-client-ca-files needs --hubble-tls-cert-file and --hubble-tls-key-file")
+            }
             cfg.metricsContext = try MetricsContext.parse(metricsLabelsContext)
             if let exportFile {
                 guard exportFileMaxSizeMb > 0, exportFileMaxBackups >= 0 else {
@@ -148,15 +165,15 @@ struct AgentCommand: AsyncParsableCommand {
         }
     }
 
-    /// `HOST:PORT` or `[V6]:PORT`; `none` → nil.
-    static func parseAddress(_ text: String) throws -> (host: String, port: Int)? {
+    /// `HOST:PORT`, `[V6]:PORT` or `:PORT` (host `emptyHost`); `none` → nil.
+    static func parseAddress(_ text: String, flag: String, emptyHost: String = "0.0.0.0") throws -> (host: String, port: Int)? {
         if text == "none" { return nil }
         guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port) else {
-            throw ValidationError("--metrics-address \"\(text)\": expected HOST:PORT (e.g. 127.0.0.1:9965) or none")
+            throw ValidationError("\(flag) \"\(text)\": expected HOST:PORT (e.g. 127.0.0.1:9965), :PORT or none")
         }
         var host = String(text[..<colon])
         if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        return (host.isEmpty ? "0.0.0.0" : host, port)
+        return (host.isEmpty ? emptyHost : host, port)
     }
 
     /// Two sockets per proxied connection: the default soft limit (1024) would cap the proxy at

@@ -1,33 +1,44 @@
 import ArgumentParser
 import Foundation
+import GRPCCore
+import LoupeAPI
 
-/// `loupe status`: the agent's counters (datapath outcomes, proxy connections, flows, lost events).
-struct StatusCommand: ParsableCommand {
+/// `loupe status`: the agent's counters (datapath outcomes, proxy connections, flows, lost
+/// events), from `loupe.v1.Agent/Status` on the agent's Hubble API.
+struct StatusCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "status", abstract: "Show the agent's counters.")
 
-    @Option(help: "Agent socket.") var server: String = defaultServerPath
+    @OptionGroup var connection: ServerOptions
     @Option(name: [.short, .long], help: "Output: text or json.") var output: String = "text"
 
-    func run() throws {
-        var reply: String?
+    func run() async throws {
+        let reply: Loupe_V1_StatusResponse
         do {
-            try APIClient(path: server).request(["status": [String: Any]()]) { line in
-                reply = line
-                return false
+            let options = connection.unaryOptions
+            reply = try await connection.withClient { client in
+                try await Loupe_V1_Agent.Client(wrapping: client).status(.init(), options: options)
             }
         } catch {
-            FileHandle.standardError.write(Data("loupe status: \(error)\n".utf8))
+            FileHandle.standardError.write(Data("loupe status: \(connection.explain(error))\n".utf8))
             throw ExitCode(1)
         }
-        guard let reply, let obj = try? JSONSerialization.jsonObject(with: Data(reply.utf8)) as? [String: Any] else {
-            FileHandle.standardError.write(Data("loupe status: no answer from the agent\n".utf8))
-            throw ExitCode(1)
-        }
+        // The JSON shape `loupe status -o json` has always printed.
+        let obj: [String: Any] = [
+            "node_name": reply.nodeName,
+            "version": reply.version,
+            "uptime_ns": reply.uptimeNs,
+            "datapath": reply.datapath,
+            "proxy": reply.proxy,
+            "splice": reply.splice,
+            "flows": ["total": reply.flows.total, "capacity": reply.flows.capacity, "subscribers": reply.flows.subscribers],
+            "lost_events": reply.lostEvents,
+        ]
         if output == "json" {
-            print(reply)
+            let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
             return
         }
-        print("Node: \(obj["node_name"] ?? "?")")
+        print("Node: \(reply.nodeName) (Loupe \(reply.version))")
         for section in ["datapath", "proxy", "splice", "flows", "lost_events"] {
             print("\(section):")
             let values = obj[section] as? [String: Any] ?? [:]

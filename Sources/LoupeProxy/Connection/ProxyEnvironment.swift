@@ -44,6 +44,8 @@ public final class ProxyEnvironment: Sendable {
     /// Names pods resolved through the DNS proxy, for `destination_names`.
     public let fqdn = FQDNCache()
     public let counters = ProxyCounters()
+    /// Agent start, policy and endpoint changes, for Hubble's GetAgentEvents.
+    public let agentEvents = AgentEventLog()
     /// HTTPS interception's node CA and TLS contexts.
     let tls: TLSIntercept.Contexts
 
@@ -52,13 +54,39 @@ public final class ProxyEnvironment: Sendable {
         self.flows = flows
         self.configuration = configuration
         self.tls = TLSIntercept.Contexts(configuration: configuration)
+        agentEvents.append(AgentEventRecord(kind: .agentStarted))
     }
 
     public func update(inventory: Inventory, policy: PolicyEngine) {
         fqdn.retain(clients: Set(inventory.pods.flatMap(\.ips)))
-        let generation = current.withLock { $0.generation } + 1
+        let previous = current.withLock { $0 }
+        let generation = previous.generation + 1
         let next = Snapshot(inventory: inventory, policy: policy, generation: generation)
         current.withLock { $0 = next }
+        recordAgentEvents(from: previous, to: next)
+    }
+
+    /// Endpoint (pod) and policy changes between two snapshots, as agent events.
+    private func recordAgentEvents(from old: Snapshot, to new: Snapshot) {
+        func endpoints(_ s: Snapshot) -> [String: AgentEventRecord.Endpoint] {
+            var out: [String: AgentEventRecord.Endpoint] = [:]
+            for pod in s.inventory.pods {
+                let id = EndpointIdentity(pod: pod)
+                out[pod.qualifiedName] = .init(id: UInt64(id.id), namespace: pod.namespace, podName: pod.name, labels: id.labels)
+            }
+            return out
+        }
+        let before = endpoints(old), after = endpoints(new)
+        for name in after.keys.sorted() where before[name] == nil { agentEvents.append(.init(kind: .endpointCreated(after[name]!))) }
+        for name in before.keys.sorted() where after[name] == nil { agentEvents.append(.init(kind: .endpointDeleted(before[name]!))) }
+        func fingerprint(_ p: PolicyEngine) -> [String] {
+            p.policies.map { "\($0.namespace ?? "")/\($0.name) \($0.rules.count) \($0.file):\($0.line)" }
+        }
+        if fingerprint(old.policy) != fingerprint(new.policy) {
+            agentEvents.append(.init(kind: .policyUpdated(
+                labels: new.policy.policies.map { p in p.namespace.map { "\($0)/\(p.name)" } ?? p.name },
+                revision: new.generation, ruleCount: new.policy.policies.reduce(0) { $0 + $1.rules.count })))
+        }
     }
 
     public var snapshot: Snapshot { current.withLock { $0 } }

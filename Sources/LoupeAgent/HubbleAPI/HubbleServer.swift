@@ -1,0 +1,150 @@
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import LoupeAPI
+import LoupeBPF
+import LoupeProxy
+import Logging
+import NIOPosix
+import ServiceLifecycle
+
+/// Where and how the Hubble API listens (Cilium's `hubble-*` agent options).
+public struct HubbleConfiguration: Sendable {
+    /// Unix socket (`--hubble-socket`): no TLS, mode 0600.
+    public var socketPath: String = "/var/run/loupe/hubble.sock"
+    /// TCP listener (`--hubble-listen-address`, `:4244`); nil turns it off. An empty host is every address.
+    public var listenAddress: (host: String, port: Int)? = ("", 4244)
+    /// TLS on the TCP listener (both or neither).
+    public var tlsCertFile: String?
+    public var tlsKeyFile: String?
+    /// With TLS: client certificates must chain to one of these (mTLS).
+    public var tlsClientCAFiles: [String] = []
+    /// Cluster name in TLS server names (`<node>.<cluster>.hubble-grpc.cilium.io`, as Relay expects).
+    public var clusterName: String = "default"
+
+    public init() {}
+
+    var tls: Bool { tlsCertFile != nil }
+}
+
+public enum LoupeVersion {
+    public static let current = "0.1.0"
+}
+
+/// Service: Hubble's gRPC API (observer.Observer, peer.Peer, grpc.health.v1.Health) and Loupe's
+/// own loupe.v1.Agent, one set of services on the unix socket and the TCP listener. The one way
+/// flows and status leave the agent (`loupe observe`, `loupe status`, hubble, Relay, Hubble UI).
+public final class HubbleServer: Service, Sendable {
+    private let configuration: HubbleConfiguration
+    private let group: MultiThreadedEventLoopGroup
+    private let environment: ProxyEnvironment
+    private let datapathCounters: @Sendable () -> [DatapathCounter: UInt64]
+    private let logger: Logger
+    private let followers = Followers()
+
+    public init(configuration: HubbleConfiguration, group: MultiThreadedEventLoopGroup, environment: ProxyEnvironment,
+                datapathCounters: @escaping @Sendable () -> [DatapathCounter: UInt64], logger: Logger) {
+        self.configuration = configuration
+        self.group = group
+        self.environment = environment
+        self.datapathCounters = datapathCounters
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        let c = configuration
+        let nodeName = environment.configuration.nodeName
+        var node = HubbleNode(name: nodeName, version: LoupeVersion.current, address: "unix://\(c.socketPath)")
+        if let (host, port) = c.listenAddress {
+            node.address = Self.hostPort(host.isEmpty ? Self.advertisedAddress() : host, port)
+        }
+        if c.tls {
+            node.tlsServerName = "\(nodeName.replacingOccurrences(of: ".", with: "-")).\(c.clusterName).hubble-grpc.cilium.io"
+        }
+        let services: [any RegistrableRPCService] = [
+            ObserverService(environment: environment, node: node, followers: followers),
+            PeerService(node: node, followers: followers),
+            HealthService(followers: followers),
+            AgentStatusService(environment: environment, node: node, datapathCounters: datapathCounters),
+        ]
+        // Requests are small (a filter list); 4 MiB is gRPC's default bound, said as RESOURCE_EXHAUSTED.
+        let config = HTTP2ServerTransport.Posix.Config.defaults
+
+        try FileManager.default.createDirectory(atPath: (c.socketPath as NSString).deletingLastPathComponent,
+                                                withIntermediateDirectories: true)
+        var servers = [GRPCServer(transport: .http2NIOPosix(address: .unixDomainSocket(path: c.socketPath),
+                                                              transportSecurity: .plaintext, config: config,
+                                                              eventLoopGroup: group),
+                                  services: services)]
+        if let (host, port) = c.listenAddress {
+            servers.append(GRPCServer(transport: .http2NIOPosix(address: host.isEmpty ? .ipv4(host: "0.0.0.0", port: port) : Self.socketAddress(host, port),
+                                                                  transportSecurity: try transportSecurity(),
+                                                                  config: config, eventLoopGroup: group),
+                                      services: services))
+        }
+        let followers = self.followers
+        let servers_ = servers
+        try await withGracefulShutdownHandler {
+            try await withThrowingDiscardingTaskGroup { tasks in
+                for server in servers_ { tasks.addTask { try await server.serve() } }
+                _ = try await servers_[0].listeningAddress // bound
+                chmod(c.socketPath, 0o600)
+                var where_ = "unix://\(c.socketPath)"
+                if servers_.count > 1, let tcp = try await servers_[1].listeningAddress {
+                    where_ += " and \(tcp)\(c.tls ? (c.tlsClientCAFiles.isEmpty ? " (TLS)" : " (mTLS)") : "")"
+                }
+                logger.info("Hubble API on \(where_), peer address \(node.address)")
+            }
+        } onGracefulShutdown: {
+            followers.endAll()
+            for server in servers_ { server.beginGracefulShutdown() }
+        }
+        unlink(c.socketPath)
+    }
+
+    private func transportSecurity() throws -> HTTP2ServerTransport.Posix.TransportSecurity {
+        let c = configuration
+        guard let cert = c.tlsCertFile else { return .plaintext }
+        guard let key = c.tlsKeyFile else { throw AgentError("--hubble-tls-cert-file needs --hubble-tls-key-file") }
+        for f in [cert, key] + c.tlsClientCAFiles where !FileManager.default.isReadableFile(atPath: f) {
+            throw AgentError("Hubble TLS: cannot read \(f)")
+        }
+        let chain: [TLSConfig.CertificateSource] = [.file(path: cert, format: .pem)]
+        let privateKey: TLSConfig.PrivateKeySource = .file(path: key, format: .pem)
+        if c.tlsClientCAFiles.isEmpty {
+            return .tls(certificateChain: chain, privateKey: privateKey)
+        }
+        return .mTLS(certificateChain: chain, privateKey: privateKey) {
+            $0.trustRoots = .certificates(c.tlsClientCAFiles.map { .file(path: $0, format: .pem) })
+            $0.clientCertificateVerification = .noHostnameVerification
+        }
+    }
+
+    static func socketAddress(_ host: String, _ port: Int) -> GRPCNIOTransportCore.SocketAddress {
+        host.contains(":") ? .ipv6(host: host, port: port) : .ipv4(host: host, port: port)
+    }
+
+    static func hostPort(_ host: String, _ port: Int) -> String {
+        host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+    }
+
+    /// The first IPv4 address of this netns outside 127/8 (what Relay dials when the listener is
+    /// on every address; a node address may sit on `lo`, as the lab's does), else loopback.
+    static func advertisedAddress() -> String {
+        var list: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&list) == 0, let first = list else { return "127.0.0.1" }
+        defer { freeifaddrs(list) }
+        var p: UnsafeMutablePointer<ifaddrs>? = first
+        while let cur = p {
+            defer { p = cur.pointee.ifa_next }
+            guard let sa = cur.pointee.ifa_addr, sa.pointee.sa_family == sa_family_t(AF_INET),
+                  cur.pointee.ifa_flags & UInt32(IFF_UP) != 0 else { continue }
+            var buf = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
+            var addr = sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_addr }
+            if UInt32(bigEndian: addr.s_addr) >> 24 == 127 { continue }
+            inet_ntop(AF_INET, &addr, &buf, socklen_t(buf.count))
+            return String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        }
+        return "127.0.0.1"
+    }
+}

@@ -1,0 +1,71 @@
+import GRPCCore
+import LoupeAPI
+import LoupeBPF
+import LoupeProxy
+
+/// `peer.Peer`: the nodes Hubble Relay should dial. One node today (this one), sent as
+/// PEER_ADDED; the stream then stays open for changes until the client hangs up.
+struct PeerService: Peer_Peer.SimpleServiceProtocol {
+    let node: HubbleNode
+    let followers: Followers
+
+    func notify(request: Peer_NotifyRequest, response: RPCWriter<Peer_ChangeNotification>, context: ServerContext) async throws {
+        try await response.write(.with {
+            $0.name = node.name
+            $0.address = node.address
+            $0.type = .peerAdded
+            if let name = node.tlsServerName { $0.tls = .with { $0.serverName = name } }
+        })
+        await waitUntilEnded(followers)
+    }
+}
+
+/// `grpc.health.v1.Health`: SERVING for the server as a whole ("") and each service it serves
+/// (`hubble status` asks for `hubble.server.Observer`; Kubernetes gRPC probes for "").
+struct HealthService: Grpc_Health_V1_Health.SimpleServiceProtocol {
+    let followers: Followers
+    static let services = ["", "hubble.server.Observer", "observer.Observer", "peer.Peer", "loupe.v1.Agent", "grpc.health.v1.Health"]
+
+    func check(request: Grpc_Health_V1_HealthCheckRequest, context: ServerContext) async throws -> Grpc_Health_V1_HealthCheckResponse {
+        guard Self.services.contains(request.service) else {
+            throw RPCError(code: .notFound, message: "unknown service \"\(request.service)\"")
+        }
+        return .with { $0.status = .serving }
+    }
+
+    func list(request: Grpc_Health_V1_HealthListRequest, context: ServerContext) async throws -> Grpc_Health_V1_HealthListResponse {
+        .with { r in for s in Self.services { r.statuses[s] = .with { $0.status = .serving } } }
+    }
+
+    func watch(request: Grpc_Health_V1_HealthCheckRequest, response: RPCWriter<Grpc_Health_V1_HealthCheckResponse>,
+               context: ServerContext) async throws {
+        try await response.write(.with { $0.status = Self.services.contains(request.service) ? .serving : .serviceUnknown })
+        await waitUntilEnded(followers)
+    }
+}
+
+/// `loupe.v1.Agent`: what `loupe status` prints — datapath, proxy and splice counters Hubble
+/// has no RPC for, and the flow log's fill and losses.
+struct AgentStatusService: Loupe_V1_Agent.SimpleServiceProtocol {
+    let environment: ProxyEnvironment
+    let node: HubbleNode
+    let datapathCounters: @Sendable () -> [DatapathCounter: UInt64]
+
+    func status(request: Loupe_V1_StatusRequest, context: ServerContext) async throws -> Loupe_V1_StatusResponse {
+        let store = environment.flows
+        return .with {
+            $0.nodeName = node.name
+            $0.version = node.version
+            $0.uptimeNs = node.uptimeNanoseconds
+            for (k, v) in datapathCounters() { $0.datapath[k.name] = v }
+            $0.proxy = environment.counterValues.filter { !$0.key.hasPrefix("splice_") }
+            $0.splice = environment.spliceStatus
+            $0.flows = .with {
+                $0.total = store.totalFlows
+                $0.capacity = UInt64(store.capacity)
+                $0.subscribers = UInt64(store.subscriberCount)
+            }
+            $0.lostEvents = store.lostEvents
+        }
+    }
+}

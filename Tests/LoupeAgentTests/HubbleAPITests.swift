@@ -1,0 +1,159 @@
+import Foundation
+import GRPCCore
+import GRPCInProcessTransport
+@testable import LoupeAgent
+import LoupeAPI
+import LoupeFlow
+import LoupePolicy
+import LoupeProxy
+import Testing
+
+/// The Hubble API's services over grpc-swift's in-process transport (the real gRPC call path,
+/// serialisation included; the e2e suite drives them with Python grpcio and the hubble CLI).
+@Suite struct HubbleAPITests {
+    func flow(_ n: Int, second: Int = 0, ns: String = "a") -> Flow {
+        Flow(time: "2026-11-24T22:45:\(second < 10 ? "0" : "")\(second).000000000Z", uuid: "u\(n)", verdict: .forwarded,
+             ip: IPInfo(source: "198.18.0.10", destination: "198.18.0.11"),
+             l4: Layer4(tcp: .init(sourcePort: 1, destinationPort: 80)),
+             source: Endpoint(id: 1, identity: 300, namespace: ns, labels: ["k8s:app=p"], podName: "p"),
+             destination: Endpoint(id: 2, identity: 301, namespace: "b", labels: [], podName: "q"),
+             type: .l7, nodeName: "n", l7: Layer7(type: .request, latencyNs: 0, http: HTTP(method: "GET", url: "http://q/\(n)", protocol: "HTTP/1.1", headers: [])),
+             isReply: false, trafficDirection: .egress, summary: "HTTP/1.1 GET http://q/\(n)")
+    }
+
+    func withObserver<T: Sendable>(capacity: Int = 100,
+                                   _ body: (ProxyEnvironment, Observer_Observer.Client<InProcessTransport.Client>) async throws -> T) async throws -> T {
+        let env = ProxyEnvironment(inventory: Inventory(), flows: FlowStore(capacity: capacity), configuration: ProxyConfiguration())
+        let node = HubbleNode(name: "n", version: "test", address: "127.0.0.1:4244")
+        let transport = InProcessTransport()
+        let service = ObserverService(environment: env, node: node, followers: Followers())
+        return try await withGRPCServer(transport: transport.server, services: [service]) { _ in
+            try await withGRPCClient(transport: transport.client) { client in
+                try await body(env, Observer_Observer.Client(wrapping: client))
+            }
+        }
+    }
+
+    func uuids(_ observer: Observer_Observer.Client<InProcessTransport.Client>, _ request: Observer_GetFlowsRequest) async throws -> [String] {
+        try await observer.getFlows(request) { response in
+            var out: [String] = []
+            for try await m in response.messages { if case .flow(let f)? = m.responseTypes { out.append(f.uuid) } }
+            return out
+        }
+    }
+
+    @Test func lastFirstAndFiltersHaveHubbleSemantics() async throws {
+        try await withObserver { env, observer in
+            for i in 0..<10 { env.record(flow(i, second: i, ns: i % 2 == 0 ? "even" : "odd")) }
+            let got1 = try await uuids(observer, .with { $0.number = 3 })
+            #expect(got1 == ["u7", "u8", "u9"])
+            let got2 = try await uuids(observer, .with { $0.number = 2; $0.first = true })
+            #expect(got2 == ["u0", "u1"])
+            // Whitelist: any filter; all fields of one filter; blacklist: none.
+            let even = Flow_FlowFilter.with { $0.sourcePod = ["even/"] }
+            let got3 = try await uuids(observer, .with { $0.number = 2; $0.whitelist = [even] })
+            #expect(got3 == ["u6", "u8"])
+            let path = Flow_FlowFilter.with { $0.sourcePod = ["even/p"]; $0.httpPath = ["^/[0-4]$"] }
+            let got4 = try await uuids(observer, .with { $0.whitelist = [path] })
+            #expect(got4 == ["u0", "u2", "u4"])
+            let got5 = try await uuids(observer, .with { $0.whitelist = [path]; $0.blacklist = [.with { $0.uuid = ["u2"] }] })
+            #expect(got5 == ["u0", "u4"])
+            // since/until bound the time (inclusive).
+            let window = try await uuids(observer, .with {
+                $0.since = .init(seconds: Int64(FlowTime.parse("2026-11-24T22:45:03Z")!.seconds), nanos: 0)
+                $0.until = .init(seconds: Int64(FlowTime.parse("2026-11-24T22:45:05Z")!.seconds), nanos: 0)
+            })
+            #expect(window == ["u3", "u4", "u5"])
+        }
+    }
+
+    @Test func badRequestsAreInvalidArgumentNamingTheField() async throws {
+        try await withObserver { _, observer in
+            await #expect(throws: RPCError.self) { try await uuids(observer, .with { $0.first = true; $0.follow = true }) }
+            do {
+                _ = try await uuids(observer, .with { $0.whitelist = [.with { $0.experimental.celExpression = ["true"] }] })
+                Issue.record("a CEL filter was accepted")
+            } catch let e as RPCError {
+                #expect(e.code == .invalidArgument)
+                #expect(e.message.contains("experimental.cel_expression"))
+            }
+            do {
+                _ = try await uuids(observer, .with { $0.whitelist = [.with { $0.sourceIp = ["198.18.0.0/99"] }] })
+                Issue.record("a bad CIDR was accepted")
+            } catch let e as RPCError {
+                #expect(e.code == .invalidArgument && e.message.contains("source_ip"))
+            }
+        }
+    }
+
+    @Test func aFollowerGetsNewFlowsAndLostEventsWhereTheyHappened() async throws {
+        try await withObserver { env, observer in
+            env.record(flow(0))
+            let got = try await observer.getFlows(.with { $0.number = 1; $0.follow = true }) { response in
+                var seen: [String] = [], lost: UInt64 = 0
+                var iterator = response.messages.makeAsyncIterator()
+                // The backlog, then two live flows, then a burst past the follower's queue while
+                // it does not read.
+                env.record(flow(1))
+                env.record(flow(2))
+                for _ in 0..<3 {
+                    if case .flow(let f)? = try await iterator.next()?.responseTypes { seen.append(f.uuid) }
+                }
+                for i in 0..<(ObserverService.followerQueueLimit + 5_000) { env.record(flow(100 + i)) }
+                var flows = 0
+                while flows < ObserverService.followerQueueLimit, let m = try await iterator.next() {
+                    switch m.responseTypes {
+                    case .flow?: flows += 1
+                    case .lostEvents(let l)?: lost += l.numEventsLost
+                    default: break
+                    }
+                }
+                env.record(flow(999))
+                while let m = try await iterator.next() {
+                    if case .lostEvents(let l)? = m.responseTypes { lost += l.numEventsLost }
+                    if case .flow(let f)? = m.responseTypes {
+                        if f.uuid == "u999" { break }
+                        flows += 1
+                    }
+                }
+                return (seen, flows, lost)
+            }
+            #expect(got.0 == ["u0", "u1", "u2"])
+            // Every flow of the burst was either delivered or reported lost.
+            #expect(UInt64(got.1) + got.2 == UInt64(ObserverService.followerQueueLimit + 5_000))
+            #expect(got.2 > 0)
+            #expect(env.flows.lostEvents["observer"] == got.2)
+        }
+    }
+
+    @Test func serverStatusNodesAndNamespaces() async throws {
+        try await withObserver(capacity: 4) { env, observer in
+            let now = FlowTime.nowRFC3339()
+            for i in 0..<6 {
+                var f = flow(i, ns: "ns\(i % 2)")
+                f.time = now
+                env.record(f)
+            }
+            let status = try await observer.serverStatus(.init())
+            #expect(status.numFlows == 4 && status.maxFlows == 4 && status.seenFlows == 6 && status.version == "test")
+            let nodes = try await observer.getNodes(.init()).nodes
+            #expect(nodes.map(\.name) == ["n"] && nodes[0].state == .nodeConnected && nodes[0].address == "127.0.0.1:4244")
+            let namespaces = try await observer.getNamespaces(.init()).namespaces.map(\.namespace)
+            #expect(namespaces == ["b", "ns0", "ns1"])
+        }
+    }
+
+    @Test func flowsSurviveTheTripThroughHubblesMessage() {
+        var f = flow(1)
+        f.dropReasonDesc = .policyDenied
+        f.verdict = .dropped
+        f.l7 = nil
+        f.type = .l3l4
+        let m = Flow_Flow(f)
+        #expect(m.eventType.type == 1 && m.eventType.subType == 133 && m.dropReason == 133 && m.dropReasonDesc == .policyDenied)
+        #expect(Flow(m) == f)
+        let l7 = flow(2)
+        #expect(Flow(Flow_Flow(l7)) == l7)
+        #expect(Flow_Flow(l7).eventType.type == 129)
+    }
+}
