@@ -143,7 +143,7 @@ public struct FlowFilterMatcher: Sendable {
             let m = try f.httpPath.map { try Pattern($0, field: "http_path") }
             add { ev in
                 guard case .http(let h)? = ev.l7.record, !h.url.isEmpty else { return false }
-                let path = URLComponents(string: h.url)?.path ?? h.url
+                let path = FlowFilter.path(ofURL: h.url)
                 return m.contains { $0.matches(path) }
             }
         }

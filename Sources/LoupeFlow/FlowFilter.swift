@@ -190,7 +190,7 @@ public struct FlowFilter: @unchecked Sendable {
     }
 
     /// The path part of an absolute URL (`http://host/p?q` → `/p`).
-    static func path(ofURL url: String) -> String {
+    public static func path(ofURL url: String) -> String {
         var rest = Substring(url)
         if let scheme = rest.range(of: "://") { rest = rest[scheme.upperBound...] }
         guard let slash = rest.firstIndex(of: "/") else { return "/" }

@@ -41,6 +41,16 @@ def flows(*filters, last=100000):
     return [json.loads(line)["flow"] for line in out.splitlines() if line.strip()]
 
 
+def between(client, server, *filters, last=100000):
+    """The flows of connections from pod `client` to pod `server` (`ns/name`), both directions:
+    `--from-pod`/`--to-pod` name a flow's source and destination, as in `hubble observe`, so a
+    response (server → client) is picked out of `--pod client` here."""
+    def pod(e):
+        return f"{e.get('namespace', '')}/{e.get('pod_name', '')}"
+    fl = [f for f in flows("--pod", client, *filters) if {pod(f["source"]), pod(f["destination"])} == {client, server}]
+    return fl[-last:]
+
+
 def status():
     return json.loads(loupe("status", "-o", "json").stdout)
 

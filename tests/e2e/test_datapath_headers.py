@@ -51,7 +51,7 @@ def test_options_and_extension_headers_to_an_enforced_port_are_steered(policies,
     apply(RULE1)
     before = status()["datapath"]
     assert send("default/tiefighter", kind, ds, "PUT", "/v1/exhaust-port") == "HTTP/1.1 403 Forbidden | Access denied"
-    put = flows("--from-pod", "default/tiefighter", "--http-method", "PUT", last=2)
+    put = flows("--pod", "default/tiefighter", "--http-method", "PUT", last=2)
     assert [(f["l7"]["type"], f["verdict"]) for f in put] == [("REQUEST", "DROPPED"), ("RESPONSE", "DROPPED")]
     assert put[0]["IP"]["ipVersion"] == ("IPv6" if ":" in ds else "IPv4")
     assert send("default/tiefighter", kind, ds, "POST", "/v1/request-landing") == "HTTP/1.1 200 OK | Ship landed"

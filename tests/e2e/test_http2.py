@@ -55,7 +55,7 @@ def test_grpc_unary_not_found_and_server_streaming_with_grpc_status_in_flows(run
     assert grpc("unary", "loupe") == {"code": "OK", "reply": "hello loupe"}
     assert grpc("find") == {"code": "NOT_FOUND", "details": "no such greeting"}
     assert grpc("count", "1000") == {"code": "OK", "messages": 1000, "last": "n=999"}
-    responses = flows("--protocol", "grpc", "--to-pod", "backend/greeter", "--verdict", "FORWARDED", last=6)
+    responses = flows("--protocol", "grpc", "--pod", "backend/greeter", "--verdict", "FORWARDED", last=6)
     replies = [f for f in responses if f["is_reply"]]
     by_path = {f["l7"]["http"]["url"].rsplit("/", 1)[1]: f for f in replies}
     assert set(by_path) == {"SayHello", "Find", "Count"}, [f["Summary"] for f in responses]

@@ -57,7 +57,7 @@ def test_star_wars_rule1(policies):
     assert code == 0 and body == "" and rc != 0, "the x-wing must not connect at all"
     # (text mode turns the body's \r\n into \n; the exact bytes are checked in the keep-alive test)
     assert ship("tiefighter", "PUT", "/v1/exhaust-port")[:2] == (403, "Access denied\n")
-    put = flows("--http-method", "PUT", "--from-pod", "default/tiefighter", last=2)
+    put = flows("--http-method", "PUT", "--pod", "default/tiefighter", last=2)
     assert [(f["l7"]["type"], f["verdict"], f.get("drop_reason_desc")) for f in put] == \
         [("REQUEST", "DROPPED", "POLICY_DENIED"), ("RESPONSE", "DROPPED", "POLICY_DENIED")]
     assert put[1]["l7"]["http"]["code"] == 403
@@ -65,7 +65,7 @@ def test_star_wars_rule1(policies):
     assert denied and denied[0]["Type"] == "L3_L4" and denied[0]["drop_reason_desc"] == "POLICY_DENIED"
     # A drop event with the reason as sub-type: Hubble's printer shows "Policy denied DROPPED".
     assert (denied[0]["event_type"], denied[0]["drop_reason"]) == ({"type": 1, "sub_type": 133}, 133)
-    compact = loupe("observe", "--from-pod", "default/tiefighter", "--verdict", "DROPPED", "--last", "1").stdout
+    compact = loupe("observe", "--pod", "default/tiefighter", "--verdict", "DROPPED", "--last", "1").stdout
     assert "default/tiefighter" in compact and "DROPPED (HTTP/1.1 403" in compact, compact
 
 
@@ -91,7 +91,7 @@ def test_rules_match_whole_values_case_sensitively(policies):
     # Methods are case-sensitive tokens (RFC 9110): `post` is parsed as HTTP, recorded as
     # spelled, and rule1's `method: "POST"` does not match it (as in Cilium).
     assert ship("tiefighter", "post", "/v1/request-landing")[:2] == (403, "Access denied\n")
-    req, resp = flows("--from-pod", "default/tiefighter", "--verdict", "DROPPED", last=2)
+    req, resp = flows("--pod", "default/tiefighter", "--verdict", "DROPPED", last=2)
     assert (req["l7"]["http"]["method"], req["drop_reason_desc"]) == ("post", "POLICY_DENIED")
     assert resp["l7"]["http"]["code"] == 403 and resp["Summary"].endswith("(post http://198.18.0.16/v1/request-landing)")
     assert ship("tiefighter", "POST", "/v1/request-landing")[0] == 200
@@ -117,7 +117,7 @@ def test_a_method_token_the_rule_does_not_name_gets_403_and_a_dropped_flow_namin
     apply(ALLOW_GET, "allow-get.yaml")
     assert ship("tiefighter", "GET", "/v1/healthz")[0] == 200
     assert ship("tiefighter", method, "/v1/healthz")[:2] == (403, "Access denied\n")
-    req, resp = flows("--from-pod", "default/tiefighter", "--verdict", "DROPPED", last=2)
+    req, resp = flows("--pod", "default/tiefighter", "--verdict", "DROPPED", last=2)
     assert [f["l7"]["http"]["method"] for f in (req, resp)] == [method, method]
     assert req["Summary"] == f"HTTP/1.1 {method} http://198.18.0.16/v1/healthz"
     assert resp["l7"]["http"]["code"] == 403

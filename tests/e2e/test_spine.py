@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import flows, in_pod, loupe, render_inventory, run, status
+from conftest import between, flows, in_pod, loupe, render_inventory, run, status
 
 WEB = "198.18.0.11"      # backend/web (nginx) — the lab allocates in inventory order from .10
 FILES = "198.18.0.12"    # backend/files (python bodies server)
@@ -77,7 +77,7 @@ def test_pod_not_opted_in_works_without_l7_flows(running_agent):
 def test_ingress_annotation_redirects_at_the_client_veth(running_agent):
     code, _, _ = curl("plain/client", f"http://{API}:8080/")
     assert code == 200
-    fl = flows("--to-pod", "backend/api", "--from-pod", "plain/client", last=2)
+    fl = between("plain/client", "backend/api", last=2)
     assert [f["l7"]["type"] for f in fl] == ["REQUEST", "RESPONSE"]
     assert all(f["traffic_direction"] == "INGRESS" for f in fl)
 
@@ -281,7 +281,7 @@ def test_expect_100_continue_is_relayed(running_agent):
                f"--data-binary @/tmp/loupe-100.bin http://{FILES}:8000/upload; rm -f /tmp/loupe-100.bin", timeout=30)
     assert "< HTTP/1.1 100 Continue" in p.stderr, p.stderr
     assert p.stdout.strip() == hashlib.sha256(b"\0" * 2000000).hexdigest()
-    fl = flows("--to-pod", "backend/files", "--http-method", "POST", last=2)
+    fl = flows("--pod", "backend/files", "--http-method", "POST", last=2)
     assert [f["l7"]["type"] for f in fl] == ["REQUEST", "RESPONSE"] and fl[1]["l7"]["http"]["code"] == 200
 
 
@@ -328,7 +328,7 @@ print(head.split(b"\\r\\n")[0].decode(), got == msg)
 def test_upgrade_switches_to_an_opaque_tunnel_after_101(running_agent):
     p = in_pod("shop/client", "python3", "-c", UPGRADE, "echo", timeout=20)
     assert p.stdout.strip() == "HTTP/1.1 101 Switching Protocols True", p.stdout
-    fl = flows("--to-pod", "backend/files", "--http-path", "^/upgrade$", last=2)
+    fl = flows("--pod", "backend/files", "--http-path", "^/upgrade$", last=2)
     assert [f["l7"]["type"] for f in fl] == ["REQUEST", "RESPONSE"] and fl[1]["l7"]["http"]["code"] == 101
 
 

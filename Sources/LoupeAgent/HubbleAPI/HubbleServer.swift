@@ -67,8 +67,14 @@ public final class HubbleServer: Service, Sendable {
             HealthService(followers: followers),
             AgentStatusService(environment: environment, node: node, datapathCounters: datapathCounters),
         ]
-        // Requests are small (a filter list); 4 MiB is gRPC's default bound, said as RESOURCE_EXHAUSTED.
-        let config = HTTP2ServerTransport.Posix.Config.defaults
+        // Followers are long streams: many may share one connection (NIO's default allows 100,
+        // and a client opening more before it read the limit got the connection closed).
+        // Requests up to 16 MiB are read, so that an oversized filter list gets an answer that
+        // says so (ObserverService.maxRequestBytes); beyond, the transport resets the stream.
+        let config = HTTP2ServerTransport.Posix.Config.defaults {
+            $0.http2.maxConcurrentStreams = 4096
+            $0.rpc.maxRequestPayloadSize = 16 << 20
+        }
 
         try FileManager.default.createDirectory(atPath: (c.socketPath as NSString).deletingLastPathComponent,
                                                 withIntermediateDirectories: true)

@@ -30,9 +30,16 @@ struct ObserverService: Observer_Observer.SimpleServiceProtocol {
     /// A follower's queue: beyond this many flows waiting, new flows are dropped for it and
     /// reported to it as lost events (OBSERVER_EVENTS_QUEUE).
     static let followerQueueLimit = 16_384
+    /// The largest GetFlows request evaluated (filters are compiled per request).
+    static let maxRequestBytes = 1 << 20
 
     func getFlows(request: Observer_GetFlowsRequest, response: RPCWriter<Observer_GetFlowsResponse>,
                   context: ServerContext) async throws {
+        let size = ((try? request.serializedBytes()) as [UInt8]?)?.count ?? 0
+        if size > Self.maxRequestBytes {
+            throw RPCError(code: .resourceExhausted,
+                           message: "GetFlowsRequest is \(size) bytes (\(request.whitelist.count) whitelist, \(request.blacklist.count) blacklist filters); Loupe evaluates requests up to \(Self.maxRequestBytes) bytes")
+        }
         let selection = try HistorySelection(number: request.number, first: request.first, follow: request.follow,
                                              since: request.hasSince ? request.since : nil,
                                              until: request.hasUntil ? request.until : nil)

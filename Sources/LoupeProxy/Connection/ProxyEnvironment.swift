@@ -55,6 +55,8 @@ public final class ProxyEnvironment: Sendable {
         self.configuration = configuration
         self.tls = TLSIntercept.Contexts(configuration: configuration)
         agentEvents.append(AgentEventRecord(kind: .agentStarted))
+        // The pods and policies the agent starts with are created as far as clients can tell.
+        recordAgentEvents(from: Snapshot(inventory: Inventory(), policy: PolicyEngine(), generation: 0), to: snapshot)
     }
 
     public func update(inventory: Inventory, policy: PolicyEngine) {
