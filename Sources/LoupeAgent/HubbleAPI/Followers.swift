@@ -46,3 +46,48 @@ func waitUntilEnded(_ followers: Followers) async {
         continuation.finish()
     }
 }
+
+/// One follower's queue: filled by the flow store on the recording threads (never blocking
+/// them), emptied in batches by the follower's RPC. Beyond `limit` queued items, items are
+/// dropped and counted; the count is handed to the consumer with the next batch, or on its own
+/// when nothing else is queued, so a loss is reported even when the burst that caused it was
+/// the last.
+final class FollowerQueue<Element: Sendable>: Sendable {
+    private let state = Mutex<(items: [Element], lost: UInt64)>(([], 0))
+    private let signal: AsyncStream<Void>.Continuation
+    let signals: AsyncStream<Void>
+    let limit: Int
+
+    init(limit: Int) {
+        self.limit = limit
+        (signals, signal) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+    }
+
+    /// Queues `item`; false when the queue was full and it was counted lost instead.
+    @discardableResult
+    func push(_ item: Element) -> Bool {
+        let (queued, wake) = state.withLock { s -> (Bool, Bool) in
+            if s.items.count >= limit {
+                s.lost += 1
+                return (false, s.lost == 1)
+            }
+            s.items.append(item)
+            return (true, s.items.count == 1)
+        }
+        if wake { signal.yield() }
+        return queued
+    }
+
+    /// Everything queued and the losses since the last take.
+    func take() -> (items: [Element], lost: UInt64) {
+        state.withLock { s in
+            var items: [Element] = []
+            swap(&items, &s.items)
+            defer { s.lost = 0 }
+            return (items, s.lost)
+        }
+    }
+
+    /// Ends the consumer's wait for good.
+    func finish() { signal.finish() }
+}

@@ -78,33 +78,43 @@ struct ObserverService: Observer_Observer.SimpleServiceProtocol {
         }
 
         // Follow: the backlog and the live stream are taken atomically, so no flow falls between.
-        let lost = Atomic<UInt64>(0)
-        let (stream, continuation) = AsyncStream<FlowRecord>.makeStream(bufferingPolicy: .bufferingOldest(Self.followerQueueLimit))
+        let queue = FollowerQueue<FlowRecord>(limit: Self.followerQueueLimit)
         let needsHistory = !(selection.number == 0 && selection.since == nil)
         let (subscription, backlog) = store.subscribe(last: needsHistory ? store.capacity : 0) { record in
-            if case .dropped = continuation.yield(record) {
-                lost.add(1, ordering: .relaxed)
-                store.countLost(source: "observer")
-            }
+            if !queue.push(record) { store.countLost(source: "observer") }
         }
-        let follower = followers.add { continuation.finish() }
+        let follower = followers.add { queue.finish() }
         defer {
             store.unsubscribe(subscription)
             followers.remove(follower)
-            continuation.finish()
+            queue.finish()
         }
         try await response.write(contentsOf: selection.select(backlog, message))
         try await withRPCCancellationHandler {
-            for await record in stream {
-                let n = lost.exchange(0, ordering: .relaxed)
-                if n > 0 { try await response.write(lostEvents(n)) }
-                guard let (r, time) = message(record) else { continue }
-                if selection.pastUntil(time) { return }
-                if !selection.inWindow(time) { continue }
-                try await response.write(r)
+            var signals = queue.signals.makeAsyncIterator()
+            while true {
+                let (records, lost) = queue.take()
+                if records.isEmpty && lost == 0 {
+                    guard await signals.next() != nil else { return }
+                    continue
+                }
+                var batch: [Observer_GetFlowsResponse] = []
+                batch.reserveCapacity(records.count)
+                for record in records {
+                    guard let (r, time) = message(record) else { continue }
+                    if selection.pastUntil(time) {
+                        try await response.write(contentsOf: batch)
+                        return
+                    }
+                    if selection.inWindow(time) { batch.append(r) }
+                }
+                try await response.write(contentsOf: batch)
+                // Said in the stream where it happened: flows are dropped only while the queue
+                // is full, so every flow of this batch came before the loss.
+                if lost > 0 { try await response.write(lostEvents(lost)) }
             }
         } onCancelRPC: {
-            continuation.finish()
+            queue.finish()
         }
     }
 
