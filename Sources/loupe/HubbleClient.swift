@@ -81,7 +81,10 @@ struct ServerOptions: ParsableArguments {
     func explain(_ error: any Error) -> String {
         if let e = error as? RPCError {
             switch e.code {
-            case .unavailable: return Unreachable(server: server, reason: e.message).description
+            case .unavailable:
+                var reason = e.message
+                while reason.hasSuffix(".") { reason.removeLast() }
+                return Unreachable(server: server, reason: reason).description
             case .invalidArgument: return "the agent refused the request: \(e.message)"
             default: return "\(e.code): \(e.message)"
             }
