@@ -60,13 +60,36 @@ public enum FlowEncoding {
 
     public static let tableHeader = ["TIMESTAMP", "NODE", "SOURCE", "DESTINATION", "TYPE", "VERDICT", "SUMMARY"].joined(separator: "\t")
 
+    /// `hubble observe -o dict`: one block per flow (source and destination as the flow has
+    /// them); blocks are separated by a `------------` line, which the caller prints between them.
+    public static func dict(_ flow: Flow) -> String {
+        let ports = flow.l4.ports
+        func side(_ e: Endpoint, _ ip: String, _ port: Int?) -> String {
+            let portSuffix = port.map { ":\($0)" } ?? ""
+            if let ns = e.namespace, let pod = e.podName { return "\(ns)/\(pod)\(portSuffix)" }
+            return (ip.contains(":") ? "[\(ip)]" : ip) + portSuffix
+        }
+        return """
+              TIMESTAMP: \(FlowTime.compact(flow.time))
+                 SOURCE: \(side(flow.source, flow.ip.source, ports?.sourcePort))
+            DESTINATION: \(side(flow.destination, flow.ip.destination, ports?.destinationPort))
+                   TYPE: \(eventName(flow))
+                VERDICT: \(flow.verdict.rawValue)
+                SUMMARY: \(flow.summary)
+            """
+    }
+
+    public static let dictSeparator = "------------"
+
     static func eventName(_ flow: Flow) -> String {
         if let l7 = flow.l7 {
             let proto = l7.http != nil ? "http" : l7.dns != nil ? "dns" : "l7"
+            // Hubble names the DNS observation source after the type: `dns-request proxy`.
+            let source = l7.dns.map { $0.observationSource.isEmpty ? "" : " \($0.observationSource)" } ?? ""
             switch l7.type {
-            case .request: return "\(proto)-request"
-            case .response: return "\(proto)-response"
-            case .sample: return "\(proto)-sample"
+            case .request: return "\(proto)-request\(source)"
+            case .response: return "\(proto)-response\(source)"
+            case .sample: return "\(proto)-sample\(source)"
             }
         }
         if flow.verdict == .dropped && flow.dropReasonDesc == .policyDenied { return "Policy denied" }

@@ -67,12 +67,13 @@ public enum FlowTime {
         return (Int(timegm(&tm)), nanos)
     }
 
-    /// `Nov 24 22:45:32.123` from an RFC 3339 timestamp, as `hubble observe` prints it.
+    /// `Nov 24 22:45:32.123` (`Dec  2 …`: the day padded with a space) from an RFC 3339
+    /// timestamp, as `hubble observe` prints it.
     public static func compact(_ rfc3339: String) -> String {
         let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
         let chars = Array(rfc3339)
         guard chars.count >= 19, let month = Int(String(chars[5...6])), (1...12).contains(month) else { return rfc3339 }
-        let day = String(chars[8...9])
+        let day = chars[8] == "0" ? " " + String(chars[9]) : String(chars[8...9])
         let clock = String(chars[11...18])
         var millis = ""
         if chars.count > 23, chars[19] == "." { millis = "." + String(chars[20...22]) }

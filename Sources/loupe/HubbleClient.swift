@@ -13,6 +13,8 @@ struct ServerOptions: ParsableArguments {
     var tlsCaCertFiles: [String] = []
     @Option(help: "With --tls: client certificate (PEM), for mTLS.") var tlsClientCertFile: String?
     @Option(help: "With --tls: client private key (PEM).") var tlsClientKeyFile: String?
+    @Option(help: "With --tls: the name the server's certificate must carry, e.g. NODE.default.hubble-grpc.cilium.io (default: the host).")
+    var tlsServerName: String?
     @Option(help: "Seconds to wait for the server to answer a status request.") var timeout: Int = 10
 
     struct Unreachable: Error, CustomStringConvertible {
@@ -58,6 +60,7 @@ struct ServerOptions: ParsableArguments {
     func withClient<T: Sendable>(_ body: (GRPCClient<HTTP2ClientTransport.Posix>) async throws -> T) async throws -> T {
         var config = HTTP2ClientTransport.Posix.Config.defaults
         config.http2.maxFrameSize = 1 << 20
+        if let tlsServerName { config.http2.authority = tlsServerName } // SNI and the name verified
         var serviceConfig = ServiceConfig()
         serviceConfig.loadBalancingConfig = [.pickFirst(.init())]
         let transport = try HTTP2ClientTransport.Posix(target: target(), transportSecurity: transportSecurity(), config: config,

@@ -5,6 +5,7 @@ import LoupeAPI
 import LoupeFlow
 import LoupeProcess
 import SwiftProtobuf
+import Synchronization
 
 /// `loupe observe`: the flow log from the agent's Hubble API (`observer.Observer/GetFlows`), with
 /// `hubble observe`'s flags and filters.
@@ -22,7 +23,7 @@ struct ObserveCommand: AsyncParsableCommand {
     @Flag(help: "Every matching flow stored.") var all = false
     @Option(help: "Flows since this time: RFC 3339 (2026-12-02T15:04:05Z) or a duration ago (5m, 1h30m).") var since: String?
     @Option(help: "Flows until this time: RFC 3339 or a duration ago.") var until: String?
-    @Option(name: [.short, .long], help: "Output: compact, json, jsonpb, table.") var output: Output = .compact
+    @Option(name: [.short, .long], help: "Output: compact, dict, json, jsonpb, table.") var output: Output = .compact
 
     @Option(help: "Flows from or to this namespace.") var namespace: [String] = []
     @Option(help: "Flows from this namespace.") var fromNamespace: [String] = []
@@ -146,9 +147,15 @@ struct ObserveCommand: AsyncParsableCommand {
         switch output {
         case .json, .jsonpb: print(FlowEncoding.jsonLine(r))
         case .table: print(FlowEncoding.tableRow(r.flow))
-        case .compact, .dict: print(FlowEncoding.compact(r.flow))
+        case .compact: print(FlowEncoding.compact(r.flow))
+        case .dict:
+            if dictBlocks.add(1, ordering: .relaxed).oldValue > 0 { print(FlowEncoding.dictSeparator) }
+            print(FlowEncoding.dict(r.flow))
         }
     }
+
+    /// Blocks printed so far with `-o dict` (a separator goes between blocks).
+    static let dictBlocks = Atomic<Int>(0)
 
     func buildRequest(whitelist: [Flow_FlowFilter], clientSideFilters: Bool) throws -> Observer_GetFlowsRequest {
         if first != nil && follow { throw ValidationError("--first cannot be combined with --follow") }

@@ -87,6 +87,20 @@ func sampleFlow(reply: Bool = false, code: Int? = nil, verdict: Verdict = .forwa
             "Nov 24 22:45:32.123: default/xwing:45240 (ID:26450) <- empire/deathstar:80 (ID:9313) http-response FORWARDED (HTTP/1.1 200 3ms (POST http://deathstar/v1/request-landing))")
     }
 
+    @Test func dictBlocksAndSingleDigitDaysReadLikeHubbleObserve() {
+        var f = sampleFlow(reply: true, code: 200)
+        f.time = "2026-12-02T15:53:12.664000000Z"
+        // (as the real hubble CLI printed a Loupe flow: the flow's own source first, no IDs)
+        #expect(FlowEncoding.dict(f) == """
+              TIMESTAMP: Dec  2 15:53:12.664
+                 SOURCE: empire/deathstar:80
+            DESTINATION: default/xwing:45240
+                   TYPE: http-response
+                VERDICT: FORWARDED
+                SUMMARY: HTTP/1.1 200 3ms (POST http://deathstar/v1/request-landing)
+            """)
+    }
+
     @Test func worldPeerIsPrintedByAddress() {
         var f = sampleFlow()
         f.destination = Endpoint(id: nil, identity: 2, namespace: nil, labels: ["reserved:world"], podName: nil)

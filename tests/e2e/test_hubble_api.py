@@ -16,6 +16,7 @@ import grpc
 import pytest
 
 from conftest import LOUPE, REPO, in_pod, loupe, run, status
+from test_policy import policies  # noqa: F401  (fixture: an empty policy directory around a test)
 
 SOCKET = "/run/loupe/hubble.sock"
 WEB = "198.18.0.11"
@@ -414,3 +415,19 @@ def test_abuse_garbage_silent_clients_a_thousand_followers_and_a_huge_filter(run
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "bytes" in e.value.details(), e.value
     assert observer().ServerStatus(observer_pb2.ServerStatusRequest(), timeout=5).max_flows > 0
     assert running_agent.proc.poll() is None
+
+
+def test_the_star_wars_policy_drop_is_a_type_1_drop_event_on_the_wire(policies):
+    from test_policy import RULE1, apply, ship  # noqa: PLC0415
+    apply(RULE1)
+    code, _, rc = ship("xwing", "POST", "/v1/request-landing")
+    assert code == 0 and rc != 0
+    drops = get_flows(number=1, whitelist=[flow_pb2.FlowFilter(source_pod=["default/xwing"], verdict=[flow_pb2.DROPPED],
+                                                                 event_type=[flow_pb2.EventTypeFilter(type=1)])])
+    assert len(drops) == 1
+    d = drops[0]
+    assert (d.event_type.type, d.event_type.sub_type, d.drop_reason, d.drop_reason_desc, d.Type) == \
+        (1, 133, 133, flow_pb2.POLICY_DENIED, flow_pb2.L3_L4)
+    # ... and it is what `-t drop` / `--type drop:133` select.
+    assert get_flows(number=1, whitelist=[flow_pb2.FlowFilter(event_type=[flow_pb2.EventTypeFilter(
+        type=1, match_sub_type=True, sub_type=133)])])[0].uuid == d.uuid
