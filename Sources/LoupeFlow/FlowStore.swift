@@ -9,9 +9,19 @@ public final class FlowStore: @unchecked Sendable {
 
     /// Ring slots hold a reference: a `Flow` is several hundred bytes inline, and 64k inline
     /// slots cost ~30 MB of RSS before the first flow.
-    private final class Slot {
+    fileprivate final class Slot: Sendable {
         let record: FlowRecord
         init(_ record: FlowRecord) { self.record = record }
+    }
+
+    /// Kept flows as references to the ring's slots, oldest first: taking one copies a pointer
+    /// per flow under the lock (a copy of 64k `FlowRecord`s was ~30 MB per API request, which
+    /// the allocator kept as RSS); a flow is read out when it is visited.
+    public struct Records: RandomAccessCollection, Sendable {
+        fileprivate let slots: [Slot]
+        public var startIndex: Int { slots.startIndex }
+        public var endIndex: Int { slots.endIndex }
+        public subscript(position: Int) -> FlowRecord { slots[position].record }
     }
 
     private struct State {
@@ -98,8 +108,31 @@ public final class FlowStore: @unchecked Sendable {
         return out.reversed()
     }
 
-    /// Every kept flow, oldest first (a copy: filter it outside the lock).
-    public func records() -> [FlowRecord] { last(capacity) }
+    /// Every kept flow, oldest first (filter it outside the lock).
+    public func records() -> Records { withState { Self.slots(in: $0, capacity: capacity) } }
+
+    /// Atomically: every kept flow, and a subscription to everything after them.
+    public func subscribeAfterRecords(_ subscriber: @escaping Subscriber) -> (id: UInt64, backlog: Records) {
+        withState { s in
+            let backlog = Self.slots(in: s, capacity: capacity)
+            let id = s.nextSubscriberID
+            s.nextSubscriberID += 1
+            s.subscribers[id] = subscriber
+            return (id, backlog)
+        }
+    }
+
+    private static func slots(in s: State, capacity: Int) -> Records {
+        let count = min(Int(s.total), capacity)
+        var out: [Slot] = []
+        out.reserveCapacity(count)
+        var i = (s.next - count + capacity) % capacity
+        for _ in 0..<count {
+            if let slot = s.ring[i] { out.append(slot) }
+            i = (i + 1) % capacity
+        }
+        return Records(slots: out)
+    }
 
     /// Flows per second over the last minute (Hubble's `flows_rate`).
     public var flowsRate: Double {

@@ -45,7 +45,7 @@ struct HistorySelection {
 
     /// The stored events to send, oldest first. `convert` turns a stored item into the
     /// event (nil = does not match the filters) and its time.
-    func select<Item, Event>(_ items: [Item], _ convert: (Item) -> (Event, Google_Protobuf_Timestamp)?) -> [Event] {
+    func select<Items: BidirectionalCollection, Event>(_ items: Items, _ convert: (Items.Element) -> (Event, Google_Protobuf_Timestamp)?) -> [Event] {
         if follow && number == 0 && since == nil { return [] }
         if first {
             var out: [Event] = []

@@ -79,8 +79,7 @@ struct ObserverService: Observer_Observer.SimpleServiceProtocol {
 
         // Follow: the backlog and the live stream are taken atomically, so no flow falls between.
         let queue = FollowerQueue<FlowRecord>(limit: Self.followerQueueLimit)
-        let needsHistory = !(selection.number == 0 && selection.since == nil)
-        let (subscription, backlog) = store.subscribe(last: needsHistory ? store.capacity : 0) { record in
+        let (subscription, backlog) = store.subscribeAfterRecords { record in
             if !queue.push(record) { store.countLost(source: "observer") }
         }
         let follower = followers.add { queue.finish() }
