@@ -32,52 +32,37 @@ public struct FlowFilterMatcher: Sendable {
                 throw Invalid(field: "experimental", reason: "unknown experimental filter")
             }
         }
+        /// A field of values compiled once (`make` names the field in its errors): it matches
+        /// when any value does.
+        func any<M: Sendable>(_ values: [String], _ make: (String) throws -> M,
+                              _ matches: @escaping @Sendable (M, Flow_Flow) -> Bool) throws {
+            guard !values.isEmpty else { return }
+            let compiled = try values.map(make)
+            add { ev in compiled.contains { matches($0, ev) } }
+        }
         if !f.uuid.isEmpty { let s = Set(f.uuid); add { s.contains($0.uuid) } }
-        if !f.sourceIp.isEmpty { let m = try f.sourceIp.map { try IPMatch($0, field: "source_ip") }; add { ev in m.contains { $0.matches(ev.ip.source) } } }
-        if !f.sourceIpXlated.isEmpty {
-            let m = try f.sourceIpXlated.map { try IPMatch($0, field: "source_ip_xlated") }
-            add { ev in m.contains { $0.matches(ev.ip.sourceXlated) } }
+        try any(f.sourceIp, { try IPMatch($0, field: "source_ip") }) { $0.matches($1.ip.source) }
+        try any(f.sourceIpXlated, { try IPMatch($0, field: "source_ip_xlated") }) { $0.matches($1.ip.sourceXlated) }
+        try any(f.destinationIp, { try IPMatch($0, field: "destination_ip") }) { $0.matches($1.ip.destination) }
+        try any(f.sourcePod, { try NamePrefix($0, field: "source_pod") }) {
+            $0.matches(namespace: $1.source.namespace, name: $1.source.podName)
         }
-        if !f.destinationIp.isEmpty {
-            let m = try f.destinationIp.map { try IPMatch($0, field: "destination_ip") }
-            add { ev in m.contains { $0.matches(ev.ip.destination) } }
+        try any(f.destinationPod, { try NamePrefix($0, field: "destination_pod") }) {
+            $0.matches(namespace: $1.destination.namespace, name: $1.destination.podName)
         }
-        if !f.sourcePod.isEmpty {
-            let m = try f.sourcePod.map { try NamePrefix($0, field: "source_pod") }
-            add { ev in m.contains { $0.matches(namespace: ev.source.namespace, name: ev.source.podName) } }
+        try any(f.sourceService, { try NamePrefix($0, field: "source_service") }) {
+            $0.matches(namespace: $1.sourceService.namespace, name: $1.sourceService.name)
         }
-        if !f.destinationPod.isEmpty {
-            let m = try f.destinationPod.map { try NamePrefix($0, field: "destination_pod") }
-            add { ev in m.contains { $0.matches(namespace: ev.destination.namespace, name: ev.destination.podName) } }
+        try any(f.destinationService, { try NamePrefix($0, field: "destination_service") }) {
+            $0.matches(namespace: $1.destinationService.namespace, name: $1.destinationService.name)
         }
-        if !f.sourceService.isEmpty {
-            let m = try f.sourceService.map { try NamePrefix($0, field: "source_service") }
-            add { ev in m.contains { $0.matches(namespace: ev.sourceService.namespace, name: ev.sourceService.name) } }
+        try any(f.sourceFqdn, { try FQDNPattern($0, field: "source_fqdn") }) { p, ev in ev.sourceNames.contains { p.matches($0) } }
+        try any(f.destinationFqdn, { try FQDNPattern($0, field: "destination_fqdn") }) { p, ev in
+            ev.destinationNames.contains { p.matches($0) }
         }
-        if !f.destinationService.isEmpty {
-            let m = try f.destinationService.map { try NamePrefix($0, field: "destination_service") }
-            add { ev in m.contains { $0.matches(namespace: ev.destinationService.namespace, name: ev.destinationService.name) } }
-        }
-        if !f.sourceFqdn.isEmpty {
-            let m = try f.sourceFqdn.map { try FQDNPattern($0, field: "source_fqdn") }
-            add { ev in ev.sourceNames.contains { n in m.contains { $0.matches(n) } } }
-        }
-        if !f.destinationFqdn.isEmpty {
-            let m = try f.destinationFqdn.map { try FQDNPattern($0, field: "destination_fqdn") }
-            add { ev in ev.destinationNames.contains { n in m.contains { $0.matches(n) } } }
-        }
-        if !f.sourceLabel.isEmpty {
-            let m = try f.sourceLabel.map { try LabelSelectorText($0, field: "source_label") }
-            add { ev in m.contains { $0.matches(ev.source.labels) } }
-        }
-        if !f.destinationLabel.isEmpty {
-            let m = try f.destinationLabel.map { try LabelSelectorText($0, field: "destination_label") }
-            add { ev in m.contains { $0.matches(ev.destination.labels) } }
-        }
-        if !f.nodeLabels.isEmpty {
-            let m = try f.nodeLabels.map { try LabelSelectorText($0, field: "node_labels") }
-            add { ev in m.contains { $0.matches(ev.nodeLabels) } }
-        }
+        try any(f.sourceLabel, { try LabelSelectorText($0, field: "source_label") }) { $0.matches($1.source.labels) }
+        try any(f.destinationLabel, { try LabelSelectorText($0, field: "destination_label") }) { $0.matches($1.destination.labels) }
+        try any(f.nodeLabels, { try LabelSelectorText($0, field: "node_labels") }) { $0.matches($1.nodeLabels) }
         if !f.sourceWorkload.isEmpty { let w = f.sourceWorkload; add { ev in Self.workloads(w, match: ev.source.workloads) } }
         if !f.destinationWorkload.isEmpty { let w = f.destinationWorkload; add { ev in Self.workloads(w, match: ev.destination.workloads) } }
         if !f.sourceClusterName.isEmpty { let s = Set(f.sourceClusterName); add { s.contains($0.source.clusterName) } }
@@ -97,12 +82,9 @@ public struct FlowFilterMatcher: Sendable {
                 ev.hasEventType && s.contains { t in t.type == ev.eventType.type && (!t.matchSubType || t.subType == ev.eventType.subType) }
             }
         }
-        if !f.httpStatusCode.isEmpty {
-            let m = try f.httpStatusCode.map { try StatusCode($0) }
-            add { ev in
-                guard case .http(let h)? = ev.l7.record, h.code != 0 else { return false }
-                return m.contains { $0.matches(h.code) }
-            }
+        try any(f.httpStatusCode, StatusCode.init) { status, ev in
+            guard case .http(let h)? = ev.l7.record, h.code != 0 else { return false }
+            return status.matches(h.code)
         }
         if !f.protocol.isEmpty {
             let names = try f.protocol.map { p -> String in
@@ -123,12 +105,9 @@ public struct FlowFilterMatcher: Sendable {
             add { ev in Self.ports(of: ev).map { ports.contains($0.destination) } ?? false }
         }
         if !f.reply.isEmpty { let s = f.reply; add { ev in ev.hasIsReply && s.contains(ev.isReply.value) } }
-        if !f.dnsQuery.isEmpty {
-            let m = try f.dnsQuery.map { try Pattern($0, field: "dns_query") }
-            add { ev in
-                guard case .dns(let d)? = ev.l7.record else { return false }
-                return m.contains { $0.matches(d.query) }
-            }
+        try any(f.dnsQuery, { try Pattern($0, field: "dns_query") }) { p, ev in
+            guard case .dns(let d)? = ev.l7.record else { return false }
+            return p.matches(d.query)
         }
         if !f.sourceIdentity.isEmpty { let s = Set(f.sourceIdentity); add { s.contains($0.source.identity) } }
         if !f.destinationIdentity.isEmpty { let s = Set(f.destinationIdentity); add { s.contains($0.destination.identity) } }
@@ -139,20 +118,13 @@ public struct FlowFilterMatcher: Sendable {
                 return s.contains(h.method.uppercased())
             }
         }
-        if !f.httpPath.isEmpty {
-            let m = try f.httpPath.map { try Pattern($0, field: "http_path") }
-            add { ev in
-                guard case .http(let h)? = ev.l7.record, !h.url.isEmpty else { return false }
-                let path = FlowFilter.path(ofURL: h.url)
-                return m.contains { $0.matches(path) }
-            }
+        try any(f.httpPath, { try Pattern($0, field: "http_path") }) { p, ev in
+            guard case .http(let h)? = ev.l7.record, !h.url.isEmpty else { return false }
+            return p.matches(FlowFilter.path(ofURL: h.url))
         }
-        if !f.httpURL.isEmpty {
-            let m = try f.httpURL.map { try Pattern($0, field: "http_url") }
-            add { ev in
-                guard case .http(let h)? = ev.l7.record, !h.url.isEmpty else { return false }
-                return m.contains { $0.matches(h.url) }
-            }
+        try any(f.httpURL, { try Pattern($0, field: "http_url") }) { p, ev in
+            guard case .http(let h)? = ev.l7.record, !h.url.isEmpty else { return false }
+            return p.matches(h.url)
         }
         if !f.httpHeader.isEmpty {
             let want = f.httpHeader
@@ -168,10 +140,7 @@ public struct FlowFilterMatcher: Sendable {
                 return want.contains { Self.flags(t.flags, include: $0) }
             }
         }
-        if !f.nodeName.isEmpty {
-            let m = try f.nodeName.map { try NodePattern($0) }
-            add { ev in m.contains { $0.matches(ev.nodeName) } }
-        }
+        try any(f.nodeName, NodePattern.init) { $0.matches($1.nodeName) }
         if !f.ipVersion.isEmpty { let s = f.ipVersion; add { s.contains($0.ip.ipVersion) } }
         if !f.traceID.isEmpty { let s = Set(f.traceID); add { ev in ev.hasTraceContext && s.contains(ev.traceContext.parent.traceID) } }
         if !f.ipTraceID.isEmpty { let s = Set(f.ipTraceID); add { ev in ev.hasIpTraceID && s.contains(ev.ipTraceID.traceID) } }

@@ -187,18 +187,12 @@ struct ObserveCommand: AsyncParsableCommand {
             if namespaces.isEmpty { return pods }
             return pods.flatMap { p in p.contains("/") ? [p] : namespaces.map { "\($0)/\(p)" } }
         }
-        base.sourcePod = pods(fromPod, fromNamespace)
-        base.destinationPod = pods(toPod, toNamespace)
-        base.sourceIp = fromIp
-        base.destinationIp = toIp
-        base.sourcePort = fromPort
-        base.destinationPort = toPort
-        base.sourceFqdn = fromFqdn
-        base.destinationFqdn = toFqdn
-        base.sourceLabel = fromLabel
-        base.destinationLabel = toLabel
-        base.sourceIdentity = fromIdentity
-        base.destinationIdentity = toIdentity
+        let from = Endpoints(pods: pods(fromPod, fromNamespace), ips: fromIp, ports: fromPort, fqdns: fromFqdn,
+                             labels: fromLabel, identities: fromIdentity)
+        let to = Endpoints(pods: pods(toPod, toNamespace), ips: toIp, ports: toPort, fqdns: toFqdn,
+                           labels: toLabel, identities: toIdentity)
+        from.add(asSource: true, to: &base)
+        to.add(asSource: false, to: &base)
         base.protocol = `protocol`
         base.verdict = try verdict.map { v in
             guard let x = Flow_Verdict.named(v.uppercased()) else {
@@ -221,25 +215,32 @@ struct ObserveCommand: AsyncParsableCommand {
         base.nodeName = nodeName
         base.uuid = uuid
 
-        var asSource = Flow_FlowFilter(), asDestination = Flow_FlowFilter()
-        asSource.sourcePod = pods(pod, namespace)
-        asDestination.destinationPod = pods(pod, namespace)
-        asSource.sourceIp = ip
-        asDestination.destinationIp = ip
-        asSource.sourcePort = port
-        asDestination.destinationPort = port
-        asSource.sourceFqdn = fqdn
-        asDestination.destinationFqdn = fqdn
-        asSource.sourceLabel = label
-        asDestination.destinationLabel = label
-        asSource.sourceIdentity = identity
-        asDestination.destinationIdentity = identity
-        let either = !(pod.isEmpty && namespace.isEmpty && ip.isEmpty && port.isEmpty && fqdn.isEmpty && label.isEmpty && identity.isEmpty)
-        if !either { return base == Flow_FlowFilter() ? [] : [base] }
+        let either = Endpoints(pods: pods(pod, namespace), ips: ip, ports: port, fqdns: fqdn, labels: label, identities: identity)
+        if either.isEmpty { return base == Flow_FlowFilter() ? [] : [base] }
         var a = base, b = base
-        try a.merge(serializedBytes: asSource.serializedBytes() as [UInt8])
-        try b.merge(serializedBytes: asDestination.serializedBytes() as [UInt8])
+        either.add(asSource: true, to: &a)
+        either.add(asSource: false, to: &b)
         return [a, b]
+    }
+
+    /// The endpoint selectors of one side (--from-*, --to-*) or of either side (--pod, --ip, …).
+    struct Endpoints {
+        var pods: [String], ips: [String], ports: [String], fqdns: [String], labels: [String], identities: [UInt32]
+
+        var isEmpty: Bool {
+            pods.isEmpty && ips.isEmpty && ports.isEmpty && fqdns.isEmpty && labels.isEmpty && identities.isEmpty
+        }
+
+        /// Adds them to `f` as its source_* or destination_* fields.
+        func add(asSource: Bool, to f: inout Flow_FlowFilter) {
+            if asSource {
+                f.sourcePod += pods; f.sourceIp += ips; f.sourcePort += ports
+                f.sourceFqdn += fqdns; f.sourceLabel += labels; f.sourceIdentity += identities
+            } else {
+                f.destinationPod += pods; f.destinationIp += ips; f.destinationPort += ports
+                f.destinationFqdn += fqdns; f.destinationLabel += labels; f.destinationIdentity += identities
+            }
+        }
     }
 
     /// `-t TYPE[:SUBTYPE]` as Hubble's CLI reads it (Cilium's monitor message types).

@@ -78,32 +78,30 @@ public final class HubbleServer: Service, Sendable {
 
         try FileManager.default.createDirectory(atPath: (c.socketPath as NSString).deletingLastPathComponent,
                                                 withIntermediateDirectories: true)
-        var servers = [GRPCServer(transport: .http2NIOPosix(address: .unixDomainSocket(path: c.socketPath),
-                                                              transportSecurity: .plaintext, config: config,
-                                                              eventLoopGroup: group),
-                                  services: services)]
-        if let (host, port) = c.listenAddress {
-            servers.append(GRPCServer(transport: .http2NIOPosix(address: host.isEmpty ? .ipv4(host: "0.0.0.0", port: port) : Self.socketAddress(host, port),
-                                                                  transportSecurity: try transportSecurity(),
-                                                                  config: config, eventLoopGroup: group),
-                                      services: services))
+        let unix = GRPCServer(transport: .http2NIOPosix(address: .unixDomainSocket(path: c.socketPath),
+                                                        transportSecurity: .plaintext, config: config, eventLoopGroup: group),
+                              services: services)
+        let tcp = try c.listenAddress.map { host, port in
+            GRPCServer(transport: .http2NIOPosix(address: host.isEmpty ? .ipv4(host: "0.0.0.0", port: port) : Self.socketAddress(host, port),
+                                                 transportSecurity: try transportSecurity(), config: config, eventLoopGroup: group),
+                       services: services)
         }
+        let servers = [unix] + (tcp.map { [$0] } ?? [])
         let followers = self.followers
-        let servers_ = servers
         try await withGracefulShutdownHandler {
             try await withThrowingDiscardingTaskGroup { tasks in
-                for server in servers_ { tasks.addTask { try await server.serve() } }
-                _ = try await servers_[0].listeningAddress // bound
+                for server in servers { tasks.addTask { try await server.serve() } }
+                _ = try await unix.listeningAddress // bound
                 chmod(c.socketPath, 0o600)
                 var where_ = "unix://\(c.socketPath)"
-                if servers_.count > 1, let tcp = try await servers_[1].listeningAddress {
-                    where_ += " and \(tcp)\(c.tls ? (c.tlsClientCAFiles.isEmpty ? " (TLS)" : " (mTLS)") : "")"
+                if let address = try await tcp?.listeningAddress {
+                    where_ += " and \(address)\(c.tls ? (c.tlsClientCAFiles.isEmpty ? " (TLS)" : " (mTLS)") : "")"
                 }
                 logger.info("Hubble API on \(where_), peer address \(node.address)")
             }
         } onGracefulShutdown: {
             followers.endAll()
-            for server in servers_ { server.beginGracefulShutdown() }
+            for server in servers { server.beginGracefulShutdown() }
         }
         unlink(c.socketPath)
     }
