@@ -32,9 +32,12 @@ test-unit: build
 test-e2e: build
 	python3 -m pytest -v -x tests/e2e
 
+# The whole e2e suite on the routed CNI shape, then the spine, policy and DNS scenarios again on
+# the bridged one (pod veths on a cni0 bridge, as flannel).
 test: build
 	swift test $(SWIFT_BUILD_FLAGS)
 	python3 -m pytest -v tests/e2e
+	LOUPE_LAB_CNI=bridged python3 -m pytest -v tests/e2e/test_spine.py tests/e2e/test_policy.py tests/e2e/test_dns.py
 
 # libFuzzer over the DNS codec, the TLS ClientHello parser and the HTTP/1 request parser
 # (FUZZ_SECONDS each, default 60); corpora in .build/fuzz-corpus-*.

@@ -34,6 +34,9 @@ let package = Package(
         // posix_spawn/exec with a clean signal state: every child process starts through LoupeProcess.
         .target(name: "CLoupeProcess", path: "Sources/CLoupeProcess"),
         .target(name: "LoupeProcess", dependencies: ["CLoupeProcess"]),
+        // rtnetlink: link/route/neighbour/FDB dumps, the proxy's routing rule, change notifications.
+        .target(name: "CLoupeNetlink", path: "Sources/CLoupeNetlink"),
+        .target(name: "LoupeNetlink", dependencies: ["CLoupeNetlink"]),
         .target(name: "LoupeFlow"),
         .target(name: "LoupePolicy", dependencies: [.product(name: "Yams", package: "Yams")]),
         .target(name: "LoupeProtocols"),
@@ -69,7 +72,7 @@ let package = Package(
         .target(
             name: "LoupeAgent",
             dependencies: [
-                "LoupeBPF", "LoupeFlow", "LoupePolicy", "LoupeProtocols", "LoupeProxy", "LoupeProcess", "LoupeAPI",
+                "LoupeBPF", "LoupeFlow", "LoupePolicy", "LoupeProtocols", "LoupeProxy", "LoupeProcess", "LoupeAPI", "LoupeNetlink",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
@@ -99,6 +102,7 @@ let package = Package(
         .testTarget(name: "LoupeProtocolsTests", dependencies: ["LoupeProtocols"], exclude: ["Fixtures"]),
         .testTarget(name: "LoupeBPFTests", dependencies: ["LoupeBPF", "CLoupeBPF"]),
         .testTarget(name: "LoupeProcessTests", dependencies: ["LoupeProcess"]),
+        .testTarget(name: "LoupeNetlinkTests", dependencies: ["LoupeNetlink"]),
         .testTarget(
             name: "LoupeAgentTests",
             dependencies: [

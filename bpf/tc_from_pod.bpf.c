@@ -35,7 +35,7 @@ static __always_inline struct loupe_redirect_value *loupe_find_rule(struct __sk_
     return bpf_map_lookup_elem(&loupe_redirects, &key);
 }
 
-static __always_inline int loupe_assign(struct __sk_buff *skb, struct bpf_sock *sk, __u32 counter)
+static __always_inline int loupe_assign(struct __sk_buff *skb, struct loupe_endpoint *ep, struct bpf_sock *sk, __u32 counter)
 {
     long err = bpf_sk_assign(skb, sk, 0);
     bpf_sk_release(sk);
@@ -44,6 +44,14 @@ static __always_inline int loupe_assign(struct __sk_buff *skb, struct bpf_sock *
         return TC_ACT_SHOT;
     }
     skb->mark = (skb->mark & ~LOUPE_MARK_MASK) | LOUPE_MARK_TO_PROXY;
+    if (ep->flags & LOUPE_ENDPOINT_BRIDGED) {
+        if (bpf_skb_store_bytes(skb, 0, ep->gateway_mac, 6, 0)) {
+            loupe_count(LOUPE_CNT_ASSIGN_FAILED);
+            return TC_ACT_SHOT;
+        }
+        loupe_count(counter);
+        return bpf_redirect(ep->bridge_ifindex, BPF_F_INGRESS);
+    }
     loupe_count(counter);
     return TC_ACT_OK;
 }
@@ -77,7 +85,7 @@ static __always_inline int loupe_proxy_absent(struct loupe_redirect_value *rule)
 
 /* UDP (DNS): every selected datagram goes to the proxy's transparent UDP socket, which reads
  * the original destination from IP_ORIGDSTADDR. */
-static __always_inline int loupe_steer_udp(struct __sk_buff *skb, struct loupe_packet *p,
+static __always_inline int loupe_steer_udp(struct __sk_buff *skb, struct loupe_endpoint *ep, struct loupe_packet *p,
                                            struct loupe_redirect_value *rule, __u32 tuple_len)
 {
     struct bpf_sock_tuple ln = loupe_listener_tuple(p->family, rule);
@@ -85,7 +93,7 @@ static __always_inline int loupe_steer_udp(struct __sk_buff *skb, struct loupe_p
 
     if (!sk)
         return loupe_proxy_absent(rule);
-    return loupe_assign(skb, sk, LOUPE_CNT_ASSIGNED_LISTENER);
+    return loupe_assign(skb, ep, sk, LOUPE_CNT_ASSIGNED_LISTENER);
 }
 
 SEC("tc")
@@ -93,11 +101,13 @@ int loupe_from_pod(struct __sk_buff *skb)
 {
     struct loupe_packet p = {};
     struct loupe_redirect_value *rule;
+    struct loupe_endpoint *ep;
     struct bpf_sock *sk;
     __u32 ifindex = skb->ifindex;
     __u32 tuple_len;
 
-    if (!bpf_map_lookup_elem(&loupe_endpoints, &ifindex)) {
+    ep = bpf_map_lookup_elem(&loupe_endpoints, &ifindex);
+    if (!ep) {
         loupe_count(LOUPE_CNT_UNMANAGED);
         return TC_ACT_OK;
     }
@@ -136,12 +146,12 @@ int loupe_from_pod(struct __sk_buff *skb)
 
     tuple_len = p.family == 4 ? sizeof(p.tuple.ipv4) : sizeof(p.tuple.ipv6);
     if (p.proto == IPPROTO_UDP)
-        return loupe_steer_udp(skb, &p, rule, tuple_len);
+        return loupe_steer_udp(skb, ep, &p, rule, tuple_len);
     /* 1. The connection's own proxy socket (established, or a pending request socket). */
     sk = bpf_skc_lookup_tcp(skb, &p.tuple, tuple_len, BPF_F_CURRENT_NETNS, 0);
     if (sk) {
         if (sk->state != BPF_TCP_LISTEN)
-            return loupe_assign(skb, sk, LOUPE_CNT_ASSIGNED_ESTABLISHED);
+            return loupe_assign(skb, ep, sk, LOUPE_CNT_ASSIGNED_ESTABLISHED);
         bpf_sk_release(sk);
     }
     if (!p.syn) {
@@ -158,7 +168,7 @@ int loupe_from_pod(struct __sk_buff *skb)
         loupe_count(LOUPE_CNT_PROXY_ABSENT_PASS);
         return TC_ACT_OK;
     }
-    return loupe_assign(skb, sk, LOUPE_CNT_ASSIGNED_LISTENER);
+    return loupe_assign(skb, ep, sk, LOUPE_CNT_ASSIGNED_LISTENER);
 }
 
 char _license[] SEC("license") = "GPL";

@@ -1,32 +1,53 @@
 import Foundation
 import Logging
 import LoupeBPF
+import LoupeNetlink
 import LoupePolicy
 import LoupeProxy
 import ServiceLifecycle
 
 /// Service: the tc datapath and the control loop that programs it. Loads `loupe_from_pod`,
 /// installs the routing rules, and keeps the endpoint and redirect maps, the tc attachments
-/// and the proxy's view equal to what the inventory (visibility annotations) and the policy
-/// directory (ports with L7 rules, enforced) say — re-read whenever either changes, so an
-/// edit applies within a poll interval, no restart. A bad inventory or policy file is logged
-/// and the last good one stays in force.
+/// and the proxy's view equal to what the cluster (visibility annotations; the inventory file,
+/// or the Kubernetes informers' `ClusterView`) and the policies (the policy directory plus the
+/// API's CiliumNetworkPolicies) say. Each local pod's interface is found over rtnetlink from
+/// its address (`PodInterfaceResolver`: routed or bridged CNIs) and re-resolved whenever links,
+/// neighbours or routes change. A bad inventory or policy file is logged and the last good one
+/// stays in force.
 /// `@unchecked Sendable`: `run` (one task) owns the inventory and policy it applies; the loaded
-/// `Datapath` (a non-Sendable libbpf handle also read by `loupe status`) is behind `lock`, an
-/// NSLock because the handle is used inside it and handed out of it, which `Mutex` refuses.
+/// `Datapath` (a non-Sendable libbpf handle also read by `loupe status`) and the interface
+/// report are behind `lock`, an NSLock because the handle is used inside it and handed out of
+/// it, which `Mutex` refuses.
 public final class DatapathService: Service, @unchecked Sendable {
+    /// One local pod's interface as last resolved, for `loupe status`.
+    public struct EndpointReport: Sendable {
+        public var pod: String
+        public var interface: String?
+        public var shape: String
+        public var problem: String?
+    }
+
     private let configuration: AgentConfiguration
     private let environment: ProxyEnvironment
+    private let cluster: ClusterView?
     private let logger: Logger
     private let lock = NSLock()
     private var datapath: Datapath?
     private var lastProblems: [String] = []
     private var inventory = Inventory()
+    private var filePolicies: [CiliumNetworkPolicy] = []
+    private var clusterPolicies: [CiliumNetworkPolicy] = []
     private var policy = PolicyEngine()
+    private var attachments: [String: PodAttachment] = [:]
+    private var unresolved: [String: PodInterfaceProblem] = [:]
+    private var lastProbe: [String: ContinuousClock.Instant] = [:]
+    private var report: [EndpointReport] = []
 
-    public init(configuration: AgentConfiguration, environment: ProxyEnvironment, logger: Logger) {
+    /// `cluster`: follow it instead of the inventory file (`--kubernetes`).
+    public init(configuration: AgentConfiguration, environment: ProxyEnvironment, cluster: ClusterView? = nil, logger: Logger) {
         self.configuration = configuration
         self.environment = environment
+        self.cluster = cluster
         self.logger = logger
     }
 
@@ -35,8 +56,14 @@ public final class DatapathService: Service, @unchecked Sendable {
         let dp = try Datapath(objectPath: configuration.bpfObjectPath, pinRoot: configuration.pinRoot)
         lock.withLock { datapath = dp }
         try rules.install()
+        let monitor: NetlinkMonitor?
+        do { monitor = try NetlinkMonitor() } catch {
+            logger.warning("\(error); interfaces are re-resolved every second instead")
+            monitor = nil
+        }
         try? FileManager.default.createDirectory(atPath: configuration.policyDirectory, withIntermediateDirectories: true)
-        logger.info("datapath loaded from \(configuration.bpfObjectPath), maps pinned in \(configuration.pinRoot); policies from \(configuration.policyDirectory)")
+        let source = cluster == nil ? "inventory \(configuration.inventoryPath)" : "the Kubernetes API"
+        logger.info("datapath loaded from \(configuration.bpfObjectPath), maps pinned in \(configuration.pinRoot); pods from \(source); policies from \(configuration.policyDirectory)")
         defer {
             lock.withLock {
                 dp.close(unpin: configuration.unpinOnShutdown)
@@ -49,19 +76,44 @@ public final class DatapathService: Service, @unchecked Sendable {
         try? await cancelWhenGracefulShutdown {
             var inventoryStamp: (Int, Int)? = nil
             var policySignature: [String]? = nil
+            var clusterVersion = -1
+            var tick = 0
+            // A short tick for what is cheap to check (the cluster view's version, netlink
+            // changes); files are stat'ed every `inventoryPollMilliseconds`.
+            let tickMilliseconds = 25
+            let fileEvery = max(1, self.configuration.inventoryPollMilliseconds / tickMilliseconds)
             while !Task.isCancelled {
                 var changed = false
-                if let stamp = Self.modificationStamp(self.configuration.inventoryPath), stamp != inventoryStamp ?? (-1, -1) {
+                let fileTick = tick % fileEvery == 0
+                if let cluster = self.cluster {
+                    let view = cluster.read()
+                    if view.ready && view.version != clusterVersion {
+                        clusterVersion = view.version
+                        self.inventory = view.inventory
+                        self.clusterPolicies = view.policies
+                        self.rebuildPolicy()
+                        changed = true
+                    }
+                } else if fileTick, let stamp = Self.modificationStamp(self.configuration.inventoryPath), stamp != inventoryStamp ?? (-1, -1) {
                     inventoryStamp = stamp
                     changed = self.loadInventory() || changed
                 }
-                let signature = policies.signature()
-                if signature != policySignature {
-                    policySignature = signature
-                    changed = self.loadPolicies(policies) || changed
+                if fileTick {
+                    let signature = policies.signature()
+                    if signature != policySignature {
+                        policySignature = signature
+                        changed = self.loadPolicies(policies) || changed
+                    }
                 }
-                if changed { self.applyToDatapath() }
-                try await Task.sleep(for: .milliseconds(self.configuration.inventoryPollMilliseconds))
+                let ready = self.cluster == nil || clusterVersion >= 0
+                let netChanged = monitor?.changed() ?? (tick % 40 == 0)
+                let retry = !self.unresolved.isEmpty && tick % 20 == 0
+                if ready && (changed || netChanged || retry) {
+                    let moved = self.resolveInterfaces()
+                    if changed || moved { self.applyToDatapath() }
+                }
+                tick += 1
+                try await Task.sleep(for: .milliseconds(tickMilliseconds))
             }
         }
     }
@@ -88,9 +140,77 @@ public final class DatapathService: Service, @unchecked Sendable {
             for e in loaded.errors { logger.error("policy rejected, the previous policy set stays in force: \(e)") }
             return false
         }
-        policy = PolicyEngine(policies: loaded.policies)
-        logger.info("policies applied: \(loaded.policies.map(\.name).joined(separator: ", "))")
+        filePolicies = loaded.policies
+        rebuildPolicy()
         return true
+    }
+
+    /// The policy directory's and the API's policies add up.
+    private func rebuildPolicy() {
+        let all = filePolicies + clusterPolicies
+        logger.info("policies applied: \(all.map { p in p.namespace.map { "\($0)/\(p.name)" } ?? p.name }.joined(separator: ", "))")
+        policy = PolicyEngine(policies: all)
+    }
+
+    /// The pods this node attaches to: local, not on the host network, with an address.
+    private var localPods: [Pod] {
+        inventory.pods.filter { $0.runs(on: configuration.proxy.nodeName) && !$0.hostNetwork && !$0.ips.isEmpty }
+    }
+
+    /// Finds every local pod's interface from a fresh netlink snapshot; true when an attachment
+    /// changed. A bridged pod the node has no neighbour entry for yet gets an ARP/ND probe (at
+    /// most one a second) and is retried.
+    private func resolveInterfaces() -> Bool {
+        let net: NetworkSnapshot
+        do { net = try Netlink.snapshot() } catch {
+            logger.error("interfaces not resolved: \(error)")
+            return false
+        }
+        var found: [String: PodAttachment] = [:]
+        var problems: [String: PodInterfaceProblem] = [:]
+        var lines: [EndpointReport] = []
+        let now = ContinuousClock.now
+        for pod in localPods {
+            var last: PodInterfaceProblem?
+            for ip in pod.ips {
+                switch PodInterfaceResolver.resolve(ip, in: net) {
+                case .success(let a):
+                    found[pod.qualifiedName] = a
+                case .failure(let p):
+                    last = p
+                    if case .neighbourUnknown(_, let bridge, _) = p, let bytes = IPAddressBytes.parse(ip) {
+                        let key = "\(ip)%\(bridge)"
+                        if lastProbe[key].map({ now - $0 > .seconds(1) }) ?? true {
+                            lastProbe[key] = now
+                            Netlink.probeNeighbour(bytes, ifindex: bridge)
+                        }
+                    }
+                }
+                if found[pod.qualifiedName] != nil { break }
+            }
+            if let a = found[pod.qualifiedName] {
+                let shape: String
+                if case .bridged(_, _, let bridge, _, _) = a { shape = "bridged (\(bridge))" } else { shape = "routed" }
+                lines.append(EndpointReport(pod: pod.qualifiedName, interface: a.name, shape: shape))
+            } else if let last {
+                problems[pod.qualifiedName] = last
+                lines.append(EndpointReport(pod: pod.qualifiedName, shape: "unresolved", problem: last.description))
+            }
+        }
+        for pod in inventory.pods where pod.runs(on: configuration.proxy.nodeName) && pod.hostNetwork {
+            lines.append(EndpointReport(pod: pod.qualifiedName, shape: "hostNetwork", problem: "hostNetwork pod: skipped (no veth)"))
+        }
+        for (name, p) in problems where unresolved[name] != p { logger.warning("pod \(name): \(p)") }
+        let moved = found != attachments
+        attachments = found
+        unresolved = problems
+        lock.withLock { report = lines }
+        return moved
+    }
+
+    /// Local pods and their interfaces (or why none), for `loupe status`.
+    public func endpointReport() -> [EndpointReport] {
+        lock.withLock { report }
     }
 
     /// `apply` on the loaded datapath (none once shutdown has begun).
@@ -106,21 +226,19 @@ public final class DatapathService: Service, @unchecked Sendable {
             for p in problems { logger.error("\(p) (ignored; the rest applies)") }
             lastProblems = problems
         }
-        var endpoints: [UInt32: UInt32] = [:]
+        var endpoints: [UInt32: EndpointEntry] = [:]
         var entries: [RedirectEntry] = []
         var ifindexes: [Int32] = []
         let proxyPort = UInt16(configuration.proxy.port)
         let dnsPort = UInt16(configuration.proxy.dnsPort)
         for podRules in plan.pods {
             let pod = podRules.pod
-            guard let ifname = pod.hostInterface else { continue }
-            let ifindex = if_nametoindex(ifname)
-            guard ifindex != 0 else {
-                logger.warning("pod \(pod.qualifiedName): interface \(ifname) not found in this netns")
-                continue
-            }
-            ifindexes.append(Int32(ifindex))
-            endpoints[ifindex] = EndpointIdentity(pod: pod).id
+            guard let attachment = attachments[pod.qualifiedName] else { continue }
+            let ifindex = UInt32(attachment.ifindex)
+            ifindexes.append(attachment.ifindex)
+            var bridge: (Int32, [UInt8])?
+            if case .bridged(_, _, _, let index, let mac) = attachment { bridge = (index, mac) }
+            endpoints[ifindex] = EndpointEntry(id: EndpointIdentity(pod: pod).id, bridge: bridge)
             let addresses = pod.ips.compactMap(Self.addressBytes)
             // Visibility: redirected, fail open. TCP to the proxy listener; UDP DNS to the DNS socket.
             for rule in podRules.rules {
@@ -170,7 +288,7 @@ public final class DatapathService: Service, @unchecked Sendable {
             }
         }
         environment.update(inventory: inventory, policy: policy)
-        logger.info("inventory applied: \(plan.pods.count) pods, \(merged.count) redirect rules (\(merged.filter(\.enforce).count) enforced), \(ifindexes.count) veths, \(policy.policies.count) policies")
+        logger.info("inventory applied: \(plan.pods.count) pods (\(attachments.count) attached, \(unresolved.count) unresolved), \(merged.count) redirect rules (\(merged.filter(\.enforce).count) enforced), \(ifindexes.count) veths, \(policy.policies.count) policies")
     }
 
     static func modificationStamp(_ path: String) -> (Int, Int)? {

@@ -1,34 +1,30 @@
 import Foundation
 import Logging
-import LoupeProcess
+import LoupeNetlink
 
 /// The node routing that makes an assigned packet reach the proxy socket: packets marked
 /// 0x200/0xf00 by the tc program look up table 2004, whose default route is local.
-/// (Cilium's numbers.) Installed for IPv4 and IPv6 in the agent's netns, removed on shutdown.
+/// (Cilium's numbers.) Installed over rtnetlink for IPv4 and IPv6 in the agent's netns,
+/// removed on shutdown.
 struct RoutingRules {
     let logger: Logger
-    static let table = "2004"
-    static let mark = "0x200/0xf00"
+    static let table: UInt32 = 2004
+    static let mark: UInt32 = 0x200
+    static let mask: UInt32 = 0xf00
+    static let priority: UInt32 = 100
 
     func install() throws {
         remove() // idempotent: a crashed agent may have left them
-        try ip(["-4", "rule", "add", "fwmark", Self.mark, "lookup", Self.table, "pref", "100"])
-        try ip(["-4", "route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", Self.table])
-        try ip(["-6", "rule", "add", "fwmark", Self.mark, "lookup", Self.table, "pref", "100"])
-        try ip(["-6", "route", "replace", "local", "::/0", "dev", "lo", "table", Self.table])
-    }
-
-    func remove() {
-        for fam in ["-4", "-6"] {
-            while (try? ip([fam, "rule", "del", "fwmark", Self.mark, "lookup", Self.table])) != nil {}
-            _ = try? ip([fam, "route", "flush", "table", Self.table])
+        for ipv6 in [false, true] {
+            try Netlink.addRule(ipv6: ipv6, mark: Self.mark, mask: Self.mask, table: Self.table, priority: Self.priority)
+            try Netlink.replaceLocalDefaultRoute(ipv6: ipv6, table: Self.table)
         }
     }
 
-    private func ip(_ args: [String]) throws {
-        let r = try ChildProcess.run(["ip"] + args)
-        if r.status != 0 {
-            throw AgentError("ip \(args.joined(separator: " ")): \(r.stderr.trimmingCharacters(in: .whitespacesAndNewlines))")
+    func remove() {
+        for ipv6 in [false, true] {
+            while Netlink.deleteRule(ipv6: ipv6, mark: Self.mark, mask: Self.mask, table: Self.table) {}
+            Netlink.deleteLocalDefaultRoute(ipv6: ipv6, table: Self.table)
         }
     }
 }

@@ -115,12 +115,17 @@ public final class Datapath {
         ownedQdiscs.remove(ifindex)
     }
 
-    /// Makes the endpoint map equal to `ids` (ifindex → endpoint id).
-    public func setEndpoints(_ ids: [UInt32: UInt32]) throws {
-        for key in endpoints.keys(UInt32.self) where ids[key] == nil { endpoints.delete(key) }
-        for (ifindex, id) in ids {
+    /// Makes the endpoint map equal to `wanted` (ifindex → endpoint).
+    public func setEndpoints(_ wanted: [UInt32: EndpointEntry]) throws {
+        for key in endpoints.keys(UInt32.self) where wanted[key] == nil { endpoints.delete(key) }
+        for (ifindex, entry) in wanted {
             var ep = loupe_endpoint()
-            ep.id = id
+            ep.id = entry.id
+            if let bridge = entry.bridge, bridge.mac.count == 6 {
+                ep.flags = UInt32(LOUPE_ENDPOINT_BRIDGED)
+                withUnsafeMutableBytes(of: &ep.gateway_mac) { $0.copyBytes(from: bridge.mac) }
+                ep.bridge_ifindex = UInt32(bridge.ifindex)
+            }
             try endpoints.update(ifindex, ep)
         }
     }
@@ -154,6 +159,22 @@ public final class Datapath {
         for ifindex in attached { detach(ifindex: ifindex) }
         if unpin { object.unpinAll() }
         object.close()
+    }
+}
+
+/// A managed pod's veth: its endpoint id, and for a bridge port the bridge (packets handed to
+/// the proxy are re-addressed to its MAC and enter the node through it).
+public struct EndpointEntry: Sendable, Equatable {
+    public var id: UInt32
+    public var bridge: (ifindex: Int32, mac: [UInt8])?
+
+    public init(id: UInt32, bridge: (ifindex: Int32, mac: [UInt8])? = nil) {
+        self.id = id
+        self.bridge = bridge
+    }
+
+    public static func == (a: EndpointEntry, b: EndpointEntry) -> Bool {
+        a.id == b.id && a.bridge?.ifindex == b.bridge?.ifindex && a.bridge?.mac == b.bridge?.mac
     }
 }
 

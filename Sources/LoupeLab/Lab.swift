@@ -9,10 +9,20 @@ import LoupeProcess
 public struct Lab {
     public var stateDirectory: String
     public var log: (String) -> Void
+    /// The shape `up` builds (a lab of the other shape is rebuilt from scratch).
+    public var cni: LabCNI
 
-    public init(stateDirectory: String = LabNetwork.stateDirectory, log: @escaping (String) -> Void = { print($0) }) {
+    public init(stateDirectory: String = LabNetwork.stateDirectory, cni: LabCNI = .routed, log: @escaping (String) -> Void = { print($0) }) {
         self.stateDirectory = stateDirectory
+        self.cni = cni
         self.log = log
+    }
+
+    var cniPath: String { stateDirectory + "/cni" }
+
+    /// The shape of the lab that is up (routed when it says nothing).
+    public func currentCNI() -> LabCNI {
+        (try? String(contentsOfFile: cniPath, encoding: .utf8)).flatMap { LabCNI(rawValue: $0.trimmingCharacters(in: .whitespacesAndNewlines)) } ?? .routed
     }
 
     var resolvedPath: String { stateDirectory + "/inventory.yaml" }
@@ -34,7 +44,12 @@ public struct Lab {
         for d in [stateDirectory, pidDirectory, logDirectory, podsDirectory] {
             try fm.createDirectory(atPath: d, withIntermediateDirectories: true)
         }
-        let existing = Set(try listNetns())
+        var existing = Set(try listNetns())
+        if previous != nil && currentCNI() != cni {
+            log("lab up: the lab is \(currentCNI().rawValue), \(cni.rawValue) wanted: rebuilding it")
+            try removeEverything(quiet: true)
+            existing = []
+        }
         if previous == nil || !existing.contains(LabNetwork.nodeNetns) {
             // No usable state: whatever carries our prefix is a crashed run's leftover.
             try removeEverything(quiet: true)
@@ -42,6 +57,7 @@ public struct Lab {
                 try fm.createDirectory(atPath: d, withIntermediateDirectories: true)
             }
         }
+        try cni.rawValue.write(toFile: cniPath, atomically: false, encoding: .utf8)
         try prepare()
         let old = (previous != nil && existing.contains(LabNetwork.nodeNetns)) ? previous! : Inventory()
         if old.pods.isEmpty && old.labHosts.isEmpty { try makeNode() }
@@ -83,7 +99,7 @@ public struct Lab {
         for pod in wanted.pods where keep[pod.qualifiedName] == nil {
             try startContainers(of: pod, inventoryDirectory: inventoryDirectory, trust: trustEnvironment(for: pod, in: wanted))
         }
-        log("lab up: \(wanted.pods.count) pods, \(wanted.labHosts.count) lab hosts; inventory at \(resolvedPath)")
+        log("lab up (\(cni.rawValue)): \(wanted.pods.count) pods, \(wanted.labHosts.count) lab hosts; inventory at \(resolvedPath)")
         return wanted
     }
 
@@ -163,10 +179,22 @@ public struct Lab {
         try ip("-n", n, "link", "set", "lo", "up")
         try inNetns(n, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
                         "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"])
-        // The node's own address (source of the proxy's upstream connections) lives on lo:
-        // the dummy driver is not available on every kernel.
-        try ip("-n", n, "addr", "add", LabNetwork.nodeIPv4 + "/32", "dev", "lo")
-        try ip("-n", n, "-6", "addr", "add", LabNetwork.nodeIPv6 + "/128", "dev", "lo", "nodad")
+        switch cni {
+        case .routed:
+            // The node's own address (source of the proxy's upstream connections) lives on lo:
+            // the dummy driver is not available on every kernel.
+            try ip("-n", n, "addr", "add", LabNetwork.nodeIPv4 + "/32", "dev", "lo")
+            try ip("-n", n, "-6", "addr", "add", LabNetwork.nodeIPv6 + "/128", "dev", "lo", "nodad")
+        case .bridged:
+            // flannel's shape: cni0 holds the node's address in the pod subnet (the pods'
+            // gateway); pod veths are its ports; pods on the node reach each other at layer 2.
+            let b = LabNetwork.bridge
+            try ip("-n", n, "link", "add", b, "type", "bridge")
+            try inNetns(n, ["sysctl", "-q", "-w", "net.ipv6.conf.\(b).accept_dad=0"])
+            try ip("-n", n, "link", "set", b, "up")
+            try ip("-n", n, "addr", "add", LabNetwork.nodeIPv4 + "/16", "dev", b)
+            try ip("-n", n, "-6", "addr", "add", LabNetwork.nodeIPv6 + "/64", "dev", b, "nodad")
+        }
     }
 
     private func mac(netns: String, dev: String) throws -> String {
@@ -206,12 +234,33 @@ public struct Lab {
         }
     }
 
+    /// A pod veth as a port of cni0: the pod's addresses in the node's subnet, its default
+    /// route via the bridge's address; neighbours are learned (ARP/ND), not configured.
+    private func bridgePort(netns: String, hostVeth: String, v4: String, v6: String) throws {
+        let node = LabNetwork.nodeNetns
+        try ip("netns", "add", netns)
+        try inNetns(netns, ["sysctl", "-q", "-w", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"])
+        try ip("-n", netns, "link", "set", "lo", "up")
+        try ip("-n", node, "link", "add", hostVeth, "type", "veth", "peer", "name", "eth0", "netns", netns)
+        try inNetns(node, ["sysctl", "-q", "-w", "net.ipv6.conf.\(hostVeth).accept_dad=0"])
+        try ip("-n", node, "link", "set", hostVeth, "master", LabNetwork.bridge)
+        try ip("-n", node, "link", "set", hostVeth, "up")
+        try ip("-n", netns, "link", "set", "eth0", "up")
+        try ip("-n", netns, "addr", "add", v4 + "/16", "dev", "eth0")
+        try ip("-n", netns, "-6", "addr", "add", v6 + "/64", "dev", "eth0", "nodad")
+        try ip("-n", netns, "route", "add", "default", "via", LabNetwork.nodeIPv4, "dev", "eth0")
+        try ip("-n", netns, "-6", "route", "add", "default", "via", LabNetwork.nodeIPv6, "dev", "eth0")
+    }
+
     private func makePod(_ pod: inout Pod, number n: Int) throws {
         let netns = LabNetwork.podNetns(namespace: pod.namespace, name: pod.name)
         let veth = LabNetwork.hostVeth(namespace: pod.namespace, name: pod.name)
         pod.ips = [LabNetwork.podIPv4(n), LabNetwork.podIPv6(n)]
         pod.hostInterface = veth
-        try wire(netns: netns, hostVeth: veth, v4: [pod.ips[0]], v6: [pod.ips[1]])
+        switch cni {
+        case .routed: try wire(netns: netns, hostVeth: veth, v4: [pod.ips[0]], v6: [pod.ips[1]])
+        case .bridged: try bridgePort(netns: netns, hostVeth: veth, v4: pod.ips[0], v6: pod.ips[1])
+        }
         log("pod \(pod.qualifiedName): netns \(netns), \(pod.ips.joined(separator: ", ")), node veth \(veth)")
     }
 

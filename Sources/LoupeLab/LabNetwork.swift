@@ -1,3 +1,11 @@
+/// The two shapes CNIs give a node: a veth per pod with a host route to it (Cilium, Calico,
+/// ptp), or pod veths as ports of one bridge that holds the node's pod-subnet address (flannel,
+/// the `bridge` plugin).
+public enum LabCNI: String, Sendable, CaseIterable {
+    case routed
+    case bridged
+}
+
 /// Names and addresses of the lab: one node netns with no uplink, one netns per pod with a veth
 /// to the node, and a world netns behind the node for LabHosts.
 public enum LabNetwork {
@@ -14,7 +22,9 @@ public enum LabNetwork {
     /// Node address used as the source of the proxy's upstream connections.
     public static let nodeIPv4 = "198.18.0.1"
     public static let nodeIPv6 = "2001:db8:18::1"
-    /// Gateway the pods route through (a static neighbour; nobody owns it).
+    /// The bridge of the bridged shape (`--cni bridged`), as flannel's and the `bridge` plugin's.
+    public static let bridge = "cni0"
+    /// Gateway the pods route through in the routed shape (a static neighbour; nobody owns it).
     public static let gatewayIPv4 = "169.254.1.1"
     public static let gatewayIPv6 = "fe80::1"
 

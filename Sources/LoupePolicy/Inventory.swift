@@ -47,12 +47,17 @@ public struct Pod: Sendable, Equatable {
     public var containers: [Container]
     /// `status.podIPs` (the first is `status.podIP`); empty until the lab or the cluster assigns them.
     public var ips: [String]
-    /// `status.loupe.hostInterface`: the node-side veth of this pod.
+    /// `status.loupe.hostInterface`: the node-side veth the lab made for this pod. Informational:
+    /// the agent finds each pod's interface over rtnetlink from its address, on any CNI.
     public var hostInterface: String?
+    /// `spec.nodeName`: the node the pod runs on (nil in a node's own inventory file: all local).
+    public var nodeName: String?
+    /// `spec.hostNetwork`: the pod shares the node's netns; it has no veth to attach to.
+    public var hostNetwork: Bool
 
     public init(name: String, namespace: String = "default", labels: [String: String] = [:],
                 annotations: [String: String] = [:], containers: [Container] = [], ips: [String] = [],
-                hostInterface: String? = nil) {
+                hostInterface: String? = nil, nodeName: String? = nil, hostNetwork: Bool = false) {
         self.name = name
         self.namespace = namespace
         self.labels = labels
@@ -60,7 +65,12 @@ public struct Pod: Sendable, Equatable {
         self.containers = containers
         self.ips = ips
         self.hostInterface = hostInterface
+        self.nodeName = nodeName
+        self.hostNetwork = hostNetwork
     }
+
+    /// Runs on `node` (a pod without `spec.nodeName` is taken to be local).
+    public func runs(on node: String) -> Bool { nodeName == nil || nodeName == node }
 
     public var qualifiedName: String { "\(namespace)/\(name)" }
 }

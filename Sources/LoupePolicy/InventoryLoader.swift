@@ -65,7 +65,8 @@ public enum InventoryLoader {
                 let loupe = status["loupe"] as? [String: Any] ?? [:]
                 inv.pods.append(Pod(name: name, namespace: meta["namespace"] as? String ?? "default",
                                     labels: labels, annotations: annotations, containers: containers,
-                                    ips: ips, hostInterface: loupe["hostInterface"] as? String))
+                                    ips: ips, hostInterface: loupe["hostInterface"] as? String,
+                                    nodeName: spec["nodeName"] as? String, hostNetwork: spec["hostNetwork"] as? Bool ?? false))
             case ("loupe.io/v1alpha1", "LabHost"):
                 let spec = obj["spec"] as? [String: Any] ?? [:]
                 let status = obj["status"] as? [String: Any] ?? [:]
@@ -100,10 +101,12 @@ public enum InventoryLoader {
                 status["podIPs"] = pod.ips.map { ["ip": $0] }
             }
             if let ifname = pod.hostInterface { status["loupe"] = ["hostInterface": ifname] }
+            var spec: [String: Any] = ["containers": pod.containers.map { ["name": $0.name, "command": $0.command, "args": $0.args] }]
+            if let node = pod.nodeName { spec["nodeName"] = node }
+            if pod.hostNetwork { spec["hostNetwork"] = true }
             docs.append(["apiVersion": "v1", "kind": "Pod",
                          "metadata": metadata(name: pod.name, namespace: pod.namespace, labels: pod.labels, annotations: pod.annotations),
-                         "spec": ["containers": pod.containers.map { ["name": $0.name, "command": $0.command, "args": $0.args] }],
-                         "status": status])
+                         "spec": spec, "status": status])
         }
         for host in inv.labHosts {
             docs.append(["apiVersion": "loupe.io/v1alpha1", "kind": "LabHost",

@@ -15,11 +15,16 @@ struct LabCommand: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Create (or update) the lab from an inventory file.")
         @Option(name: [.short, .customLong("file")], help: "Inventory: v1 Namespace, v1 Pod, loupe.io/v1alpha1 LabHost.")
         var file: String
+        @Option(help: "The node's CNI shape: routed (a veth and a host route per pod, as Cilium, Calico, ptp) or bridged (pod veths on a cni0 bridge, as flannel). A lab of the other shape is rebuilt.")
+        var cni: String = LabCNI.routed.rawValue
 
         func run() throws {
             try requireRoot()
+            guard let shape = LabCNI(rawValue: cni) else {
+                throw ValidationError("--cni \"\(cni)\": expected routed or bridged")
+            }
             do {
-                try Lab().up(file: file, prepare: LabTrust.ensure)
+                try Lab(cni: shape).up(file: file, prepare: LabTrust.ensure)
             } catch {
                 FileHandle.standardError.write(Data("loupe lab up: \(error)\n".utf8))
                 throw ExitCode(1)

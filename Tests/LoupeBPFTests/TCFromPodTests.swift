@@ -29,7 +29,7 @@ final class TCFromPodTests {
 
     init() throws {
         datapath = try Datapath(objectPath: Self.objectPath, pinRoot: pinRoot)
-        try datapath.setEndpoints([lo: 7])
+        try datapath.setEndpoints([lo: EndpointEntry(id: 7)])
     }
 
     deinit { datapath.close(unpin: true) }

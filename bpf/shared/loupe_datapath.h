@@ -16,8 +16,17 @@
 /* A managed pod, keyed by the ifindex of its node-side veth. */
 struct loupe_endpoint {
     __u32 id;       /* endpoint id shown in flows */
-    __u32 flags;    /* reserved */
+    __u32 flags;    /* LOUPE_ENDPOINT_* */
+    __u8  gateway_mac[6]; /* LOUPE_ENDPOINT_BRIDGED: the bridge's MAC */
+    __u8  pad[2];
+    __u32 bridge_ifindex; /* LOUPE_ENDPOINT_BRIDGED: the bridge */
 };
+
+/* The veth is a bridge port (flannel, the `bridge` CNI plugin): a packet handed to the proxy
+ * is re-addressed to the bridge's MAC and redirected to the bridge's own receive path, or the
+ * bridge would forward it to the destination pod (and br_netfilter, on wherever kube-proxy
+ * runs, drops the socket assignment on the way through the bridge). */
+#define LOUPE_ENDPOINT_BRIDGED   0x1
 
 /* Redirect rule key. Egress rules: ifindex = the pod's veth, addr all-zero.
  * Ingress rules (applied at the client's veth): ifindex = 0, addr = the server pod's address. */

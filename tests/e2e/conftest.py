@@ -19,6 +19,9 @@ REPO = Path(__file__).resolve().parents[2]
 LOUPE = str(REPO / ".build" / "debug" / "loupe")
 PIN_DIR = "/sys/fs/bpf/loupe"
 SERVER_CERT = "/tmp/loupe-e2e-tls/cert.pem"   # the lab HTTPS server's own certificate (tls_server.py)
+# The lab's CNI shape: routed (a veth + host route per pod) or bridged (veths on cni0, as
+# flannel). `make test` runs the spine, policy and DNS modules on both.
+CNI = os.environ.get("LOUPE_LAB_CNI", "routed")
 
 
 def run(*args, check=True, timeout=60, input=None):
@@ -135,8 +138,8 @@ def lab(tmp_path_factory):
     shutil.rmtree("/tmp/loupe-e2e-tls", ignore_errors=True)
     run(sys.executable, str(REPO / "tests/e2e/servers/tls_server.py"), "--make-certificate-only")
     inv = render_inventory(tmp)
-    loupe("lab", "up", "-f", str(inv))
-    yield {"inventory": inv, "tmp": tmp}
+    loupe("lab", "up", "-f", str(inv), "--cni", CNI)
+    yield {"inventory": inv, "tmp": tmp, "cni": CNI}
     loupe("lab", "down")
     shutil.rmtree("/tmp/loupe-e2e-tls", ignore_errors=True)  # tls_server.py's test certificate
     netns, pins = lab_leftovers()

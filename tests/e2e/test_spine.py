@@ -235,14 +235,14 @@ def test_non_http_bytes_are_relayed_opaque_with_an_l3l4_flow(running_agent):
 
 def test_removing_the_annotation_stops_redirection_without_restart(lab, running_agent, tmp_path):
     pid = running_agent.pid
-    loupe("lab", "up", "-f", str(render_inventory(tmp_path, annotate_shop=False)))
+    loupe("lab", "up", "-f", str(render_inventory(tmp_path, annotate_shop=False)), "--cni", lab["cni"])
     try:
         time.sleep(1.2)
         code, _, _ = curl("shop/client", f"http://{WEB}/t6/unannotated")
         assert code == 200
         assert flows("--http-path", "^/t6/unannotated$") == []
     finally:
-        loupe("lab", "up", "-f", str(lab["inventory"]))
+        loupe("lab", "up", "-f", str(lab["inventory"]), "--cni", lab["cni"])
     time.sleep(1.2)
     code, _, _ = curl("shop/client", f"http://{WEB}/t6/annotated-again")
     assert code == 200
