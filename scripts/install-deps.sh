@@ -14,5 +14,13 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-# Test clients and servers: pytest, python h2 (crafted HTTP/2), grpcio (a real gRPC client and server).
-python3 -c 'import pytest, h2, grpc, grpc_tools' 2>/dev/null || pip install -q pytest h2 grpcio grpcio-tools
+# kubectl drives the test Kubernetes API server (any recent kubectl; Debian's kubernetes-client
+# when none is installed).
+if ! command -v kubectl >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq kubernetes-client >/dev/null
+fi
+# Test clients and servers: pytest, python h2 (crafted HTTP/2), grpcio (a real gRPC client and
+# server), PyYAML (inventories and kubeconfigs).
+python3 -c 'import pytest, h2, grpc, grpc_tools, yaml' 2>/dev/null || pip install -q pytest h2 grpcio grpcio-tools pyyaml

@@ -6,8 +6,9 @@ import LoupeProxy
 import NIOPosix
 import ServiceLifecycle
 
-/// The node agent: datapath, proxy and the Hubble API as services of one `ServiceGroup`
-/// (array order is start order; SIGTERM/SIGINT shut them down in reverse: API, proxy, datapath).
+/// The node agent: the Kubernetes source (with `--kubernetes`), datapath, proxy and the Hubble
+/// API as services of one `ServiceGroup` (array order is start order; SIGTERM/SIGINT shut them
+/// down in reverse: API, proxy, datapath, Kubernetes).
 public struct Agent {
     public var configuration: AgentConfiguration
     public var logger: Logger
@@ -20,21 +21,41 @@ public struct Agent {
     public func run() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.proxy.threads))
         let flows = FlowStore(capacity: configuration.flowCapacity)
-        let initial = (try? String(contentsOfFile: configuration.inventoryPath, encoding: .utf8))
-            .flatMap { try? InventoryLoader.parse($0, file: configuration.inventoryPath) } ?? Inventory()
+        var initial = Inventory()
+        var readings = AgentReadings()
+        var kubernetes: KubernetesSource?
+        let cluster: ClusterView?
+        if let k8s = configuration.kubernetes {
+            let view = ClusterView()
+            let source = try KubernetesSource(configuration: k8s, view: view, logger: logger)
+            cluster = view
+            kubernetes = source
+            readings.kubernetes = { source.status() }
+            readings.rejectedPolicies = { source.rejectedPolicies() }
+            readings.source = "kubernetes \(k8s.config.server)"
+        } else {
+            cluster = nil
+            initial = (try? String(contentsOfFile: configuration.inventoryPath, encoding: .utf8))
+                .flatMap { try? InventoryLoader.parse($0, file: configuration.inventoryPath) } ?? Inventory()
+            readings.source = "inventory \(configuration.inventoryPath)"
+        }
         let environment = ProxyEnvironment(inventory: initial, flows: flows, configuration: configuration.proxy)
-        let datapath = DatapathService(configuration: configuration, environment: environment, logger: logger)
+        let datapath = DatapathService(configuration: configuration, environment: environment, cluster: cluster, logger: logger)
+        readings.datapathCounters = { datapath.counters() }
+        readings.endpoints = { datapath.endpointReport() }
         let proxy = ProxyService(group: group, environment: environment, configuration: configuration, logger: logger)
         let dns = DNSProxyService(environment: environment, logger: logger)
         let api = HubbleServer(configuration: configuration.hubble, group: group, environment: environment,
-                               datapathCounters: { datapath.counters() }, logger: logger)
-        var parts: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: datapath, serviceName: "datapath")]
+                               readings: readings, logger: logger)
+        var parts: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if let kubernetes { parts.append(.init(service: kubernetes, serviceName: "kubernetes")) }
+        parts.append(.init(service: datapath, serviceName: "datapath"))
         if !configuration.datapathOnly {
             parts += [.init(service: proxy, serviceName: "proxy"), .init(service: dns, serviceName: "dns")]
         }
         if let (host, port) = configuration.metricsAddress {
             parts.append(.init(service: MetricsService(group: group, host: host, port: port, context: configuration.metricsContext,
-                                                       environment: environment, datapathCounters: { datapath.counters() },
+                                                       environment: environment, readings: readings,
                                                        logger: logger),
                                serviceName: "metrics"))
         }

@@ -35,6 +35,9 @@ public struct AgentConfiguration: Sendable {
     public var metricsContext = MetricsContext.default
     /// Flow export to a JSON-lines file; nil: none.
     public var flowExport: FlowExportConfiguration?
+    /// Follow the Kubernetes API (namespaces, pods, CiliumNetworkPolicies) instead of the
+    /// inventory file; nil: the inventory file.
+    public var kubernetes: KubernetesConfiguration?
     /// Benchmark switch: record this many synthetic flows once a follower is attached; nil: none.
     public var syntheticFlows: SyntheticFlowConfiguration?
 

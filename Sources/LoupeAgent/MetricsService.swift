@@ -21,18 +21,18 @@ public final class MetricsService: Service, Sendable {
     private let port: Int
     private let environment: ProxyEnvironment
     private let context: MetricsContext
-    private let datapathCounters: @Sendable () -> [DatapathCounter: UInt64]
+    private let readings: AgentReadings
     private let logger: Logger
     let registry = PrometheusCollectorRegistry()
 
     public init(group: EventLoopGroup, host: String, port: Int, context: MetricsContext, environment: ProxyEnvironment,
-                datapathCounters: @escaping @Sendable () -> [DatapathCounter: UInt64], logger: Logger) {
+                readings: AgentReadings, logger: Logger) {
         self.group = group
         self.host = host
         self.port = port
         self.context = context
         self.environment = environment
-        self.datapathCounters = datapathCounters
+        self.readings = readings
         self.logger = logger
     }
 
@@ -188,10 +188,19 @@ public final class MetricsService: Service, Sendable {
         family("hubble_lost_events_total", "Number of flows lost, by the consumer that could not keep up",
                (lost.isEmpty ? ["observer": 0] : lost).map { ("{source=\"\($0.key)\"}", $0.value) })
         family("loupe_datapath_packets_total", "Packets seen by the tc program, by outcome",
-               datapathCounters().map { ("{outcome=\"\($0.key.name)\"}", $0.value) })
+               readings.datapathCounters().map { ("{outcome=\"\($0.key.name)\"}", $0.value) })
         family("loupe_proxy_events_total", "Proxy events (connections by protocol, upstream errors, limits, splices), by name",
                environment.counterValues.map { ("{event=\"\($0.key)\"}", $0.value) })
         family("loupe_flows_recorded_total", "Flows recorded by the agent", [("", environment.flows.totalFlows)])
+        let kubernetes = readings.kubernetes()
+        if !kubernetes.isEmpty {
+            text += "# HELP loupe_kubernetes_synced Whether the resource's list/watch is in sync with the API server (0: the last good state is in force)\n# TYPE loupe_kubernetes_synced gauge\n"
+            for (resource, s) in kubernetes.sorted(by: { $0.key < $1.key }) { text += "loupe_kubernetes_synced{resource=\"\(resource)\"} \(s.synced ? 1 : 0)\n" }
+            family("loupe_kubernetes_watch_errors_total", "Failed lists and watches of the resource (connection, HTTP or watch errors)",
+                   kubernetes.map { ("{resource=\"\($0.key)\"}", $0.value.watchErrors) })
+            family("loupe_kubernetes_relists_total", "Full lists of the resource (the first, and after 410 Gone)",
+                   kubernetes.map { ("{resource=\"\($0.key)\"}", $0.value.relists) })
+        }
         if let splice = environment.spliceMaps?.status()["paired_sockets"] {
             text += "# HELP loupe_splice_paired_sockets Sockets the kernel splice carries now\n# TYPE loupe_splice_paired_sockets gauge\n"
             text += "loupe_splice_paired_sockets \(splice)\n"

@@ -268,6 +268,9 @@ public struct Lab {
         let netns = LabNetwork.podNetns(namespace: pod.namespace, name: pod.name)
         killRecordedProcesses(prefix: fileStem(pod))
         killProcesses(inNetns: netns)
+        // The veth first: a deleted netns takes its end of the pair down asynchronously, and a
+        // pod re-created at once would find the node's end still there.
+        _ = try? ChildProcess.run(["ip", "-n", LabNetwork.nodeNetns, "link", "delete", LabNetwork.hostVeth(namespace: pod.namespace, name: pod.name)])
         _ = try? ChildProcess.run(["ip", "netns", "delete", netns])
         log("pod \(pod.qualifiedName): removed")
     }

@@ -11,6 +11,12 @@ struct AgentCommand: AsyncParsableCommand {
 
     @Flag(help: "Run inside the lab's node netns on the lab's resolved inventory.") var lab = false
     @Option(help: "Inventory file (Kubernetes YAML) to follow.") var inventory: String?
+    @Flag(help: "Follow the Kubernetes API (Namespaces, Pods, CiliumNetworkPolicies) instead of an inventory file: in-cluster (service account) or --kubeconfig.")
+    var kubernetes = false
+    @Option(help: "With --kubernetes: kubeconfig file (its current context) instead of the in-cluster service account.")
+    var kubeconfig: String?
+    @Option(help: "With --kubernetes: seconds each watch asks the API server to run before it is re-opened (jittered up to 2×).")
+    var kubernetesWatchTimeout: Int = 300
     @Option(help: "Directory of CiliumNetworkPolicy files to enforce (default /etc/loupe/policies; with --lab /run/loupe/lab/policies).")
     var policyDir: String?
     @Option(help: "Compiled tc program (bpf/.output/tc_from_pod.bpf.o).") var bpfObject: String?
@@ -25,7 +31,8 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Hubble API TLS private key (PEM).") var hubbleTlsKeyFile: String?
     @Option(help: "Hubble API: client certificates must chain to these CAs (PEM; mTLS). Repeatable or comma-separated.")
     var hubbleTlsClientCaFiles: [String] = []
-    @Option(help: "Node name in flows.") var nodeName: String = "loupe-node"
+    @Option(help: "This node's name: flows' node_name, and with --kubernetes the pods attached are those with spec.nodeName equal to it (default $NODE_NAME, else loupe-node).")
+    var nodeName: String = ProcessInfo.processInfo.environment["NODE_NAME"].flatMap { $0.isEmpty ? nil : $0 } ?? "loupe-node"
     @Option(help: "Proxy event-loop threads (default: one per core).") var threads: Int?
     @Option(help: "Largest HTTP header block accepted, bytes.") var maxHeaderBytes: Int = 64 * 1024
     @Flag(inversion: .prefixedNo, help: "Intercept HTTP/2 (h2c) per stream (flows, policy); --no-intercept-http2 relays it opaque.")
@@ -132,6 +139,21 @@ struct AgentCommand: AsyncParsableCommand {
             }
         } catch {
             FileHandle.standardError.write(Data("loupe agent: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        if kubernetes {
+            do {
+                let config = try kubeconfig.map { try KubeConfig.load(file: $0) } ?? KubeConfig.inCluster()
+                var k8s = KubernetesConfiguration(config: config)
+                guard kubernetesWatchTimeout > 0 else { throw ValidationError("--kubernetes-watch-timeout must be > 0") }
+                k8s.timing.watchTimeoutSeconds = kubernetesWatchTimeout
+                cfg.kubernetes = k8s
+            } catch {
+                FileHandle.standardError.write(Data("loupe agent: \(error)\n".utf8))
+                throw ExitCode(2)
+            }
+        } else if kubeconfig != nil {
+            FileHandle.standardError.write(Data("loupe agent: --kubeconfig needs --kubernetes\n".utf8))
             throw ExitCode(2)
         }
         cfg.proxy.spliceInjectFailure = spliceInjectFailure

@@ -32,13 +32,39 @@ struct StatusCommand: AsyncParsableCommand {
             "splice": reply.splice,
             "flows": ["total": reply.flows.total, "capacity": reply.flows.capacity, "subscribers": reply.flows.subscribers],
             "lost_events": reply.lostEvents,
+            "source": reply.source,
+            "endpoints": reply.endpoints.map { e -> [String: Any] in
+                var d: [String: Any] = ["pod": e.pod, "shape": e.shape]
+                if !e.interface.isEmpty { d["interface"] = e.interface }
+                if !e.problem.isEmpty { d["problem"] = e.problem }
+                return d
+            },
+            "kubernetes": reply.kubernetes.mapValues { r -> [String: Any] in
+                ["synced": r.synced, "absent": r.absent, "objects": r.objects, "resource_version": r.resourceVersion,
+                 "watch_errors": r.watchErrors, "relists": r.relists, "last_error": r.lastError]
+            },
+            "rejected_policies": reply.rejectedPolicies,
         ]
         if output == "json" {
             let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))
             return
         }
-        print("Node: \(reply.nodeName) (Loupe \(reply.version))")
+        print("Node: \(reply.nodeName) (Loupe \(reply.version)); pods from \(reply.source)")
+        if !reply.kubernetes.isEmpty {
+            print("kubernetes:")
+            for (name, r) in reply.kubernetes.sorted(by: { $0.key < $1.key }) {
+                let state = r.absent ? "not served (CRD absent)" : r.synced ? "synced" : "NOT SYNCED (last good state in force)"
+                print("  \(name): \(state), \(r.objects) objects at \(r.resourceVersion), \(r.watchErrors) watch errors"
+                      + (r.lastError.isEmpty ? "" : "; last error: \(r.lastError)"))
+            }
+        }
+        for r in reply.rejectedPolicies { print("policy rejected: \(r)") }
+        print("endpoints:")
+        if reply.endpoints.isEmpty { print("  (none)") }
+        for e in reply.endpoints {
+            print("  \(e.pod): " + (e.interface.isEmpty ? "" : "\(e.interface) ") + e.shape + (e.problem.isEmpty ? "" : " — \(e.problem)"))
+        }
         for section in ["datapath", "proxy", "splice", "flows", "lost_events"] {
             print("\(section):")
             let values = obj[section] as? [String: Any] ?? [:]

@@ -106,7 +106,7 @@ import Testing
     @Test func flowsOfTheSameShapeCountOnTheSameSeriesAndOtherShapesGetTheirOwn() throws {
         let env = ProxyEnvironment(inventory: Inventory(), flows: FlowStore(capacity: 10), configuration: ProxyConfiguration())
         let service = MetricsService(group: EmbeddedEventLoop(), host: "127.0.0.1", port: 0, context: .default,
-                                     environment: env, datapathCounters: { [:] }, logger: Logger(label: "test"))
+                                     environment: env, readings: AgentReadings(), logger: Logger(label: "test"))
         let flows = FlowMetricsTests()
         for _ in 0..<3 { service.apply(flows.http(reply: true, code: 200, latencyNs: 2_000_000)) }
         service.apply(flows.http(reply: true, code: 200, latencyNs: 700_000_000))
@@ -127,7 +127,7 @@ import Testing
     @Test func seriesOfAWorkloadThatLeftTheInventoryArePruned() throws {
         let env = ProxyEnvironment(inventory: Inventory(), flows: FlowStore(capacity: 10), configuration: ProxyConfiguration())
         let service = MetricsService(group: EmbeddedEventLoop(), host: "127.0.0.1", port: 0, context: .default,
-                                     environment: env, datapathCounters: { [:] }, logger: Logger(label: "test"))
+                                     environment: env, readings: AgentReadings(), logger: Logger(label: "test"))
         let both = try InventoryLoader.parse(Self.yaml, file: "test.yaml")
         let flows = FlowMetricsTests()
         service.apply(flows.http(reply: true, code: 200))

@@ -64,11 +64,69 @@ public nonisolated struct Loupe_V1_StatusResponse: Sendable {
 
   public var uptimeNs: UInt64 = 0
 
+  /// Where pods come from: "inventory PATH" or "kubernetes SERVER".
+  public var source: String = String()
+
+  /// Each local pod's interface as found over rtnetlink, or why there is none.
+  public var endpoints: [Loupe_V1_Endpoint] = []
+
+  /// With --kubernetes: each resource's list/watch, by resource name.
+  public var kubernetes: Dictionary<String,Loupe_V1_KubernetesResource> = [:]
+
+  /// CiliumNetworkPolicies from the API the parser refused (object, field, reason).
+  public var rejectedPolicies: [String] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _flows: Loupe_V1_FlowLog? = nil
+}
+
+public nonisolated struct Loupe_V1_Endpoint: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// namespace/name
+  public var pod: String = String()
+
+  public var interface: String = String()
+
+  /// routed, bridged (BRIDGE), hostNetwork, unresolved
+  public var shape: String = String()
+
+  public var problem: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Loupe_V1_KubernetesResource: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The list/watch is in sync (false during an API outage: the last good state stays in force).
+  public var synced: Bool = false
+
+  /// An optional resource (a Cilium CRD) the API server does not serve.
+  public var absent: Bool = false
+
+  public var objects: UInt64 = 0
+
+  public var resourceVersion: String = String()
+
+  public var watchErrors: UInt64 = 0
+
+  public var relists: UInt64 = 0
+
+  public var lastError: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 public nonisolated struct Loupe_V1_FlowLog: Sendable {
@@ -115,7 +173,7 @@ nonisolated extension Loupe_V1_StatusRequest: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Loupe_V1_StatusResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StatusResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_name\0\u{1}datapath\0\u{1}proxy\0\u{1}splice\0\u{1}flows\0\u{3}lost_events\0\u{1}version\0\u{3}uptime_ns\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_name\0\u{1}datapath\0\u{1}proxy\0\u{1}splice\0\u{1}flows\0\u{3}lost_events\0\u{1}version\0\u{3}uptime_ns\0\u{1}source\0\u{1}endpoints\0\u{1}kubernetes\0\u{3}rejected_policies\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -131,6 +189,10 @@ nonisolated extension Loupe_V1_StatusResponse: SwiftProtobuf.Message, SwiftProto
       case 6: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: &self.lostEvents) }()
       case 7: try { try decoder.decodeSingularStringField(value: &self.version) }()
       case 8: try { try decoder.decodeSingularUInt64Field(value: &self.uptimeNs) }()
+      case 9: try { try decoder.decodeSingularStringField(value: &self.source) }()
+      case 10: try { try decoder.decodeRepeatedMessageField(value: &self.endpoints) }()
+      case 11: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMessageMap<SwiftProtobuf.ProtobufString,Loupe_V1_KubernetesResource>.self, value: &self.kubernetes) }()
+      case 12: try { try decoder.decodeRepeatedStringField(value: &self.rejectedPolicies) }()
       default: break
       }
     }
@@ -165,6 +227,18 @@ nonisolated extension Loupe_V1_StatusResponse: SwiftProtobuf.Message, SwiftProto
     if self.uptimeNs != 0 {
       try visitor.visitSingularUInt64Field(value: self.uptimeNs, fieldNumber: 8)
     }
+    if !self.source.isEmpty {
+      try visitor.visitSingularStringField(value: self.source, fieldNumber: 9)
+    }
+    if !self.endpoints.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.endpoints, fieldNumber: 10)
+    }
+    if !self.kubernetes.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMessageMap<SwiftProtobuf.ProtobufString,Loupe_V1_KubernetesResource>.self, value: self.kubernetes, fieldNumber: 11)
+    }
+    if !self.rejectedPolicies.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.rejectedPolicies, fieldNumber: 12)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -177,6 +251,115 @@ nonisolated extension Loupe_V1_StatusResponse: SwiftProtobuf.Message, SwiftProto
     if lhs.lostEvents != rhs.lostEvents {return false}
     if lhs.version != rhs.version {return false}
     if lhs.uptimeNs != rhs.uptimeNs {return false}
+    if lhs.source != rhs.source {return false}
+    if lhs.endpoints != rhs.endpoints {return false}
+    if lhs.kubernetes != rhs.kubernetes {return false}
+    if lhs.rejectedPolicies != rhs.rejectedPolicies {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Loupe_V1_Endpoint: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Endpoint"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}pod\0\u{1}interface\0\u{1}shape\0\u{1}problem\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.pod) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.interface) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.shape) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.problem) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.pod.isEmpty {
+      try visitor.visitSingularStringField(value: self.pod, fieldNumber: 1)
+    }
+    if !self.interface.isEmpty {
+      try visitor.visitSingularStringField(value: self.interface, fieldNumber: 2)
+    }
+    if !self.shape.isEmpty {
+      try visitor.visitSingularStringField(value: self.shape, fieldNumber: 3)
+    }
+    if !self.problem.isEmpty {
+      try visitor.visitSingularStringField(value: self.problem, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Loupe_V1_Endpoint, rhs: Loupe_V1_Endpoint) -> Bool {
+    if lhs.pod != rhs.pod {return false}
+    if lhs.interface != rhs.interface {return false}
+    if lhs.shape != rhs.shape {return false}
+    if lhs.problem != rhs.problem {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Loupe_V1_KubernetesResource: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".KubernetesResource"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}synced\0\u{1}absent\0\u{1}objects\0\u{3}resource_version\0\u{3}watch_errors\0\u{1}relists\0\u{3}last_error\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.synced) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.absent) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.objects) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.resourceVersion) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.watchErrors) }()
+      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.relists) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.lastError) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.synced != false {
+      try visitor.visitSingularBoolField(value: self.synced, fieldNumber: 1)
+    }
+    if self.absent != false {
+      try visitor.visitSingularBoolField(value: self.absent, fieldNumber: 2)
+    }
+    if self.objects != 0 {
+      try visitor.visitSingularUInt64Field(value: self.objects, fieldNumber: 3)
+    }
+    if !self.resourceVersion.isEmpty {
+      try visitor.visitSingularStringField(value: self.resourceVersion, fieldNumber: 4)
+    }
+    if self.watchErrors != 0 {
+      try visitor.visitSingularUInt64Field(value: self.watchErrors, fieldNumber: 5)
+    }
+    if self.relists != 0 {
+      try visitor.visitSingularUInt64Field(value: self.relists, fieldNumber: 6)
+    }
+    if !self.lastError.isEmpty {
+      try visitor.visitSingularStringField(value: self.lastError, fieldNumber: 7)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Loupe_V1_KubernetesResource, rhs: Loupe_V1_KubernetesResource) -> Bool {
+    if lhs.synced != rhs.synced {return false}
+    if lhs.absent != rhs.absent {return false}
+    if lhs.objects != rhs.objects {return false}
+    if lhs.resourceVersion != rhs.resourceVersion {return false}
+    if lhs.watchErrors != rhs.watchErrors {return false}
+    if lhs.relists != rhs.relists {return false}
+    if lhs.lastError != rhs.lastError {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

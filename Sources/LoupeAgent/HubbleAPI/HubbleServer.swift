@@ -38,16 +38,16 @@ public final class HubbleServer: Service, Sendable {
     private let configuration: HubbleConfiguration
     private let group: MultiThreadedEventLoopGroup
     private let environment: ProxyEnvironment
-    private let datapathCounters: @Sendable () -> [DatapathCounter: UInt64]
+    private let readings: AgentReadings
     private let logger: Logger
     private let followers = Followers()
 
     public init(configuration: HubbleConfiguration, group: MultiThreadedEventLoopGroup, environment: ProxyEnvironment,
-                datapathCounters: @escaping @Sendable () -> [DatapathCounter: UInt64], logger: Logger) {
+                readings: AgentReadings, logger: Logger) {
         self.configuration = configuration
         self.group = group
         self.environment = environment
-        self.datapathCounters = datapathCounters
+        self.readings = readings
         self.logger = logger
     }
 
@@ -65,7 +65,7 @@ public final class HubbleServer: Service, Sendable {
             ObserverService(environment: environment, node: node, followers: followers),
             PeerService(node: node, followers: followers),
             HealthService(followers: followers),
-            AgentStatusService(environment: environment, node: node, datapathCounters: datapathCounters),
+            AgentStatusService(environment: environment, node: node, readings: readings),
         ]
         // Followers are long streams: many may share one connection (NIO's default allows 100,
         // and a client opening more before it read the limit got the connection closed).

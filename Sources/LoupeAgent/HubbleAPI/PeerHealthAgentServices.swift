@@ -49,7 +49,7 @@ struct HealthService: Grpc_Health_V1_Health.SimpleServiceProtocol {
 struct AgentStatusService: Loupe_V1_Agent.SimpleServiceProtocol {
     let environment: ProxyEnvironment
     let node: HubbleNode
-    let datapathCounters: @Sendable () -> [DatapathCounter: UInt64]
+    let readings: AgentReadings
 
     func status(request: Loupe_V1_StatusRequest, context: ServerContext) async throws -> Loupe_V1_StatusResponse {
         let store = environment.flows
@@ -57,7 +57,28 @@ struct AgentStatusService: Loupe_V1_Agent.SimpleServiceProtocol {
             $0.nodeName = node.name
             $0.version = node.version
             $0.uptimeNs = node.uptimeNanoseconds
-            for (k, v) in datapathCounters() { $0.datapath[k.name] = v }
+            for (k, v) in readings.datapathCounters() { $0.datapath[k.name] = v }
+            $0.source = readings.source
+            $0.endpoints = readings.endpoints().map { e in
+                .with {
+                    $0.pod = e.pod
+                    $0.interface = e.interface ?? ""
+                    $0.shape = e.shape
+                    $0.problem = e.problem ?? ""
+                }
+            }
+            for (resource, s) in readings.kubernetes() {
+                $0.kubernetes[resource] = .with {
+                    $0.synced = s.synced
+                    $0.absent = s.absent
+                    $0.objects = UInt64(s.objects)
+                    $0.resourceVersion = s.resourceVersion
+                    $0.watchErrors = s.watchErrors
+                    $0.relists = s.relists
+                    $0.lastError = s.lastError
+                }
+            }
+            $0.rejectedPolicies = readings.rejectedPolicies()
             $0.proxy = environment.counterValues.filter { !$0.key.hasPrefix("splice_") }
             $0.splice = environment.spliceStatus
             $0.flows = .with {
