@@ -108,12 +108,16 @@ public final class DatapathService: Service, @unchecked Sendable {
                 let ready = self.cluster == nil || clusterVersion >= 0
                 let netChanged = monitor?.changed() ?? (tick % 40 == 0)
                 let retry = !self.unresolved.isEmpty && tick % 20 == 0
+                var took = Duration.zero
                 if ready && (changed || netChanged || retry) {
-                    let moved = self.resolveInterfaces()
-                    if changed || moved { self.applyToDatapath() }
+                    took = ContinuousClock().measure {
+                        let moved = self.resolveInterfaces()
+                        if changed || moved { self.applyToDatapath() }
+                    }
                 }
                 tick += 1
-                try await Task.sleep(for: .milliseconds(tickMilliseconds))
+                // A large cluster's apply takes a while: wait as long again before the next.
+                try await Task.sleep(for: max(.milliseconds(tickMilliseconds), took))
             }
         }
     }
@@ -220,7 +224,9 @@ public final class DatapathService: Service, @unchecked Sendable {
     }
 
     private func apply(_ dp: Datapath) {
-        let plan = RedirectPlan(inventory: inventory)
+        var local = inventory
+        local.pods = localPods
+        let plan = RedirectPlan(inventory: local)
         let problems = plan.problems.map(\.description)
         if problems != lastProblems {
             for p in problems { logger.error("\(p) (ignored; the rest applies)") }

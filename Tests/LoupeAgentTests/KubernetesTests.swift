@@ -14,7 +14,7 @@ import Testing
     }
 
     @Test func listReplacesWatchChangesBookmarkAdvancesGoneAsksForRelist() {
-        var store = InformerStore()
+        var store = InformerStore<KubeObject>(decode: { $0 })
         store.replace(with: [pod("a", rv: "5"), pod("b", rv: "6")], resourceVersion: "10")
         #expect(store.objects.keys.sorted() == ["shop/a", "shop/b"] && store.resourceVersion == "10")
         #expect(store.apply(WatchEvent(type: "ADDED", object: pod("c", rv: "11"))) == .changed)

@@ -13,18 +13,16 @@ public struct KubernetesConfiguration: Sendable {
 }
 
 /// Service: the Kubernetes API as the agent's source of namespaces, pods and
-/// CiliumNetworkPolicies. One informer per resource; their objects are turned into the same
-/// `Inventory` and policy list the inventory file and the policy directory give, and published
-/// to the `ClusterView` (coalesced: at most one rebuild per 20 ms). Nothing is published until
+/// CiliumNetworkPolicies. One informer per resource, each keeping its objects as the model's
+/// values (decoded once per event); they make the same `Inventory` and policy list the
+/// inventory file and the policy directory give, published to the `ClusterView` (coalesced: at
+/// most one rebuild per 20 ms). Nothing is published until
 /// namespaces and pods have been listed once; during an API outage the last state stays.
 /// A CiliumNetworkPolicy the parser rejects is reported with its namespace/name and field;
 /// the others apply.
 public final class KubernetesSource: Service, Sendable {
-    /// What the last rebuild made of each object, kept while its resourceVersion is the same.
     struct Objects: Sendable {
         var dirty = false
-        var pods: [String: (version: String, pod: Pod?)] = [:]
-        var parsed: [String: (version: String, result: Result<[CiliumNetworkPolicy], PolicyRejection>)] = [:]
         var rejected: [String] = []
     }
 
@@ -32,13 +30,13 @@ public final class KubernetesSource: Service, Sendable {
         public var errors: [PolicyError]
     }
 
-    public static let resources: [KubernetesResource] = [.namespaces, .pods, .ciliumNetworkPolicies, .ciliumClusterwideNetworkPolicies]
-
     private let configuration: KubernetesConfiguration
     private let view: ClusterView
     private let logger: Logger
     private let client: KubernetesClient
-    private let informers: [Informer]
+    private let namespaces: Informer<Namespace>
+    private let pods: Informer<Pod?>
+    private let policies: [Informer<Result<[CiliumNetworkPolicy], PolicyRejection>>]
     /// The informers' objects (a class: the informers' callbacks share it before `self` exists).
     final class Shared: Sendable {
         let objects = Mutex(Objects())
@@ -57,11 +55,34 @@ public final class KubernetesSource: Service, Sendable {
         self.wake = wake
         wakeContinuation = continuation
         let shared = self.shared
-        informers = Self.resources.map { resource in
-            Informer(resource: resource, client: client, timing: configuration.timing, logger: logger) {
-                shared.objects.withLock { $0.dirty = true }
-                continuation.yield()
-            }
+        let changed: @Sendable () -> Void = {
+            shared.objects.withLock { $0.dirty = true }
+            continuation.yield()
+        }
+        let timing = configuration.timing
+        namespaces = Informer(resource: .namespaces, client: client, timing: timing, logger: logger,
+                              decode: Self.namespace, changed: changed)
+        pods = Informer(resource: .pods, client: client, timing: timing, logger: logger, decode: Self.pod, changed: changed)
+        policies = [KubernetesResource.ciliumNetworkPolicies, .ciliumClusterwideNetworkPolicies].map { resource in
+            Informer(resource: resource, client: client, timing: timing, logger: logger,
+                     decode: { Self.policy($0, resource: resource) }, changed: changed)
+        }
+    }
+
+    /// Every informer's run loop and status, whatever its value type.
+    private var runners: [Runner] {
+        [Runner(namespaces), Runner(pods)] + policies.map(Runner.init)
+    }
+
+    struct Runner: Sendable {
+        let name: String
+        let run: @Sendable () async -> Void
+        let status: @Sendable () -> InformerStatus
+
+        init<V>(_ informer: Informer<V>) {
+            name = informer.resource.name
+            run = { await informer.run() }
+            status = { informer.status }
         }
     }
 
@@ -69,7 +90,7 @@ public final class KubernetesSource: Service, Sendable {
         logger.info("following the Kubernetes API at \(configuration.config.server) (\(configuration.config.origin))")
         try? await cancelWhenGracefulShutdown {
             await withTaskGroup(of: Void.self) { group in
-                for informer in self.informers { group.addTask { await informer.run() } }
+                for runner in self.runners { group.addTask { await runner.run() } }
                 group.addTask { await self.publishLoop() }
                 await group.waitForAll()
             }
@@ -78,69 +99,45 @@ public final class KubernetesSource: Service, Sendable {
         await client.shutdown()
     }
 
+    /// Rebuilds after changes, at most once per 20 ms — or per twice the last rebuild's time,
+    /// so a burst of events on a large cluster costs a bounded share of a core.
     private func publishLoop() async {
+        let clock = ContinuousClock()
         for await _ in wake {
             if Task.isCancelled { return }
-            publish()
-            try? await Task.sleep(for: .milliseconds(20))
+            let took = clock.measure { publish() }
+            try? await Task.sleep(for: max(.milliseconds(20), took * 2))
         }
     }
 
     /// Rebuilds the inventory and policies when every required resource has been listed.
     func publish() {
-        var byResource: [KubernetesResource: [String: KubeObject]] = [:]
-        for informer in informers { byResource[informer.resource] = informer.objects() }
-        let built: (Inventory, [CiliumNetworkPolicy], [String])? = shared.objects.withLock { o in
-            guard o.dirty, let namespaces = byResource[.namespaces], let pods = byResource[.pods] else { return nil }
-            o.dirty = false
-            var inventory = Inventory()
-            inventory.namespaces = namespaces.values.map(Self.namespace).sorted { $0.name < $1.name }
-            var podCache: [String: (version: String, pod: Pod?)] = [:]
-            podCache.reserveCapacity(pods.count)
-            for (key, object) in pods {
-                let version = object.resourceVersion
-                if let cached = o.pods[key], cached.version == version, !version.isEmpty {
-                    podCache[key] = cached
-                } else {
-                    podCache[key] = (version, Self.pod(object))
+        guard shared.objects.withLock({ o in defer { o.dirty = false }; return o.dirty }),
+              let namespaceValues = namespaces.objects(), let podValues = pods.objects() else { return }
+        var inventory = Inventory()
+        inventory.namespaces = namespaceValues.values.sorted { $0.name < $1.name }
+        inventory.pods = podValues.values.compactMap { $0 }.sorted { ($0.namespace, $0.name) < ($1.namespace, $1.name) }
+        var accepted: [CiliumNetworkPolicy] = []
+        var rejected: [String] = []
+        for informer in policies {
+            for (_, result) in (informer.objects() ?? [:]).sorted(by: { $0.key < $1.key }) {
+                switch result {
+                case .success(let p): accepted += p
+                case .failure(let r): rejected += r.errors.map(\.description)
                 }
             }
-            o.pods = podCache
-            inventory.pods = podCache.values.compactMap(\.pod).sorted { $0.qualifiedName < $1.qualifiedName }
-            var policies: [CiliumNetworkPolicy] = []
-            var rejected: [String] = []
-            var live = Set<String>()
-            for resource in [KubernetesResource.ciliumNetworkPolicies, .ciliumClusterwideNetworkPolicies] {
-                for (key, object) in (byResource[resource] ?? [:]).sorted(by: { $0.key < $1.key }) {
-                    let cacheKey = resource.name + "/" + key
-                    live.insert(cacheKey)
-                    let result: Result<[CiliumNetworkPolicy], PolicyRejection>
-                    if let cached = o.parsed[cacheKey], cached.version == object.resourceVersion {
-                        result = cached.result
-                    } else {
-                        result = Self.policy(object, resource: resource)
-                        o.parsed[cacheKey] = (object.resourceVersion, result)
-                    }
-                    switch result {
-                    case .success(let p): policies += p
-                    case .failure(let r): rejected += r.errors.map(\.description)
-                    }
-                }
-            }
-            o.parsed = o.parsed.filter { live.contains($0.key) }
-            let newlyRejected = rejected.filter { !o.rejected.contains($0) }
-            o.rejected = rejected
-            return (inventory, policies, newlyRejected)
         }
-        byResource = [:]
-        guard let (inventory, policies, newlyRejected) = built else { return }
+        let newlyRejected = shared.objects.withLock { o in
+            defer { o.rejected = rejected }
+            return rejected.filter { !o.rejected.contains($0) }
+        }
         for r in newlyRejected { logger.error("policy rejected (the others apply): \(r)") }
-        view.replace(inventory: inventory, policies: policies)
+        view.replace(inventory: inventory, policies: accepted)
     }
 
     /// Each resource's informer, for `loupe status` and the metrics.
     public func status() -> [String: InformerStatus] {
-        Dictionary(uniqueKeysWithValues: informers.map { ($0.resource.name, $0.status) })
+        Dictionary(uniqueKeysWithValues: runners.map { ($0.name, $0.status()) })
     }
 
     /// Policies the parser refused, each with its object and field.

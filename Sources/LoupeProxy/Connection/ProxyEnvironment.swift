@@ -68,11 +68,12 @@ public final class ProxyEnvironment: Sendable {
         recordAgentEvents(from: previous, to: next)
     }
 
-    /// Endpoint (pod) and policy changes between two snapshots, as agent events.
+    /// Endpoint (this node's pods) and policy changes between two snapshots, as agent events.
     private func recordAgentEvents(from old: Snapshot, to new: Snapshot) {
+        let node = configuration.nodeName
         func endpoints(_ s: Snapshot) -> [String: AgentEventRecord.Endpoint] {
             var out: [String: AgentEventRecord.Endpoint] = [:]
-            for pod in s.inventory.pods {
+            for pod in s.inventory.pods where pod.runs(on: node) {
                 let id = EndpointIdentity(pod: pod)
                 out[pod.qualifiedName] = .init(id: UInt64(id.id), namespace: pod.namespace, podName: pod.name, labels: id.labels)
             }
