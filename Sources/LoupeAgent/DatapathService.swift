@@ -38,6 +38,7 @@ public final class DatapathService: Service, @unchecked Sendable {
     private var filePolicies: [CiliumNetworkPolicy] = []
     private var clusterPolicies: [CiliumNetworkPolicy] = []
     private var policy = PolicyEngine()
+    private var lastPolicyFingerprint: [String]?
     private var attachments: [String: PodAttachment] = [:]
     private var unresolved: [String: PodInterfaceProblem] = [:]
     private var lastProbe: [String: ContinuousClock.Instant] = [:]
@@ -152,7 +153,13 @@ public final class DatapathService: Service, @unchecked Sendable {
     /// The policy directory's and the API's policies add up.
     private func rebuildPolicy() {
         let all = filePolicies + clusterPolicies
-        logger.info("policies applied: \(all.map { p in p.namespace.map { "\($0)/\(p.name)" } ?? p.name }.joined(separator: ", "))")
+        let names = all.map { p in p.namespace.map { "\($0)/\(p.name)" } ?? p.name }.joined(separator: ", ")
+        // Logged when the set changes (a Kubernetes pod event rebuilds it unchanged).
+        let fingerprint = all.map { "\($0.namespace ?? "")/\($0.name) \($0.rules.count) \($0.file):\($0.line)" }
+        if fingerprint != lastPolicyFingerprint {
+            lastPolicyFingerprint = fingerprint
+            logger.info("policies applied: \(names)")
+        }
         policy = PolicyEngine(policies: all)
     }
 
@@ -245,7 +252,7 @@ public final class DatapathService: Service, @unchecked Sendable {
             var bridge: (Int32, [UInt8])?
             if case .bridged(_, _, _, let index, let mac) = attachment { bridge = (index, mac) }
             endpoints[ifindex] = EndpointEntry(id: EndpointIdentity(pod: pod).id, bridge: bridge)
-            let addresses = pod.ips.compactMap(Self.addressBytes)
+            let addresses = pod.ips.compactMap(IPAddressBytes.parse)
             // Visibility: redirected, fail open. TCP to the proxy listener; UDP DNS to the DNS socket.
             for rule in podRules.rules {
                 var targets: [(UInt8, UInt16)] = []
@@ -301,16 +308,5 @@ public final class DatapathService: Service, @unchecked Sendable {
         var st = stat()
         guard stat(path, &st) == 0 else { return nil }
         return (st.st_mtim.tv_sec, st.st_mtim.tv_nsec ^ Int(st.st_ino))
-    }
-
-    static func addressBytes(_ ip: String) -> [UInt8]? {
-        if ip.contains(":") {
-            var a = in6_addr()
-            guard inet_pton(AF_INET6, ip, &a) == 1 else { return nil }
-            return withUnsafeBytes(of: a) { Array($0) }
-        }
-        var a = in_addr()
-        guard inet_pton(AF_INET, ip, &a) == 1 else { return nil }
-        return withUnsafeBytes(of: a) { Array($0) }
     }
 }

@@ -203,17 +203,25 @@ public struct Lab {
         return String(out[r.upperBound...].prefix(17))
     }
 
-    /// A veth between the node and `netns`, with static neighbours both ways (no ARP/ND) and
-    /// host routes on the node: the same shape as Cilium's per-pod lxc devices.
-    private func wire(netns: String, hostVeth: String, v4: [String], v6: [String]) throws {
+    /// `netns` with lo up and a veth to the node (`eth0` inside, `hostVeth` on the node, made a
+    /// port of `bridge` when given), both ends up, no duplicate address detection.
+    private func makeVethNetns(_ netns: String, hostVeth: String, bridge: String? = nil) throws {
         let node = LabNetwork.nodeNetns
         try ip("netns", "add", netns)
         try inNetns(netns, ["sysctl", "-q", "-w", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"])
         try ip("-n", netns, "link", "set", "lo", "up")
         try ip("-n", node, "link", "add", hostVeth, "type", "veth", "peer", "name", "eth0", "netns", netns)
         try inNetns(node, ["sysctl", "-q", "-w", "net.ipv6.conf.\(hostVeth).accept_dad=0"])
+        if let bridge { try ip("-n", node, "link", "set", hostVeth, "master", bridge) }
         try ip("-n", node, "link", "set", hostVeth, "up")
         try ip("-n", netns, "link", "set", "eth0", "up")
+    }
+
+    /// A veth between the node and `netns`, with static neighbours both ways (no ARP/ND) and
+    /// host routes on the node: the same shape as Cilium's per-pod lxc devices.
+    private func wire(netns: String, hostVeth: String, v4: [String], v6: [String]) throws {
+        let node = LabNetwork.nodeNetns
+        try makeVethNetns(netns, hostVeth: hostVeth)
         try ip("-n", node, "-6", "addr", "add", LabNetwork.gatewayIPv6 + "/64", "dev", hostVeth, "nodad")
         let hostMAC = try mac(netns: node, dev: hostVeth)
         let podMAC = try mac(netns: netns, dev: "eth0")
@@ -237,15 +245,7 @@ public struct Lab {
     /// A pod veth as a port of cni0: the pod's addresses in the node's subnet, its default
     /// route via the bridge's address; neighbours are learned (ARP/ND), not configured.
     private func bridgePort(netns: String, hostVeth: String, v4: String, v6: String) throws {
-        let node = LabNetwork.nodeNetns
-        try ip("netns", "add", netns)
-        try inNetns(netns, ["sysctl", "-q", "-w", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"])
-        try ip("-n", netns, "link", "set", "lo", "up")
-        try ip("-n", node, "link", "add", hostVeth, "type", "veth", "peer", "name", "eth0", "netns", netns)
-        try inNetns(node, ["sysctl", "-q", "-w", "net.ipv6.conf.\(hostVeth).accept_dad=0"])
-        try ip("-n", node, "link", "set", hostVeth, "master", LabNetwork.bridge)
-        try ip("-n", node, "link", "set", hostVeth, "up")
-        try ip("-n", netns, "link", "set", "eth0", "up")
+        try makeVethNetns(netns, hostVeth: hostVeth, bridge: LabNetwork.bridge)
         try ip("-n", netns, "addr", "add", v4 + "/16", "dev", "eth0")
         try ip("-n", netns, "-6", "addr", "add", v6 + "/64", "dev", "eth0", "nodad")
         try ip("-n", netns, "route", "add", "default", "via", LabNetwork.nodeIPv4, "dev", "eth0")

@@ -125,6 +125,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
 
@@ -144,7 +146,8 @@ class Handler(BaseHTTPRequestHandler):
             return False
         if self.headers.get("Authorization", "") == f"Bearer {self.token}":
             return True
-        self.close_connection = True  # an unread request body must not be taken for a request
+        if self.command in ("POST", "PUT"):
+            self.body()  # an unread request body must not be taken for the next request
         self.send_json(401, status(401, "Unauthorized", "Unauthorized"))
         return False
 
@@ -331,25 +334,10 @@ class Handler(BaseHTTPRequestHandler):
         if self.authorized():
             self.write_object(create=False)
 
-    def do_PATCH(self):
-        if not self.authorized():
-            return
-        r = self.route()
-        if r == "404" or r is None or r[2] is None:
-            return self.send_json(404, status(404, "NotFound", "the server could not find the requested resource"))
-        resource, ns, name = r
-        patch = self.body()
-        with self.store.lock:
-            k = self.store.key(resource, ns or "", name)
-            obj = self.store.objects[resource].get(k)
-            if obj is None:
-                return self.send_json(404, status(404, "NotFound", f'{resource} "{name}" not found'))
-            obj = merge_patch(json.loads(json.dumps(obj)), patch)
-            self.store.write(resource, "MODIFIED", obj)
-        self.send_json(200, obj)
-
-    def do_DELETE(self):
-        self.body()  # DeleteOptions (kubectl sends them); read so the connection stays in step
+    def change_object(self, typ, change):
+        """PATCH/DELETE of one named object: `change(copy of the object, request body)` gives
+        what is stored and returned."""
+        body = self.body()  # read first (DELETE's DeleteOptions too), so the connection stays in step
         if not self.authorized():
             return
         r = self.route()
@@ -360,8 +348,15 @@ class Handler(BaseHTTPRequestHandler):
             obj = self.store.objects[resource].get(self.store.key(resource, ns or "", name))
             if obj is None:
                 return self.send_json(404, status(404, "NotFound", f'{resource} "{name}" not found'))
-            self.store.write(resource, "DELETED", json.loads(json.dumps(obj)))
+            obj = change(json.loads(json.dumps(obj)), body)
+            self.store.write(resource, typ, obj)
         self.send_json(200, obj)
+
+    def do_PATCH(self):
+        self.change_object("MODIFIED", merge_patch)
+
+    def do_DELETE(self):
+        self.change_object("DELETED", lambda obj, _options: obj)
 
     def test_control(self, path, body):
         s = self.store
