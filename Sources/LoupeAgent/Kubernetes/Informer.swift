@@ -105,7 +105,15 @@ final class Informer<Value: Sendable>: Sendable {
         self.changed = changed
     }
 
-    var status: InformerStatus { state.withLock { $0 } }
+    /// The loop's own facts, with the object count and version read from the store.
+    var status: InformerStatus {
+        var s = state.withLock { $0 }
+        store.withLock {
+            s.objects = $0.store.objects.count
+            s.resourceVersion = $0.store.resourceVersion
+        }
+        return s
+    }
 
     /// The current objects; nil until the first list.
     func objects() -> [String: Value]? { store.withLock { $0.listed ? $0.store.objects : nil } }
@@ -126,7 +134,7 @@ final class Informer<Value: Sendable>: Sendable {
                             s.store.replace(with: [], resourceVersion: "")
                             s.listed = true
                         }
-                        state.withLock { $0.absent = true; $0.synced = true; $0.objects = 0 }
+                        state.withLock { $0.absent = true; $0.synced = true }
                         changed()
                         try await Task.sleep(for: timing.absentRecheck)
                         continue
@@ -146,16 +154,11 @@ final class Informer<Value: Sendable>: Sendable {
                 state.withLock { $0.synced = true; $0.lastError = "" }
                 backoff = timing.backoffInitial
                 watching: for try await event in events {
-                    let (outcome, count, version) = store.withLock { s in
-                        let outcome = s.store.apply(event)
-                        return (outcome, s.store.objects.count, s.store.resourceVersion)
-                    }
-                    switch outcome {
+                    switch store.withLock({ $0.store.apply(event) }) {
                     case .changed:
-                        state.withLock { $0.objects = count; $0.resourceVersion = version }
                         changed()
                     case .bookmark:
-                        state.withLock { $0.resourceVersion = version }
+                        break
                     case .gone:
                         logger.info("\(resource.name): watch from \(from) is too old (410 Gone): listing again")
                         needsList = true
@@ -206,7 +209,7 @@ final class Informer<Value: Sendable>: Sendable {
             s.listed = true
         }
         let count = items.count
-        state.withLock { $0.relists += 1; $0.objects = count; $0.resourceVersion = version; $0.synced = true; $0.lastError = "" }
+        state.withLock { $0.relists += 1; $0.synced = true; $0.lastError = "" }
         logger.info("kubernetes \(resource.name): listed \(count) at resourceVersion \(version)")
     }
 }
