@@ -23,6 +23,9 @@ let package = Package(
         .package(url: "https://github.com/grpc/grpc-swift-protobuf.git", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        // `loupe ui`'s web server; no swift-configuration support, no full Foundation needed.
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1", traits: []),
+        .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
     ],
     targets: [
         // C shim over libbpf; includes bpf/shared/loupe_datapath.h so both sides share one struct layout.
@@ -89,10 +92,32 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
             ]
         ),
+        // `loupe ui`: follows GetFlows, aggregates the service graph, serves the JSON API, the live
+        // stream and the page (Page/, embedded in the binary).
+        .target(
+            name: "LoupeUI",
+            dependencies: [
+                "LoupeFlow", "LoupeAPI",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "HummingbirdTLS", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            resources: [
+                .embedInCode("Page/index.html"), .embedInCode("Page/app.js"), .embedInCode("Page/style.css"),
+            ]
+        ),
         .executableTarget(
             name: "loupe",
             dependencies: [
-                "LoupeAgent", "LoupeLab", "LoupeFlow", "LoupePolicy", "LoupeBPF", "LoupeProcess", "LoupeAPI",
+                "LoupeAgent", "LoupeLab", "LoupeFlow", "LoupePolicy", "LoupeBPF", "LoupeProcess", "LoupeAPI", "LoupeUI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
@@ -108,6 +133,7 @@ let package = Package(
         .testTarget(name: "LoupeBPFTests", dependencies: ["LoupeBPF", "CLoupeBPF"]),
         .testTarget(name: "LoupeProcessTests", dependencies: ["LoupeProcess"]),
         .testTarget(name: "LoupeNetlinkTests", dependencies: ["LoupeNetlink"]),
+        .testTarget(name: "LoupeUITests", dependencies: ["LoupeUI", "LoupeFlow", "LoupeAPI"]),
         .testTarget(
             name: "LoupeAgentTests",
             dependencies: [

@@ -58,14 +58,18 @@ struct ServerOptions: ParsableArguments {
     /// Runs `body` with a client of the agent's Hubble API. Calls fail at once when the server
     /// is not there (no waiting for it to appear).
     func withClient<T: Sendable>(_ body: (GRPCClient<HTTP2ClientTransport.Posix>) async throws -> T) async throws -> T {
+        try await withGRPCClient(transport: makeTransport()) { client in try await body(client) }
+    }
+
+    /// A transport to the server (one connection).
+    func makeTransport() throws -> HTTP2ClientTransport.Posix {
         var config = HTTP2ClientTransport.Posix.Config.defaults
         config.http2.maxFrameSize = 1 << 20
         if let tlsServerName { config.http2.authority = tlsServerName } // SNI and the name verified
         var serviceConfig = ServiceConfig()
         serviceConfig.loadBalancingConfig = [.pickFirst(.init())]
-        let transport = try HTTP2ClientTransport.Posix(target: target(), transportSecurity: transportSecurity(), config: config,
-                                                       serviceConfig: serviceConfig)
-        return try await withGRPCClient(transport: transport) { client in try await body(client) }
+        return try HTTP2ClientTransport.Posix(target: target(), transportSecurity: transportSecurity(), config: config,
+                                              serviceConfig: serviceConfig)
     }
 
     var callOptions: CallOptions {

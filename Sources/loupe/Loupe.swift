@@ -5,6 +5,6 @@ struct Loupe: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "loupe",
         abstract: "Transparent L7 visibility proxy for Kubernetes nodes: HTTP flows without sidecars.",
-        subcommands: [AgentCommand.self, ObserveCommand.self, StatusCommand.self, PolicyCommand.self, LabCommand.self,
+        subcommands: [AgentCommand.self, ObserveCommand.self, UICommand.self, StatusCommand.self, PolicyCommand.self, LabCommand.self,
                       CACommand.self])
 }

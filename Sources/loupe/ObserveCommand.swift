@@ -43,6 +43,9 @@ struct ObserveCommand: AsyncParsableCommand {
     @Option(help: "Flows from or to endpoints with these labels (a label selector: app=xwing,org in (empire)).") var label: [String] = []
     @Option(help: "Flows from endpoints with these labels.") var fromLabel: [String] = []
     @Option(help: "Flows to endpoints with these labels.") var toLabel: [String] = []
+    @Option(help: "Flows from or to this workload ([KIND/]NAME, e.g. Deployment/web).") var workload: [String] = []
+    @Option(help: "Flows from this workload ([KIND/]NAME).") var fromWorkload: [String] = []
+    @Option(help: "Flows to this workload ([KIND/]NAME).") var toWorkload: [String] = []
     @Option(help: "Flows from or to this security identity.") var identity: [UInt32] = []
     @Option(help: "Flows from this security identity.") var fromIdentity: [UInt32] = []
     @Option(help: "Flows to this security identity.") var toIdentity: [UInt32] = []
@@ -64,22 +67,41 @@ struct ObserveCommand: AsyncParsableCommand {
     @Option(help: "Read flows from this exported file (JSON lines, e.g. the agent's --export-file) instead of the agent; prints all matching unless --last/--first.")
     var file: String?
 
+    /// The flags as the shared query (`ObserveQuery`), so `loupe ui`'s `/api/flows` asks the
+    /// same question for the same names.
+    var query: ObserveQuery {
+        var q = ObserveQuery()
+        q.filters = [
+            "namespace": namespace, "from-namespace": fromNamespace, "to-namespace": toNamespace,
+            "pod": pod, "from-pod": fromPod, "to-pod": toPod, "ip": ip, "from-ip": fromIp, "to-ip": toIp,
+            "port": port, "from-port": fromPort, "to-port": toPort, "fqdn": fqdn, "from-fqdn": fromFqdn, "to-fqdn": toFqdn,
+            "label": label, "from-label": fromLabel, "to-label": toLabel,
+            "identity": identity.map(String.init), "from-identity": fromIdentity.map(String.init), "to-identity": toIdentity.map(String.init),
+            "workload": workload, "from-workload": fromWorkload, "to-workload": toWorkload,
+            "protocol": `protocol`, "verdict": verdict, "type": type, "traffic-direction": trafficDirection,
+            "http-status": httpStatus, "http-method": httpMethod, "http-path": httpPath, "http-url": httpUrl,
+            "node-name": nodeName, "uuid": uuid, "dns-rcode": dnsRcode, "grpc-status": grpcStatus,
+        ].filter { !$0.value.isEmpty }
+        q.follow = follow
+        q.last = last
+        q.first = first
+        q.all = all
+        q.since = since
+        q.until = until
+        return q
+    }
+
     func run() async throws {
-        let whitelist: [Flow_FlowFilter]
+        let query = self.query
         let filters: FlowFilterSet
-        var extra = FlowFilter() // Loupe's own filters Hubble's FlowFilter has no field for
-        extra.dnsRCodes = dnsRcode
-        extra.grpcStatuses = grpcStatus
+        let extra: FlowFilter // Loupe's own filters Hubble's FlowFilter has no field for
         let request: Observer_GetFlowsRequest
         do {
-            try extra.prepare()
-            whitelist = try buildWhitelist()
-            filters = try FlowFilterSet(whitelist: whitelist, blacklist: [])
-            request = try buildRequest(whitelist: whitelist, clientSideFilters: !dnsRcode.isEmpty || !grpcStatus.isEmpty)
+            extra = try query.clientSideFilter()
+            request = try query.request()
+            filters = try FlowFilterSet(whitelist: request.whitelist, blacklist: [])
         } catch let e as FlowFilterMatcher.Invalid {
             throw ValidationError(e.description)
-        } catch let e as ValidationError {
-            throw e
         } catch {
             throw ValidationError("\(error)")
         }
@@ -89,8 +111,7 @@ struct ObserveCommand: AsyncParsableCommand {
 
         let output = self.output
         let extraFilter = extra
-        let clientSide = !dnsRcode.isEmpty || !grpcStatus.isEmpty
-        let keep: Int? = clientSide && !follow ? (first.map(Int.init) ?? (all || since != nil || until != nil ? nil : Int(last ?? 20))) : nil
+        let keep = query.clientSideKeep
         let fromOldest = first != nil
         do {
             let options = connection.callOptions
@@ -157,141 +178,6 @@ struct ObserveCommand: AsyncParsableCommand {
     /// Blocks printed so far with `-o dict` (a separator goes between blocks).
     static let dictBlocks = Atomic<Int>(0)
 
-    func buildRequest(whitelist: [Flow_FlowFilter], clientSideFilters: Bool) throws -> Observer_GetFlowsRequest {
-        if first != nil && follow { throw ValidationError("--first cannot be combined with --follow") }
-        if first != nil && last != nil { throw ValidationError("--first and --last go one at a time") }
-        var r = Observer_GetFlowsRequest()
-        r.follow = follow
-        r.whitelist = whitelist
-        if let since { r.since = try Self.timestamp(since, flag: "--since") }
-        if let until { r.until = try Self.timestamp(until, flag: "--until") }
-        if let first {
-            r.first = true
-            r.number = clientSideFilters ? 0 : first
-        } else if all {
-            r.number = UInt64.max
-        } else if let last {
-            r.number = clientSideFilters && !follow ? 0 : last
-        } else if !follow && since == nil && until == nil {
-            r.number = clientSideFilters ? 0 : 20
-        }
-        return r
-    }
-
-    /// Hubble's CLI shape: the either-side flags (--pod, --ip, …) make two filters, one with them
-    /// as the source and one as the destination; --from-*/--to-* and the rest go into both.
-    func buildWhitelist() throws -> [Flow_FlowFilter] {
-        var base = Flow_FlowFilter()
-        func pods(_ pods: [String], _ namespaces: [String]) -> [String] {
-            if pods.isEmpty { return namespaces.map { "\($0)/" } }
-            if namespaces.isEmpty { return pods }
-            return pods.flatMap { p in p.contains("/") ? [p] : namespaces.map { "\($0)/\(p)" } }
-        }
-        let from = Endpoints(pods: pods(fromPod, fromNamespace), ips: fromIp, ports: fromPort, fqdns: fromFqdn,
-                             labels: fromLabel, identities: fromIdentity)
-        let to = Endpoints(pods: pods(toPod, toNamespace), ips: toIp, ports: toPort, fqdns: toFqdn,
-                           labels: toLabel, identities: toIdentity)
-        from.add(asSource: true, to: &base)
-        to.add(asSource: false, to: &base)
-        base.protocol = `protocol`
-        base.verdict = try verdict.map { v in
-            guard let x = Flow_Verdict.named(v.uppercased()) else {
-                throw ValidationError("--verdict \"\(v)\": expected FORWARDED, DROPPED, ERROR, AUDIT, REDIRECTED, TRACED or TRANSLATED")
-            }
-            return x
-        }
-        base.eventType = try type.map(Self.eventType)
-        base.trafficDirection = try trafficDirection.map { d in
-            switch d.lowercased() {
-            case "ingress": return .ingress
-            case "egress": return .egress
-            default: throw ValidationError("--traffic-direction \"\(d)\": expected ingress or egress")
-            }
-        }
-        base.httpStatusCode = httpStatus
-        base.httpMethod = httpMethod
-        base.httpPath = httpPath
-        base.httpURL = httpUrl
-        base.nodeName = nodeName
-        base.uuid = uuid
-
-        let either = Endpoints(pods: pods(pod, namespace), ips: ip, ports: port, fqdns: fqdn, labels: label, identities: identity)
-        if either.isEmpty { return base == Flow_FlowFilter() ? [] : [base] }
-        var a = base, b = base
-        either.add(asSource: true, to: &a)
-        either.add(asSource: false, to: &b)
-        return [a, b]
-    }
-
-    /// The endpoint selectors of one side (--from-*, --to-*) or of either side (--pod, --ip, …).
-    struct Endpoints {
-        var pods: [String], ips: [String], ports: [String], fqdns: [String], labels: [String], identities: [UInt32]
-
-        var isEmpty: Bool {
-            pods.isEmpty && ips.isEmpty && ports.isEmpty && fqdns.isEmpty && labels.isEmpty && identities.isEmpty
-        }
-
-        /// Adds them to `f` as its source_* or destination_* fields.
-        func add(asSource: Bool, to f: inout Flow_FlowFilter) {
-            if asSource {
-                f.sourcePod += pods; f.sourceIp += ips; f.sourcePort += ports
-                f.sourceFqdn += fqdns; f.sourceLabel += labels; f.sourceIdentity += identities
-            } else {
-                f.destinationPod += pods; f.destinationIp += ips; f.destinationPort += ports
-                f.destinationFqdn += fqdns; f.destinationLabel += labels; f.destinationIdentity += identities
-            }
-        }
-    }
-
-    /// `-t TYPE[:SUBTYPE]` as Hubble's CLI reads it (Cilium's monitor message types).
-    static func eventType(_ spec: String) throws -> Flow_EventTypeFilter {
-        let types: [String: Int32] = ["drop": 1, "debug": 2, "capture": 3, "trace": 4, "policy-verdict": 5,
-                                      "recorder": 6, "trace-sock": 7, "l7": 129, "agent": 130]
-        let traceSubtypes: [String: Int32] = ["to-endpoint": 0, "to-proxy": 1, "to-host": 2, "to-stack": 3, "to-overlay": 4,
-                                              "from-endpoint": 5, "from-proxy": 6, "from-host": 7, "from-stack": 8,
-                                              "from-overlay": 9, "from-network": 10, "to-network": 11]
-        let parts = spec.split(separator: ":", maxSplits: 1).map(String.init)
-        guard let t = types[parts[0].lowercased()] ?? Int32(parts[0]) else {
-            throw ValidationError("--type \"\(spec)\": expected one of \(types.keys.sorted().joined(separator: ", ")) or a number")
-        }
-        var f = Flow_EventTypeFilter()
-        f.type = t
-        if parts.count == 2 {
-            guard let sub = (t == 4 ? traceSubtypes[parts[1].lowercased()] : nil) ?? Int32(parts[1]) else {
-                throw ValidationError("--type \"\(spec)\": unknown sub-type \"\(parts[1])\"")
-            }
-            f.matchSubType = true
-            f.subType = sub
-        }
-        return f
-    }
-
-    /// RFC 3339 (UTC, `Z`) or a duration before now (`90s`, `5m`, `1h30m`).
-    static func timestamp(_ text: String, flag: String) throws -> Google_Protobuf_Timestamp {
-        if let t = FlowTime.parse(text) { return .init(seconds: Int64(t.seconds), nanos: Int32(t.nanoseconds)) }
-        var seconds = 0.0, number = "", matched = false
-        var chars = Substring(text)
-        while let c = chars.first {
-            if c.isNumber || c == "." {
-                number.append(c)
-                chars = chars.dropFirst()
-                continue
-            }
-            let units: [(String, Double)] = [("ms", 0.001), ("us", 0.000001), ("ns", 0.000000001), ("h", 3600), ("m", 60), ("s", 1)]
-            guard let (u, scale) = units.first(where: { chars.hasPrefix($0.0) }), let n = Double(number) else {
-                throw ValidationError("\(flag) \"\(text)\": expected RFC 3339 (2026-12-02T15:04:05Z) or a duration like 5m")
-            }
-            seconds += n * scale
-            number = ""
-            matched = true
-            chars = chars.dropFirst(u.count)
-        }
-        guard matched, number.isEmpty else {
-            throw ValidationError("\(flag) \"\(text)\": expected RFC 3339 (2026-12-02T15:04:05Z) or a duration like 5m")
-        }
-        return Google_Protobuf_Timestamp(date: Date().addingTimeInterval(-seconds))
-    }
-
     /// `--file`: an exported file read offline with the same filters; a line that is not a flow
     /// is named (file:line) and counted, never skipped silently.
     private func printFile(_ path: String, filters: FlowFilterSet, extra: FlowFilter) throws {
@@ -301,8 +187,8 @@ struct ObserveCommand: AsyncParsableCommand {
         }
         var matching: [(String, FlowRecord)] = []
         var bad = 0
-        let since = try self.since.map { try Self.timestamp($0, flag: "--since") }
-        let until = try self.until.map { try Self.timestamp($0, flag: "--until") }
+        let since = try self.since.map { try ObserveQuery.timestamp($0, name: "--since") }
+        let until = try self.until.map { try ObserveQuery.timestamp($0, name: "--until") }
         for (i, line) in text.split(separator: "\n", omittingEmptySubsequences: true).enumerated() {
             let line = String(line)
             if FlowEncoding.lostEvents(jsonLine: line) != nil { continue }
@@ -325,12 +211,5 @@ struct ObserveCommand: AsyncParsableCommand {
             }
         }
         if bad > 0 { throw ExitCode(3) }
-    }
-}
-
-extension Flow_Verdict {
-    static func named(_ name: String) -> Flow_Verdict? {
-        ["FORWARDED": .forwarded, "DROPPED": .dropped, "ERROR": .error, "AUDIT": .audit,
-         "REDIRECTED": .redirected, "TRACED": .traced, "TRANSLATED": .translated][name]
     }
 }

@@ -1,0 +1,242 @@
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import Logging
+import LoupeAPI
+import LoupeFlow
+import ServiceLifecycle
+import SwiftProtobuf
+import Synchronization
+
+/// How `loupe ui` reaches a Hubble API (a Loupe agent, Hubble Relay or a Cilium agent).
+public struct HubbleEndpoint: Sendable {
+    /// As the user wrote it (`unix:///run/loupe/hubble.sock`, `HOST:PORT`): for messages.
+    public var name: String
+    /// A new transport per connection attempt.
+    public var makeTransport: @Sendable () throws -> HTTP2ClientTransport.Posix
+
+    public init(name: String, makeTransport: @escaping @Sendable () throws -> HTTP2ClientTransport.Posix) {
+        self.name = name
+        self.makeTransport = makeTransport
+    }
+
+    /// Runs `body` with an Observer client over a new connection; fails at once when the server
+    /// is not there (no waiting for it to appear).
+    public func withObserver<T: Sendable>(_ body: (Observer_Observer.Client<HTTP2ClientTransport.Posix>) async throws -> T) async throws -> T {
+        try await withGRPCClient(transport: makeTransport()) { client in
+            try await body(Observer_Observer.Client(wrapping: client))
+        }
+    }
+
+    /// Asks ServerStatus (5 s): fails at once when the server is not there or not a Hubble API.
+    public func probe() async throws {
+        var options = Self.options
+        options.timeout = .seconds(5)
+        _ = try await withObserver { try await $0.serverStatus(Observer_ServerStatusRequest(), options: options) }
+    }
+
+    static var options: CallOptions {
+        var o = CallOptions.defaults
+        o.waitForReady = false
+        return o
+    }
+
+    /// What a failed call says about the server: not there, or there but not a Hubble API.
+    public static func problem(_ error: any Error, server: String) -> (notHubble: Bool, message: String) {
+        if let e = error as? RPCError {
+            switch e.code {
+            case .unimplemented:
+                return (true, "\(server) is not a Hubble API: observer.Observer is not served there (\(e.message))")
+            case .unavailable:
+                var m = e.message
+                while m.hasSuffix(".") { m.removeLast() }
+                // A server that answers, but not in gRPC (an HTTP/1 server, TLS expected, …).
+                let lower = m.lowercased()
+                if lower.contains("http/2") || lower.contains("preface") || lower.contains("protocol") || lower.contains("unexpected") {
+                    return (true, "\(server) is not a Hubble API: \(m)")
+                }
+                return (false, "cannot reach the Hubble API at \(server): \(m)")
+            default:
+                return (e.code == .internalError, "\(server): \(e.code): \(e.message)")
+            }
+        }
+        return (false, "\(server): \(error)")
+    }
+}
+
+/// Service: follows `GetFlows` on the Hubble API as Hubble UI's backend does (follow, the last
+/// `history` flows first), feeds the service graph and the live subscribers, and keeps
+/// following across outages: on a broken stream it retries with backoff and resumes from the
+/// last flow's time (flows already seen are skipped by UUID). Lost events the server reports
+/// are counted and shown, never hidden.
+public final class FlowFollower: Service, Sendable {
+    public struct UpstreamStatus: Sendable, Codable {
+        public var server: String
+        public var connected: Bool
+        public var error: String?
+        /// Unix seconds of the last change.
+        public var since: Int64
+        public var flowsSeen: UInt64
+        public var lostEvents: UInt64
+        public var version: UInt64
+    }
+
+    let endpoint: HubbleEndpoint
+    let history: UInt64
+    let logger: Logger
+    let state: Mutex<State>
+
+    struct State {
+        var graph = ServiceGraph()
+        var connected = false
+        var error: String? = "connecting"
+        var since = Int64(Date().timeIntervalSince1970)
+        var lostEvents: UInt64 = 0
+        var subscribers: [UInt64: LiveSubscriber] = [:]
+        var nextSubscriber: UInt64 = 0
+        /// The newest flow's time, to resume after an outage; and the UUIDs at that time.
+        var lastTime = Google_Protobuf_Timestamp()
+        var lastUUIDs: Set<String> = []
+    }
+
+    public init(endpoint: HubbleEndpoint, history: UInt64, logger: Logger) {
+        self.endpoint = endpoint
+        self.history = history
+        self.logger = logger
+        self.state = Mutex(State())
+    }
+
+    public var status: UpstreamStatus {
+        state.withLock { s in
+            UpstreamStatus(server: endpoint.name, connected: s.connected, error: s.error, since: s.since,
+                           flowsSeen: s.graph.flowsSeen, lostEvents: s.lostEvents, version: s.graph.version)
+        }
+    }
+
+    /// The map for `q` (computed on a copy: the follower keeps adding meanwhile).
+    public func graph(_ q: GraphQuery) -> GraphSnapshot {
+        let g = state.withLock { $0.graph }
+        return g.snapshot(q)
+    }
+
+    public func subscribe(_ s: LiveSubscriber) -> UInt64 {
+        state.withLock { st in
+            st.nextSubscriber += 1
+            st.subscribers[st.nextSubscriber] = s
+            return st.nextSubscriber
+        }
+    }
+
+    public func unsubscribe(_ id: UInt64) {
+        _ = state.withLock { $0.subscribers.removeValue(forKey: id) }
+    }
+
+    public func run() async throws {
+        var backoff = Duration.milliseconds(250)
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            do {
+                try await cancelWhenGracefulShutdown {
+                    try await self.follow()
+                }
+                // The server ended the stream (it is shutting down): reconnect.
+                setDisconnected("the Hubble API ended the flow stream")
+            } catch {
+                if Task.isCancelled || Task.isShuttingDownGracefully { break }
+                let problem = HubbleEndpoint.problem(error, server: endpoint.name)
+                setDisconnected(problem.message)
+            }
+            try? await Task.sleep(for: backoff)
+            backoff = min(backoff * 2, .seconds(4))
+            if state.withLock({ $0.connected }) { backoff = .milliseconds(250) }
+        }
+    }
+
+    private func setDisconnected(_ message: String) {
+        let changed = state.withLock { s -> Bool in
+            let changed = s.connected || s.error != message
+            if s.connected { s.since = Int64(Date().timeIntervalSince1970) }
+            s.connected = false
+            s.error = message
+            return changed
+        }
+        if changed { logger.warning("\(message); retrying") }
+    }
+
+    private func follow() async throws {
+        try await endpoint.withObserver { observer in
+            // A Hubble API answers ServerStatus; anything else fails here with a clear message.
+            var unary = HubbleEndpoint.options
+            unary.timeout = .seconds(5)
+            _ = try await observer.serverStatus(Observer_ServerStatusRequest(), options: unary)
+            var request = Observer_GetFlowsRequest()
+            request.follow = true
+            let resume = state.withLock { s -> Google_Protobuf_Timestamp? in
+                s.connected = true
+                s.error = nil
+                s.since = Int64(Date().timeIntervalSince1970)
+                return s.lastTime == Google_Protobuf_Timestamp() ? nil : s.lastTime
+            }
+            logger.info("following flows on \(endpoint.name)")
+            if let resume { request.since = resume } else { request.number = history }
+            try await observer.getFlows(request, options: HubbleEndpoint.options) { response in
+                for try await message in response.messages {
+                    switch message.responseTypes {
+                    case .flow(let f)?: self.ingest(f)
+                    case .lostEvents(let l)?: self.state.withLock { $0.lostEvents += l.numEventsLost }
+                    default: break
+                    }
+                }
+            }
+        }
+    }
+
+    /// One flow: skipped if already seen (resuming), else into the graph and to the subscribers.
+    func ingest(_ f: Flow_Flow) {
+        let subscribers = state.withLock { s -> [LiveSubscriber]? in
+            let t = f.time
+            if (t.seconds, t.nanos) < (s.lastTime.seconds, s.lastTime.nanos) { return nil }
+            if t == s.lastTime {
+                if !s.lastUUIDs.insert(f.uuid).inserted { return nil }
+            } else {
+                s.lastTime = t
+                s.lastUUIDs = [f.uuid]
+            }
+            s.graph.add(f)
+            return s.subscribers.isEmpty ? [] : Array(s.subscribers.values)
+        }
+        guard let subscribers else { return }
+        for sub in subscribers { sub.offer(f) }
+    }
+}
+
+/// One live stream (`/api/events`): the flows matching its filters, at most `perTick` per tick
+/// (the rest counted as skipped and said so — a browser cannot show 50k flows/s, and must not
+/// pretend it did).
+public final class LiveSubscriber: Sendable {
+    public static let capacity = 100
+    let filters: FlowFilterSet
+    let extra: FlowFilter?
+    let pending = Mutex<(flows: [Flow_Flow], skipped: UInt64)>(([], 0))
+
+    public init(filters: FlowFilterSet, extra: FlowFilter?) {
+        self.filters = filters
+        self.extra = extra
+    }
+
+    func offer(_ f: Flow_Flow) {
+        guard filters.matches(f) else { return }
+        if let extra, !extra.matches(Flow(f)) { return }
+        pending.withLock { p in
+            if p.flows.count < Self.capacity { p.flows.append(f) } else { p.skipped += 1 }
+        }
+    }
+
+    /// What arrived since the last call, and how many were skipped.
+    public func drain() -> ([Flow_Flow], UInt64) {
+        pending.withLock { p in
+            let out = (p.flows, p.skipped)
+            p = ([], 0)
+            return out
+        }
+    }
+}
