@@ -3,7 +3,8 @@
 # when everything is there already).
 set -euo pipefail
 APT_PKGS=(libbpf-dev libelf-dev zlib1g-dev bpftool iproute2 util-linux curl wrk nginx-light linux-libc-dev procps
-          dnsmasq-base knot-dnsutils dnsperf nghttp2-client iperf3 prometheus)
+          dnsmasq-base knot-dnsutils dnsperf nghttp2-client iperf3 prometheus
+          chromium chromium-driver fonts-dejavu-core)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -23,4 +24,5 @@ if ! command -v kubectl >/dev/null; then
 fi
 # Test clients and servers: pytest, python h2 (crafted HTTP/2), grpcio (a real gRPC client and
 # server), PyYAML (inventories and kubeconfigs).
-python3 -c 'import pytest, h2, grpc, grpc_tools, yaml' 2>/dev/null || pip install -q pytest h2 grpcio grpcio-tools pyyaml
+# selenium drives Debian's headless Chromium (chromium-driver) for `loupe ui`'s page.
+python3 -c 'import pytest, h2, grpc, grpc_tools, yaml, selenium' 2>/dev/null || pip install -q pytest h2 grpcio grpcio-tools pyyaml selenium

@@ -173,9 +173,23 @@ public struct ObserveQuery: Sendable, Equatable {
         }
         // Checked here, as the agent would, so a bad value is named before anything is sent.
         do { _ = try FlowFilterSet(whitelist: result, blacklist: []) } catch let e as FlowFilterMatcher.Invalid {
-            throw Invalid(name: "filter", value: "", reason: e.description)
+            throw Invalid(name: namePrefix + name(ofField: e.field), value: "", reason: e.reason)
         }
         return result
+    }
+
+    /// The filter name a FlowFilter field came from (`destination_ip` → `to-ip`, or `ip` when
+    /// that is what was given).
+    func name(ofField field: String) -> String {
+        var name = field.replacingOccurrences(of: "source_", with: "from-").replacingOccurrences(of: "destination_", with: "to-")
+            .replacingOccurrences(of: "_", with: "-")
+        if name == "http-status-code" { name = "http-status" }
+        if filters[name] == nil {
+            for prefix in ["from-", "to-"] where name.hasPrefix(prefix) && filters[String(name.dropFirst(prefix.count))] != nil {
+                return String(name.dropFirst(prefix.count))
+            }
+        }
+        return name
     }
 
     /// `KIND/NAME` or `NAME` (any kind).

@@ -85,6 +85,10 @@ public final class FlowFollower: Service, Sendable {
     let history: UInt64
     let logger: Logger
     let state: Mutex<State>
+    /// Set when the follower stops (shutdown): the live streams end with it, so the web server's
+    /// graceful shutdown is not held open by browsers.
+    let stopped = Atomic<Bool>(false)
+    public var isStopped: Bool { stopped.load(ordering: .relaxed) }
 
     struct State {
         var graph = ServiceGraph()
@@ -132,6 +136,7 @@ public final class FlowFollower: Service, Sendable {
     }
 
     public func run() async throws {
+        defer { stopped.store(true, ordering: .relaxed) }
         var backoff = Duration.milliseconds(250)
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             do {

@@ -46,7 +46,8 @@ public enum UIServer {
         router.get("/style.css") { _, _ in page(PackageResources.style_css, type: "text/css; charset=utf-8") }
         router.get("/api/status") { _, _ in try json(follower.status) }
         router.get("/api/graph") { request, _ in
-            let q = try GraphQuery(parameters: parameters(request))
+            let q: GraphQuery
+            do { q = try GraphQuery(parameters: parameters(request)) } catch { throw badRequest(error) }
             return try json(follower.graph(q))
         }
         router.get("/api/flows") { request, _ in try await flows(request, endpoint: endpoint) }
@@ -158,7 +159,7 @@ public enum UIServer {
             defer { follower.unsubscribe(id) }
             var lastStatus = ContinuousClock.now - .seconds(2)
             try await writer.write(ByteBuffer(string: "retry: 1000\n\n"))
-            while !Task.isCancelled {
+            while !Task.isCancelled && !follower.isStopped {
                 var out = ""
                 let (flows, skipped) = subscriber.drain()
                 for f in flows {

@@ -80,7 +80,9 @@ struct UICommand: AsyncParsableCommand {
             if let token { url += "?token=\(token)" }
             print("loupe ui: \(url) (flows from \(connection.server))")
         }
-        let group = ServiceGroup(configuration: .init(services: [follower, app], gracefulShutdownSignals: [.sigterm, .sigint],
+        // Shutdown runs in reverse: the follower stops first and ends the live streams, then the
+        // web server drains.
+        let group = ServiceGroup(configuration: .init(services: [app, follower], gracefulShutdownSignals: [.sigterm, .sigint],
                                                       logger: logger))
         try await group.run()
     }

@@ -245,7 +245,10 @@ function updateNamespaces(list) {
     known.push(ns);
     const input = el("input", { type: "checkbox", value: ns, "data-namespace": ns });
     input.checked = false;
-    input.addEventListener("change", () => { $("ns-all").checked = selectedNamespaces().length === 0; filtersChanged(); });
+    input.addEventListener("change", () => {
+      $("ns-all").checked = document.querySelectorAll("#ns-list input:checked").length === 0;
+      filtersChanged();
+    });
     $("ns-list").append(el("label", {}, input, " " + ns));
   }
 }
