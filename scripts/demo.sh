@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Cilium's Star Wars demo in the netns lab: lab up, agent up; without policy every ship
+# Cilium's Star Wars demo in the netns lab: lab up, agent up, `loupe ui` up; without policy every ship
 # lands; with Cilium's rule1 the tiefighter lands, the xwing is denied, and the tiefighter's
 # PUT /v1/exhaust-port gets 403; flows printed; everything removed again.
 set -euo pipefail
@@ -7,10 +7,14 @@ cd "$(dirname "$0")/.."
 LOUPE=${LOUPE:-.build/debug/loupe}
 LOG=$(mktemp /tmp/loupe-demo-agent.XXXX.log)
 AGENT_PID=
+UI_PID=
+UI_LOG=$(mktemp /tmp/loupe-demo-ui.XXXX.log)
 cleanup() {
-  if [[ -n "$AGENT_PID" ]] && kill -0 "$AGENT_PID" 2>/dev/null; then
-    kill -TERM "$AGENT_PID"; wait "$AGENT_PID" 2>/dev/null || true
-  fi
+  for pid in "$UI_PID" "$AGENT_PID"; do
+    if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+    fi
+  done
   "$LOUPE" lab down >/dev/null
 }
 trap cleanup EXIT
@@ -32,6 +36,13 @@ for _ in $(seq 100); do "$LOUPE" status >/dev/null 2>&1 && grep -q "inventory ap
 DS=$(awk '/name: deathstar/{f=1} f&&/podIP:/{print $2; exit}' /run/loupe/lab/inventory.yaml)
 for _ in $(seq 100); do "$LOUPE" lab exec default/xwing -- curl -s -m 1 -o /dev/null "http://$DS/v1/healthz" && break; sleep 0.2; done
 
+say "loupe ui (the service map and flow table; log: $UI_LOG)"
+"$LOUPE" ui --listen "${LOUPE_UI_LISTEN:-127.0.0.1:12000}" >"$UI_LOG" 2>&1 &
+UI_PID=$!
+for _ in $(seq 100); do grep -q "^loupe ui: http" "$UI_LOG" && break; sleep 0.1; done
+UI_URL=$(awk '/^loupe ui: http/{print $3; exit}' "$UI_LOG")
+echo "open ${UI_URL:-(loupe ui did not start: see $UI_LOG)}"
+
 say "no policy yet: every ship lands (deathstar is $DS)"
 ship tiefighter POST /v1/request-landing
 ship xwing POST /v1/request-landing
@@ -50,3 +61,8 @@ say "loupe observe --verdict DROPPED --last 1 -o json"
 "$LOUPE" observe --verdict DROPPED --last 1 -o json
 say "loupe status"
 "$LOUPE" status
+
+if [[ -t 0 && -n "${UI_URL:-}" ]]; then
+  say "the lab, the agent and loupe ui stay up: open $UI_URL — press Enter to tear everything down"
+  read -r _
+fi

@@ -14,6 +14,11 @@ public struct SyntheticFlowConfiguration: Sendable {
     /// Start once the store has this many subscribers: one follower (`loupe observe -f`) plus
     /// the agent's own (metrics, export), which the agent adds.
     public var startWithSubscribers: Int = 1
+    /// 0: every flow between the inventory's first two pods. Otherwise flows between this many
+    /// made-up workloads (50 to a namespace, `synthetic-N`) over `edges` distinct client → server
+    /// pairs, for `loupe ui`'s scale measurement.
+    public var workloads: Int = 0
+    public var edges: Int = 0
 
     public init(count: Int) { self.count = count }
 }
@@ -44,7 +49,8 @@ public final class SyntheticFlowSource: Service, Sendable {
             try? await Task.sleep(for: .milliseconds(20))
         }
         let cfg = configuration, env = environment, log = logger
-        let template = Self.template(environment)
+        let templates = cfg.workloads > 1 ? Self.templates(workloads: cfg.workloads, edges: max(cfg.edges, 1), environment)
+            : [Self.template(environment)]
         // A thread of its own, as the proxy's event loops are: the API's drain competes with it.
         let thread = Thread { [self] in
             let start = DispatchTime.now().uptimeNanoseconds
@@ -60,7 +66,7 @@ public final class SyntheticFlowSource: Service, Sendable {
                         if due > now { usleep(UInt32((due - now) / 1_000)) }
                     }
                 }
-                var f = template
+                var f = templates[i % templates.count]
                 f.time = FlowTime.nowRFC3339()
                 f.uuid = FlowUUID.make()
                 env.record(f)
@@ -73,6 +79,41 @@ public final class SyntheticFlowSource: Service, Sendable {
         thread.start()
         try? await gracefulShutdown()
         stopping.store(true, ordering: .relaxed)
+    }
+
+    /// A request and a response flow for each of `edges` pairs of `workloads` made-up workloads: edge k goes from workload
+    /// k % n to a server picked by a fixed stride, so every workload both calls and serves.
+    static func templates(workloads n: Int, edges: Int, _ environment: ProxyEnvironment) -> [Flow] {
+        let base = template(environment)
+        func endpoint(_ w: Int) -> (Endpoint, String) {
+            let ns = "synthetic-\(w / 50)", name = "workload-\(w)"
+            let e = Endpoint(id: UInt32(w + 1), identity: UInt32(100_000 + w), namespace: ns,
+                             labels: ["k8s:app=\(name)", "k8s:io.kubernetes.pod.namespace=\(ns)"], podName: "\(name)-0",
+                             workloads: [Endpoint.Workload(name: name, kind: "Deployment")])
+            return (e, "198.18.\(w / 250).\(w % 250 + 1)")
+        }
+        return (0..<edges).flatMap { k -> [Flow] in
+            let (client, clientIP) = endpoint(k % n)
+            var s = (k % n + 1 + (k / n) * 7) % n
+            if s == k % n { s = (s + 1) % n }
+            let (server, serverIP) = endpoint(s)
+            var response = base
+            response.source = server
+            response.destination = client
+            response.ip = IPInfo(source: serverIP, destination: clientIP)
+            response.verdict = k % 10 == 0 ? .dropped : .forwarded
+            var request = response
+            request.source = client
+            request.destination = server
+            request.ip = IPInfo(source: clientIP, destination: serverIP)
+            request.isReply = false
+            request.l4 = Layer4(tcp: .init(sourcePort: response.l4.ports?.destinationPort ?? 40000,
+                                           destinationPort: response.l4.ports?.sourcePort ?? 80))
+            request.l7?.type = .request
+            request.l7?.latencyNs = nil
+            request.l7?.http?.code = nil
+            return [request, response]
+        }
     }
 
     /// An HTTP response flow between the inventory's first two pods (the world if fewer).

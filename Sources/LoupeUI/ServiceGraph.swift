@@ -18,8 +18,19 @@ public struct ServiceGraph: Sendable {
     /// Bumped on every change; the live stream tells the page when to fetch the map again.
     public private(set) var version: UInt64 = 0
     public private(set) var flowsSeen: UInt64 = 0
+    /// URL → path template: the same URLs come again and again (bounded; emptied when full).
+    var templates: [String: String] = [:]
+    static let templateCacheSize = 8_192
 
     public init() {}
+
+    mutating func template(_ url: String) -> String {
+        if let t = templates[url] { return t }
+        let t = PathTemplate.of(url: url)
+        if templates.count >= Self.templateCacheSize { templates.removeAll(keepingCapacity: true) }
+        templates[url] = t
+        return t
+    }
 
     /// Adds one flow. Requests and connection-level flows count as requests (with their verdict);
     /// responses bring status, rcode and latency. Flows the map cannot place (no endpoints at all)
@@ -38,31 +49,29 @@ public struct ServiceGraph: Sendable {
 
         var s = takeSlice(minute)
         let edgeKey = GraphEdgeKey(source: client, destination: server, port: port, protocol: proto)
-        var edge = s.edges[edgeKey] ?? GraphEdgeStats()
-        edge.lastSeen = max(edge.lastSeen, seen)
         let isResponse = f.hasL7 && f.l7.type == .response
+        // Mutated in place (through the dictionaries' default subscripts): no copies per flow.
+        s.edges[edgeKey, default: GraphEdgeStats()].see(seen)
         if isResponse {
             switch f.l7.record {
             case .http(let h)?:
-                edge.addStatus(Int(h.code))
-                s.addEndpoint(server, method: h.method, url: h.url, status: Int(h.code))
+                s.edges[edgeKey, default: GraphEdgeStats()].addStatus(Int(h.code))
+                s.addEndpoint(server, method: h.method, path: template(h.url), status: Int(h.code))
             case .dns(let d)?:
-                edge.dnsRcodes[Self.rcodeName(d.rcode), default: 0] += 1
+                s.edges[edgeKey, default: GraphEdgeStats()].dnsRcodes[Self.rcodeName(d.rcode), default: 0] += 1
             default: break
             }
-            if f.l7.latencyNs > 0 { edge.latency.add(nanoseconds: f.l7.latencyNs) }
+            if f.l7.latencyNs > 0 { s.edges[edgeKey, default: GraphEdgeStats()].latency.add(nanoseconds: f.l7.latencyNs) }
         } else {
-            edge.requests += 1
-            edge.addVerdict(f.verdict)
+            s.edges[edgeKey, default: GraphEdgeStats()].addRequest(f.verdict)
             if f.hasL7 {
                 switch f.l7.record {
-                case .http(let h)?: s.addEndpoint(server, method: h.method, url: h.url, status: nil)
+                case .http(let h)?: s.addEndpoint(server, method: h.method, path: template(h.url), status: nil)
                 case .dns(let d)?: s.addName(client, d.query)
                 default: break
                 }
             }
         }
-        s.edges[edgeKey] = edge
         s.touch(client, seen: seen, dropped: !isResponse && f.verdict == .dropped, access: nil)
         s.touch(server, seen: seen, dropped: !isResponse && f.verdict == .dropped,
                 access: port > 0 ? GraphAccessPoint(port: port, l4: l4, l7: f.hasL7 ? proto : nil) : nil)
@@ -210,7 +219,10 @@ struct GraphEdgeStats: Sendable {
     var latency = LatencyHistogram()
     var lastSeen: Int64 = 0
 
-    mutating func addVerdict(_ v: Flow_Verdict) {
+    mutating func see(_ time: Int64) { lastSeen = max(lastSeen, time) }
+
+    mutating func addRequest(_ v: Flow_Verdict) {
+        requests += 1
         switch v {
         case .forwarded: verdicts[0] += 1
         case .dropped: verdicts[1] += 1
@@ -240,6 +252,13 @@ struct GraphNodeStats: Sendable {
     var dropped = 0
     var lastSeen: Int64 = 0
 
+    mutating func add(seen: Int64, dropped isDropped: Bool, access point: GraphAccessPoint?) {
+        flows += 1
+        if isDropped { dropped += 1 }
+        lastSeen = max(lastSeen, seen)
+        if let point, access.count < 32, !access.contains(point) { access.insert(point) }
+    }
+
     mutating func merge(_ o: Self) {
         access.formUnion(o.access)
         flows += o.flows
@@ -256,6 +275,9 @@ struct EndpointKey: Hashable, Sendable {
 struct EndpointStats: Sendable {
     var requests = 0
     var statuses: [Int: Int] = [:]
+    mutating func add(status: Int?) {
+        if let status { statuses[status, default: 0] += 1 } else { requests += 1 }
+    }
     mutating func merge(_ o: Self) {
         requests += o.requests
         for (k, v) in o.statuses { statuses[k, default: 0] += v }
@@ -276,30 +298,21 @@ struct GraphSlice: Sendable {
     var isOlder = false
 
     mutating func touch(_ k: GraphNodeKey, seen: Int64, dropped: Bool, access: GraphAccessPoint?) {
-        var n = nodes[k] ?? GraphNodeStats()
-        n.flows += 1
-        if dropped { n.dropped += 1 }
-        n.lastSeen = max(n.lastSeen, seen)
-        if let access, n.access.count < 32 { n.access.insert(access) }
-        nodes[k] = n
+        nodes[k, default: GraphNodeStats()].add(seen: seen, dropped: dropped, access: access)
     }
 
-    mutating func addEndpoint(_ server: GraphNodeKey, method: String, url: String, status: Int?) {
-        var key = EndpointKey(method: String(method.prefix(16)), path: PathTemplate.of(url: url))
-        var all = endpoints[server] ?? [:]
-        if all[key] == nil && all.count >= Self.maxEndpointsPerNode { key = EndpointKey(method: "", path: Self.other) }
-        var e = all[key] ?? EndpointStats()
-        if let status { e.statuses[status, default: 0] += 1 } else { e.requests += 1 }
-        all[key] = e
-        endpoints[server] = all
+    mutating func addEndpoint(_ server: GraphNodeKey, method: String, path: String, status: Int?) {
+        var key = EndpointKey(method: String(method.prefix(16)), path: path)
+        if endpoints[server]?[key] == nil && (endpoints[server]?.count ?? 0) >= Self.maxEndpointsPerNode {
+            key = EndpointKey(method: "", path: Self.other)
+        }
+        endpoints[server, default: [:]][key, default: EndpointStats()].add(status: status)
     }
 
     mutating func addName(_ client: GraphNodeKey, _ query: String) {
         var name = String(query.prefix(253))
-        var all = names[client] ?? [:]
-        if all[name] == nil && all.count >= Self.maxNamesPerNode { name = Self.other }
-        all[name, default: 0] += 1
-        names[client] = all
+        if names[client]?[name] == nil && (names[client]?.count ?? 0) >= Self.maxNamesPerNode { name = Self.other }
+        names[client, default: [:]][name, default: 0] += 1
     }
 
     mutating func merge(_ o: Self) {

@@ -71,6 +71,9 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Benchmark switch: once a follower (`loupe observe -f`) is attached, record this many synthetic HTTP flows through the flow pipeline and log the rate.")
     var syntheticFlows: Int?
     @Option(help: "With --synthetic-flows: flows per second (0 = as fast as the pipeline takes them).") var syntheticFlowRate: Int = 0
+    @Option(help: "With --synthetic-flows: spread them over this many made-up workloads (50 per namespace) instead of two pods.")
+    var syntheticWorkloads: Int = 0
+    @Option(help: "With --synthetic-workloads: this many distinct client → server pairs.") var syntheticEdges: Int = 0
     @Flag(help: "Log at debug level.") var debug = false
 
     func run() async throws {
@@ -169,6 +172,8 @@ struct AgentCommand: AsyncParsableCommand {
             }
             var synthetic = SyntheticFlowConfiguration(count: syntheticFlows)
             synthetic.rate = syntheticFlowRate
+            synthetic.workloads = syntheticWorkloads
+            synthetic.edges = syntheticEdges > 0 ? syntheticEdges : syntheticWorkloads
             cfg.syntheticFlows = synthetic
         }
         cfg.proxy.caDirectory = caDir ?? (lab ? LabNetwork.caDirectory : defaultCADirectory)

@@ -171,19 +171,27 @@ def test_the_map_shows_the_star_wars_story_as_text_in_a_real_browser(policies, u
                                                              if XSS_PATH in r.text])
     assert d.execute_script("return window.__xss === undefined")
     assert d.execute_script("return document.querySelectorAll('img, script:not([src])').length") == 0
-    rows[-1].click()
-    detail = wait_for("the flow detail", lambda: d.find_element("id", "flow-detail").text)
-    assert XSS_HEADER in detail, detail
+    details = []
+    for row in rows:
+        row.click()
+        details.append(wait_for("the flow detail", lambda: d.find_element("id", "flow-detail").text))
+    assert any(XSS_HEADER in t for t in details), details
     assert d.execute_script("return window.__xss === undefined")
 
-    # Clicking deathstar lists its flows: the 403 PUT /v1/exhaust-port, and its endpoints.
-    d.find_element("css selector", 'g.card[data-id="default/deathstar"]').click()
+    # Deathstar (reached with the keyboard: focus + Enter) lists its flows — the 403 PUT
+    # /v1/exhaust-port — and its endpoints.
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+    card = d.find_element("css selector", 'g.card[data-id="default/deathstar"]')
+    d.execute_script("arguments[0].focus()", card)
+    ActionChains(d).send_keys(Keys.ENTER).perform()
+    wait_for("deathstar selected", lambda: d.find_element("id", "sel-title").text == "default/deathstar")
     wait_for("deathstar's 403 PUT", lambda: any("403 PUT http://198.18.0.16/v1/exhaust-port" in t for t in table_text(d)))
     assert all("deathstar" in t for t in table_text(d)), table_text(d)
     endpoints = d.find_element("id", "endpoints").text
     assert "PUT /v1/exhaust-port" in endpoints and "403×1" in endpoints, endpoints
     assert "POST /v1/request-landing" in endpoints
-    d.find_element("tag name", "body").send_keys("\ue00c")  # Escape clears the selection
+    ActionChains(d).send_keys(Keys.ESCAPE).perform()  # Escape clears the selection
     wait_for("the selection cleared", lambda: d.find_element("id", "sel-title").text == "Nothing selected")
 
     # Namespace filter: only default → the shop and backend boxes go, the story stays.
@@ -225,6 +233,8 @@ def test_the_page_says_when_the_server_goes_away_and_resumes(policies, ui, brows
     d = browser
     d.get(ui.url)
     wait_for("connected", lambda: d.find_element("id", "server").get_attribute("data-connected") == "true")
+    wait_for("cards", lambda: cards(d))
+    before = {c.get_attribute("data-id"): c.rect for c in d.find_elements("css selector", "g.card")}
     running_agent.stop()
     wait_for("the outage shown", lambda: "unreachable" in d.find_element("id", "banner").text, timeout=15)
     assert d.find_element("id", "server").get_attribute("data-connected") == "false"
@@ -238,6 +248,10 @@ def test_the_page_says_when_the_server_goes_away_and_resumes(policies, ui, brows
             break
         time.sleep(0.2)
     wait_for("a flow from after the outage", lambda: any(marker in t for t in table_text(d)), timeout=15)
+    # The layout stays put while updates arrive: every card is where it was.
+    after = {c.get_attribute("data-id"): c.rect for c in d.find_elements("css selector", "g.card")}
+    moved = {k: (before[k], after[k]) for k in before if k in after and before[k] != after[k]}
+    assert not moved, moved
 
 
 def test_bad_input_gets_400_naming_it_and_the_page_is_locked_down(ui):
@@ -287,6 +301,19 @@ def test_listening_beyond_loopback_needs_a_token_and_the_token_is_checked(runnin
             cookie = e.headers["Set-Cookie"]
             assert "loupe_ui_token=s3cret-token-for-the-test" in cookie and "HttpOnly" in cookie
         assert u.get("/api/status", {"Cookie": "loupe_ui_token=s3cret-token-for-the-test"})[0] == 200
+    finally:
+        u.stop()
+    # Or TLS: a certificate of its own on any address.
+    run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+        "-subj", "/CN=loupe-ui-test", "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem"))
+    u = UIProcess("--server", SOCKET, "--listen", "0.0.0.0:0", "--listen-tls-cert-file", str(tmp_path / "cert.pem"),
+                  "--listen-tls-key-file", str(tmp_path / "key.pem"))
+    try:
+        assert u.url.startswith("https://")
+        port = u.url.rsplit(":", 1)[1].split("/")[0]
+        p = run("curl", "-s", "--cacert", str(tmp_path / "cert.pem"), "--resolve", f"loupe-ui-test:{port}:127.0.0.1",
+                f"https://loupe-ui-test:{port}/api/status")
+        assert json.loads(p.stdout)["server"] == SOCKET
     finally:
         u.stop()
 

@@ -423,6 +423,7 @@ async function loadGraph() {
     drawMap();
     drawSelection();
     document.body.setAttribute("data-graph-version", String(g.version));
+    if (!state.mapMarked && g.nodes.length) { state.mapMarked = true; performance.mark("loupe-map-drawn"); }
   } catch (e) {
     banner(`Map: ${e}`);
   } finally { state.fetching = false; }
