@@ -222,6 +222,9 @@ def test_the_map_shows_the_star_wars_story_as_text_in_a_real_browser(policies, u
     assert put and put[0]["path"] == "/v1/exhaust-port" and put[0]["statuses"].get("403") == 1
 
     assert console_errors(d) == []
+    # The screenshot (README): deathstar selected, its endpoints and flows listed.
+    d.find_element("css selector", 'g.card[data-id="default/deathstar"]').click()
+    wait_for("deathstar's endpoints", lambda: d.find_elements("id", "endpoints"))
     SCREENSHOT.parent.mkdir(exist_ok=True)
     d.save_screenshot(str(SCREENSHOT))
     if os.environ.get("LOUPE_UPDATE_SCREENSHOT") == "1":

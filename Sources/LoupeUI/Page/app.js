@@ -138,7 +138,7 @@ function layout(graph) {
     width = Math.max(width, x);
     rowHeight = Math.max(rowHeight, h);
   }
-  return { pos, boxRects, width: width - BOX_GAP + 70, height: y + rowHeight + 40 };
+  return { pos, boxRects, width: width - BOX_GAP + 20, height: y + rowHeight + 30 };
 }
 
 function pairsOf(graph) {
@@ -273,7 +273,7 @@ function drawSelection() {
     if (n.access.length) body.append(el("p", {}, "Access points: " + n.access.map((p) => p.port + "/" + p.l4 + (p.l7 ? " " + p.l7 : "")).join(", ")));
     const eps = (g.endpoints || {})[n.id] || [];
     if (eps.length) {
-      const t = el("table", { id: "endpoints" }, el("thead", {}, el("tr", {}, el("th", {}, "HTTP endpoint"), el("th", {}, "Requests"), el("th", {}, "Statuses"))));
+      const t = el("table", { id: "endpoints" }, el("thead", {}, el("tr", {}, el("th", {}, "HTTP endpoint"), el("th", {}, "Calls"), el("th", {}, "Statuses"))));
       const tb = el("tbody");
       for (const e of eps) {
         const st = Object.entries(e.statuses).sort().map(([c, k]) => `${c}×${k}`).join(" ");
