@@ -87,6 +87,15 @@ public enum UIServer {
         return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: try encoder.encode(value))))
     }
 
+    /// A flow as the page may show it: the credential headers and URL user-info redacted again
+    /// with Hubble's defaults (Loupe redacts when it records, but a Cilium agent or Relay may
+    /// run with redaction off), so the page never shows a credential.
+    static func shown(_ f: Flow_Flow) -> FlowRecord {
+        var flow = Flow(f)
+        Redaction().apply(&flow)
+        return FlowRecord(flow: flow)
+    }
+
     static func parameters(_ request: Request) -> [(String, String)] {
         request.uri.queryParameters.map { (String($0.key), String($0.value)) }
     }
@@ -113,7 +122,7 @@ public enum UIServer {
                     for try await message in response.messages {
                         switch message.responseTypes {
                         case .flow(let f)?:
-                            let record = FlowRecord(flow: Flow(f))
+                            let record = shown(f)
                             guard extra.matches(record.flow) else { continue }
                             lines.append(FlowEncoding.jsonLine(record))
                             if fromOldest, let keep, lines.count >= keep { return lines }
@@ -163,7 +172,7 @@ public enum UIServer {
                 var out = ""
                 let (flows, skipped) = subscriber.drain()
                 for f in flows {
-                    out += "event: flow\ndata: " + FlowEncoding.jsonLine(FlowRecord(flow: Flow(f))) + "\n\n"
+                    out += "event: flow\ndata: " + FlowEncoding.jsonLine(shown(f)) + "\n\n"
                 }
                 if skipped > 0 { out += "event: skipped\ndata: {\"count\":\(skipped)}\n\n" }
                 if ContinuousClock.now - lastStatus >= .seconds(1) {

@@ -145,6 +145,14 @@ enum Flows {
         #expect(s.dnsNames["shop/client"]!.map(\.name) == ["api.example.test."])
     }
 
+    @Test func credentialsAreRedactedAgainBeforeThePageSeesThem() {
+        var f = Flow(Flows.http(tie, deathstar, url: "http://user:pw@ds/v1/x"))
+        f.l7?.http?.headers = [HTTP.Header(key: "Authorization", value: "Bearer s3cret"), HTTP.Header(key: "X-Ok", value: "1")]
+        let shown = UIServer.shown(Flow_Flow(f)).flow
+        #expect(shown.l7?.http?.headers.map(\.value) == ["HUBBLE_REDACTED", "1"])
+        #expect(shown.l7?.http?.url == "http://ds/v1/x")
+    }
+
     @Test func pathTemplatesCollapseIdsAndBoundWhatAPodChooses() {
         #expect(PathTemplate.of(url: "http://h/v1/users/12345/orders/9f1c2e4a-1b2c-4d5e-8f90-1234567890ab") == "/v1/users/{id}/orders/{id}")
         #expect(PathTemplate.of(url: "/v1/exhaust-port?x=1") == "/v1/exhaust-port")

@@ -1,3 +1,4 @@
+import LoupeFlow
 import NIOCore
 
 /// Settings of the transparent proxy, with documented defaults.

@@ -1,5 +1,4 @@
 import Foundation
-import LoupeFlow
 
 /// Hubble's redaction options, applied to every flow as it is recorded (so flows, the API,
 /// the export and anything downstream see the same redacted values).
