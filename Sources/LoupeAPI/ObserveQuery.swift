@@ -98,8 +98,8 @@ public struct ObserveQuery: Sendable, Equatable {
 
     /// The GetFlows request `hubble observe` would send for the same flags.
     public func request() throws -> Observer_GetFlowsRequest {
-        if first != nil && follow { throw invalid("first", "", "cannot be combined with follow") }
-        if first != nil && last != nil { throw invalid("first", "", "first and last go one at a time") }
+        if first != nil && follow { throw invalid("first", "", "cannot be combined with \(namePrefix)follow") }
+        if first != nil && last != nil { throw invalid("first", "", "cannot be combined with \(namePrefix)last") }
         let clientSide = clientSideFilters
         var r = Observer_GetFlowsRequest()
         r.follow = follow

@@ -98,10 +98,16 @@ public final class FlowFollower: Service, Sendable {
         var lostEvents: UInt64 = 0
         var subscribers: [UInt64: LiveSubscriber] = [:]
         var nextSubscriber: UInt64 = 0
-        /// The newest flow's time, to resume after an outage; and the UUIDs at that time.
+        /// The newest flow's time, to resume after an outage (`since`).
         var lastTime = Google_Protobuf_Timestamp()
-        var lastUUIDs: Set<String> = []
+        /// The last `recentCapacity` UUIDs: what a resumed stream sends again is skipped, while
+        /// flows that arrive out of order (Relay merging nodes) still count.
+        var recent: Set<String> = []
+        var recentOrder: [String] = []
+        var recentNext = 0
     }
+
+    static let recentCapacity = 4_096
 
     public init(endpoint: HubbleEndpoint, history: UInt64, logger: Logger) {
         self.endpoint = endpoint
@@ -144,27 +150,31 @@ public final class FlowFollower: Service, Sendable {
                     try await self.follow()
                 }
                 // The server ended the stream (it is shutting down): reconnect.
-                setDisconnected("the Hubble API ended the flow stream")
+                if setDisconnected("the Hubble API ended the flow stream") { backoff = .milliseconds(250) }
             } catch {
                 if Task.isCancelled || Task.isShuttingDownGracefully { break }
                 let problem = HubbleEndpoint.problem(error, server: endpoint.name)
-                setDisconnected(problem.message)
+                if setDisconnected(problem.message) { backoff = .milliseconds(250) }
             }
+            // Retry soon after a stream that worked; back off (to 4 s) while the server is away.
             try? await Task.sleep(for: backoff)
             backoff = min(backoff * 2, .seconds(4))
-            if state.withLock({ $0.connected }) { backoff = .milliseconds(250) }
         }
     }
 
-    private func setDisconnected(_ message: String) {
-        let changed = state.withLock { s -> Bool in
-            let changed = s.connected || s.error != message
-            if s.connected { s.since = Int64(Date().timeIntervalSince1970) }
+    /// Records the outage; returns whether the stream had been connected until now.
+    @discardableResult
+    private func setDisconnected(_ message: String) -> Bool {
+        let (wasConnected, changed) = state.withLock { s -> (Bool, Bool) in
+            let was = s.connected
+            let changed = was || s.error != message
+            if was { s.since = Int64(Date().timeIntervalSince1970) }
             s.connected = false
             s.error = message
-            return changed
+            return (was, changed)
         }
         if changed { logger.warning("\(message); retrying") }
+        return wasConnected
     }
 
     private func follow() async throws {
@@ -195,17 +205,21 @@ public final class FlowFollower: Service, Sendable {
         }
     }
 
-    /// One flow: skipped if already seen (resuming), else into the graph and to the subscribers.
+    /// One flow: skipped if just seen (a resumed stream repeats the flows at its `since`), else
+    /// into the graph and to the subscribers.
     func ingest(_ f: Flow_Flow) {
         let subscribers = state.withLock { s -> [LiveSubscriber]? in
-            let t = f.time
-            if (t.seconds, t.nanos) < (s.lastTime.seconds, s.lastTime.nanos) { return nil }
-            if t == s.lastTime {
-                if !s.lastUUIDs.insert(f.uuid).inserted { return nil }
-            } else {
-                s.lastTime = t
-                s.lastUUIDs = [f.uuid]
+            if !f.uuid.isEmpty {
+                guard s.recent.insert(f.uuid).inserted else { return nil }
+                if s.recentOrder.count < Self.recentCapacity {
+                    s.recentOrder.append(f.uuid)
+                } else {
+                    s.recent.remove(s.recentOrder[s.recentNext])
+                    s.recentOrder[s.recentNext] = f.uuid
+                    s.recentNext = (s.recentNext + 1) % Self.recentCapacity
+                }
             }
+            if (f.time.seconds, f.time.nanos) > (s.lastTime.seconds, s.lastTime.nanos) { s.lastTime = f.time }
             s.graph.add(f)
             return s.subscribers.isEmpty ? [] : Array(s.subscribers.values)
         }

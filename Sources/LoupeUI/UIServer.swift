@@ -39,7 +39,9 @@ public enum UIServer {
                                    logger: Logger, onRunning: @escaping @Sendable (String) -> Void) throws -> some ApplicationProtocol {
         let router = Router(context: BasicRequestContext.self)
         router.add(middleware: SecurityHeaders())
-        if let token = configuration.authToken { router.add(middleware: TokenAuthentication(token: token)) }
+        if let token = configuration.authToken {
+            router.add(middleware: TokenAuthentication(token: token, secureCookie: configuration.tls != nil))
+        }
 
         router.get("/") { _, _ in page(PackageResources.index_html, type: "text/html; charset=utf-8") }
         router.get("/app.js") { _, _ in page(PackageResources.app_js, type: "text/javascript; charset=utf-8") }
@@ -218,7 +220,12 @@ struct SecurityHeaders<Context: RequestContext>: RouterMiddleware {
 /// redirects to `/`, so the token leaves the address bar.
 struct TokenAuthentication<Context: RequestContext>: RouterMiddleware {
     let token: [UInt8]
-    init(token: String) { self.token = Array(token.utf8) }
+    /// Over TLS the cookie is `Secure`.
+    let secureCookie: Bool
+    init(token: String, secureCookie: Bool) {
+        self.token = Array(token.utf8)
+        self.secureCookie = secureCookie
+    }
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         if let bearer = request.headers[.authorization], bearer.hasPrefix("Bearer "), matches(String(bearer.dropFirst(7))) {
@@ -229,7 +236,7 @@ struct TokenAuthentication<Context: RequestContext>: RouterMiddleware {
         }
         if request.uri.path == "/", let t = request.uri.queryParameters["token"], matches(String(t)) {
             var response = Response.redirect(to: "/", type: .found)
-            response.setCookie(.init(name: "loupe_ui_token", value: String(t), path: "/", secure: false, httpOnly: true,
+            response.setCookie(.init(name: "loupe_ui_token", value: String(t), path: "/", secure: secureCookie, httpOnly: true,
                                      sameSite: .strict))
             return response
         }

@@ -145,6 +145,26 @@ enum Flows {
         #expect(s.dnsNames["shop/client"]!.map(\.name) == ["api.example.test."])
     }
 
+    @Test func aResumedStreamIsNotCountedTwiceButLateFlowsCount() {
+        struct Unused: Error {}
+        let follower = FlowFollower(endpoint: HubbleEndpoint(name: "test", makeTransport: { throw Unused() }), history: 0,
+                                    logger: .init(label: "test"))
+        let a = Flows.http(tie, deathstar, url: "http://ds/a", seconds: 1_796_000_100)
+        let late = Flows.http(tie, deathstar, url: "http://ds/late", seconds: 1_796_000_050) // another node's, merged late
+        follower.ingest(a)
+        follower.ingest(late)
+        follower.ingest(a) // sent again after a reconnect with since = a's time
+        #expect(follower.status.flowsSeen == 2)
+        #expect(follower.state.withLock { $0.lastTime.seconds } == 1_796_000_100)
+        let subscriber = LiveSubscriber(filters: try! FlowFilterSet(whitelist: [], blacklist: []), extra: nil)
+        _ = follower.subscribe(subscriber)
+        for i in 0..<(LiveSubscriber.capacity + 5) {
+            follower.ingest(Flows.http(tie, deathstar, url: "http://ds/\(i)", seconds: 1_796_000_200))
+        }
+        let (flows, skipped) = subscriber.drain()
+        #expect(flows.count == LiveSubscriber.capacity && skipped == 5) // what a page cannot take is counted
+    }
+
     @Test func credentialsAreRedactedAgainBeforeThePageSeesThem() {
         var f = Flow(Flows.http(tie, deathstar, url: "http://user:pw@ds/v1/x"))
         f.l7?.http?.headers = [HTTP.Header(key: "Authorization", value: "Bearer s3cret"), HTTP.Header(key: "X-Ok", value: "1")]

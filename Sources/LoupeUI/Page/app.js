@@ -271,16 +271,7 @@ function drawSelection() {
     if (!n) return;
     body.append(el("p", {}, `${n.kind} · ${n.flows} flows · ${n.dropped} dropped`));
     if (n.access.length) body.append(el("p", {}, "Access points: " + n.access.map((p) => p.port + "/" + p.l4 + (p.l7 ? " " + p.l7 : "")).join(", ")));
-    const eps = (g.endpoints || {})[n.id] || [];
-    if (eps.length) {
-      const t = el("table", { id: "endpoints" }, el("thead", {}, el("tr", {}, el("th", {}, "HTTP endpoint"), el("th", {}, "Calls"), el("th", {}, "Statuses"))));
-      const tb = el("tbody");
-      for (const e of eps) {
-        const st = Object.entries(e.statuses).sort().map(([c, k]) => `${c}×${k}`).join(" ");
-        tb.append(el("tr", {}, el("td", {}, (e.method ? e.method + " " : "") + e.path), el("td", {}, e.requests), el("td", {}, st)));
-      }
-      t.append(tb); body.append(t);
-    }
+    drawEndpoints(body, n.id);
     const names = (g.dns_names || {})[n.id] || [];
     if (names.length) body.append(el("p", {}, "DNS names queried: " + names.map((x) => `${x.name} (${x.queries})`).join(", ")));
   } else {
@@ -295,7 +286,22 @@ function drawSelection() {
       tb.append(el("tr", {}, el("td", {}, `${e.port}/${e.protocol}`), el("td", {}, e.requests), el("td", {}, v), el("td", {}, s), el("td", {}, l)));
     }
     t.append(tb); body.append(t);
+    if (((g.endpoints || {})[sel.destination] || []).length) {
+      body.append(el("p", { class: "muted" }, `HTTP endpoints of ${sel.destination} (all its callers):`));
+      drawEndpoints(body, sel.destination);
+    }
   }
+}
+function drawEndpoints(body, id) {
+  const eps = (state.graph.endpoints || {})[id] || [];
+  if (!eps.length) return;
+  const t = el("table", { id: "endpoints" }, el("thead", {}, el("tr", {}, el("th", {}, "HTTP endpoint"), el("th", {}, "Calls"), el("th", {}, "Statuses"))));
+  const tb = el("tbody");
+  for (const e of eps) {
+    const st = Object.entries(e.statuses).sort().map(([c, k]) => `${c}×${k}`).join(" ");
+    tb.append(el("tr", {}, el("td", {}, (e.method ? e.method + " " : "") + e.path), el("td", {}, e.requests), el("td", {}, st)));
+  }
+  t.append(tb); body.append(t);
 }
 
 // ---- flows ----
