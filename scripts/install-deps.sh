@@ -25,4 +25,6 @@ fi
 # Test clients and servers: pytest, python h2 (crafted HTTP/2), grpcio (a real gRPC client and
 # server), PyYAML (inventories and kubeconfigs).
 # selenium drives Debian's headless Chromium (chromium-driver) for `loupe ui`'s page.
-python3 -c 'import pytest, h2, grpc, grpc_tools, yaml, selenium' 2>/dev/null || pip install -q pytest h2 grpcio grpcio-tools pyyaml selenium
+# kubernetes-validate checks deploy/kubernetes against the Kubernetes schemas it ships.
+python3 -c 'import pytest, h2, grpc, grpc_tools, yaml, selenium, kubernetes_validate' 2>/dev/null || \
+  pip install -q pytest h2 grpcio grpcio-tools pyyaml selenium kubernetes-validate
