@@ -21,6 +21,7 @@ const state = {
   rank: new Map(),        // node id -> its column inside the box (see assignRanks)
   namespacesKnown: [],
   skipped: 0,
+  fresh: [],              // live rows not drawn yet
   events: null,
 };
 
@@ -156,32 +157,66 @@ function verdictMix(edges) {
   return { dropped: drop > 0, mixed: drop > 0 && fwd > 0 };
 }
 
-function drawMap() {
-  const g = state.graph, map = $("map");
-  clear(map);
-  if (!g) return;
-  $("map-empty").hidden = g.nodes.length > 0;
-  const { pos, boxRects, width, height } = layout(g);
-  map.setAttribute("width", width); map.setAttribute("height", height);
-  map.setAttribute("viewBox", `0 0 ${width} ${height}`);
+// The map's elements, kept by key and updated in place: a redraw once a second touches only
+// what changed (no flicker, focus kept, cheap on busy maps).
+const mapEls = { ready: false, boxes: new Map(), edges: new Map(), cards: new Map() };
+function setAttrs(e, attrs) {
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === null) { if (e.hasAttribute(k)) e.removeAttribute(k); } else if (e.getAttribute(k) !== String(v)) e.setAttribute(k, String(v));
+  }
+}
+function setText(e, t) { t = String(t); if (e.textContent !== t) e.textContent = t; }
+function activate(grp, onSelect) {
+  grp.addEventListener("click", onSelect);
+  grp.addEventListener("keydown", (ev) => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); onSelect(); } });
+}
+function mapLayers(map) {
+  if (mapEls.ready) return;
   const defs = svg("defs");
   for (const [id, color] of [["arrow", "#5b6578"], ["arrow-red", "#c62828"]]) {
     const m = svg("marker", { id, viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" });
     m.append(svg("path", { d: "M0,0 L10,5 L0,10 z", fill: color }));
     defs.append(m);
   }
-  map.append(defs);
+  mapEls.boxLayer = svg("g", { class: "boxes" });
+  mapEls.edgeLayer = svg("g", { class: "edges" });
+  mapEls.cardLayer = svg("g", { class: "cards" });
+  mapEls.note = svg("text", { x: 20, "font-size": 11, fill: "#6b7385" });
+  map.append(defs, mapEls.boxLayer, mapEls.edgeLayer, mapEls.cardLayer, mapEls.note);
+  mapEls.ready = true;
+}
+function keep(els, live) { for (const [k, e] of els) if (!live.has(k)) { e.remove(); els.delete(k); } }
+
+function drawMap() {
+  const g = state.graph, map = $("map");
+  if (!g) return;
+  mapLayers(map);
+  $("map-empty").hidden = g.nodes.length > 0;
+  const { pos, boxRects, width, height } = layout(g);
+  setAttrs(map, { width, height, viewBox: `0 0 ${width} ${height}` });
+
+  const liveBoxes = new Set();
   for (const b of boxRects) {
-    const grp = svg("g", { class: "box", "data-namespace": b.name });
-    grp.append(svg("rect", { x: b.x, y: b.y, width: b.w, height: b.h, rx: 8, fill: "#e9edf4", stroke: "#c3cad8" }));
-    grp.append(svg("text", { x: b.x + 10, y: b.y + 16, "font-size": 12, "font-weight": 600, fill: "#4a5366" }, clip(b.name, 30)));
-    map.append(grp);
+    liveBoxes.add(b.name);
+    let e = mapEls.boxes.get(b.name);
+    if (!e) {
+      e = svg("g", { class: "box", "data-namespace": b.name });
+      e.append(svg("rect", { rx: 8, fill: "#e9edf4", stroke: "#c3cad8" }), svg("text", { "font-size": 12, "font-weight": 600, fill: "#4a5366" }));
+      mapEls.boxLayer.append(e);
+      mapEls.boxes.set(b.name, e);
+    }
+    setAttrs(e.children[0], { x: b.x, y: b.y, width: b.w, height: b.h });
+    setAttrs(e.children[1], { x: b.x + 10, y: b.y + 16 });
+    setText(e.children[1], clip(b.name, 30));
   }
-  const edgeLayer = svg("g", { class: "edges" });
-  map.append(edgeLayer);
+  keep(mapEls.boxes, liveBoxes);
+
+  const liveEdges = new Set();
   for (const pair of pairsOf(g)) {
     const a = pos.get(pair.source), b = pos.get(pair.destination);
     if (!a || !b) continue;
+    const key = pair.source + "\u0000" + pair.destination;
+    liveEdges.add(key);
     const mix = verdictMix(pair.edges);
     let d;
     const ya = a.y + CARD_H / 2, yb = b.y + CARD_H / 2;
@@ -198,43 +233,58 @@ function drawMap() {
       const xr = a.x + CARD_W, bend = xr + 30 + Math.min(50, Math.abs(yb - ya) / 5);
       d = `M${xr},${ya} C${bend},${ya} ${bend},${yb} ${xr},${yb}`;
     }
-    const requests = pair.edges.reduce((s, e) => s + e.requests, 0);
+    const requests = pair.edges.reduce((n, e) => n + e.requests, 0);
     const label = `${pair.source} → ${pair.destination}: ${pair.edges.map((e) => e.port + "/" + e.protocol).join(", ")}, ${requests} requests` +
       (mix.dropped ? (mix.mixed ? ", some dropped" : ", dropped") : "");
-    const grp = svg("g", { class: "edge", tabindex: 0, role: "button", "aria-label": label,
-      "data-source": pair.source, "data-destination": pair.destination,
-      "data-dropped": mix.dropped ? "true" : "false", "data-mixed": mix.mixed ? "true" : "false" });
-    grp.append(svg("title", {}, label));
-    grp.append(svg("path", { d, fill: "none", stroke: "transparent", "stroke-width": 12 }));
+    let e = mapEls.edges.get(key);
+    if (!e) {
+      e = svg("g", { class: "edge", tabindex: 0, role: "button", "data-source": pair.source, "data-destination": pair.destination });
+      e.append(svg("title"), svg("path", { fill: "none", stroke: "transparent", "stroke-width": 12 }), svg("path", { fill: "none", class: "edge-line" }));
+      activate(e, () => select({ kind: "edge", source: pair.source, destination: pair.destination }));
+      mapEls.edgeLayer.append(e);
+      mapEls.edges.set(key, e);
+    }
     const sel = state.selection && state.selection.kind === "edge" && state.selection.source === pair.source && state.selection.destination === pair.destination;
-    const line = svg("path", { d, fill: "none", stroke: mix.dropped ? "#c62828" : "#5b6578", "stroke-width": sel ? 3.5 : 1.8,
-      "marker-end": `url(#${mix.dropped ? "arrow-red" : "arrow"})`, class: "edge-line" });
-    if (mix.mixed) line.setAttribute("stroke-dasharray", "6 4");
-    grp.append(line);
-    grp.addEventListener("click", () => select({ kind: "edge", source: pair.source, destination: pair.destination }));
-    grp.addEventListener("keydown", (ev) => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); select({ kind: "edge", source: pair.source, destination: pair.destination }); } });
-    edgeLayer.append(grp);
+    setAttrs(e, { "aria-label": label, "data-dropped": mix.dropped ? "true" : "false", "data-mixed": mix.mixed ? "true" : "false" });
+    setText(e.children[0], label);
+    setAttrs(e.children[1], { d });
+    setAttrs(e.children[2], { d, stroke: mix.dropped ? "#c62828" : "#5b6578", "stroke-width": sel ? 3.5 : 1.8,
+      "marker-end": `url(#${mix.dropped ? "arrow-red" : "arrow"})`, "stroke-dasharray": mix.mixed ? "6 4" : null });
   }
+  keep(mapEls.edges, liveEdges);
+
+  const liveCards = new Set();
   for (const { x, y, node } of pos.values()) {
+    liveCards.add(node.id);
     const sel = state.selection && state.selection.kind === "node" && state.selection.id === node.id;
     const access = node.access.map((p) => p.port + "/" + p.l4 + (p.l7 ? " " + p.l7 : "")).join("  ");
     const label = `${node.kind === "more" ? node.name + " in " + node.namespace : node.id}${access ? ", access " + access : ""}, ${node.flows} flows${node.dropped ? ", " + node.dropped + " dropped" : ""}`;
-    const grp = svg("g", { class: "card", tabindex: 0, role: "button", "aria-label": label, "data-id": node.id, "data-kind": node.kind });
-    grp.append(svg("title", {}, label));
-    grp.append(svg("rect", { x, y, width: CARD_W, height: CARD_H, rx: 6, fill: node.kind === "more" ? "#f1f2f5" : "#fff",
-      stroke: sel ? "#2f7de1" : (node.dropped ? "#c62828" : "#9aa3b5"), "stroke-width": sel ? 3 : 1.2 }));
-    grp.append(svg("text", { x: x + 10, y: y + 20, "font-size": 13, "font-weight": 600, fill: "#1d2330", class: "card-name" }, clip(node.name, 26)));
-    grp.append(svg("text", { x: x + 10, y: y + 36, "font-size": 11, fill: "#4a5366" }, clip(access || (node.kind === "world" ? "outside the cluster" : node.kind === "more" ? "not drawn (busiest first)" : "client only"), 34)));
-    grp.append(svg("text", { x: x + 10, y: y + 51, "font-size": 11, fill: node.dropped ? "#c62828" : "#6b7385" },
-      `${node.flows} flows` + (node.dropped ? ` · ${node.dropped} dropped` : "")));
-    grp.addEventListener("click", () => select({ kind: "node", id: node.id }));
-    grp.addEventListener("keydown", (ev) => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); select({ kind: "node", id: node.id }); } });
-    map.append(grp);
+    let e = mapEls.cards.get(node.id);
+    if (!e) {
+      e = svg("g", { class: "card", tabindex: 0, role: "button", "data-id": node.id });
+      e.append(svg("title"), svg("rect", { width: CARD_W, height: CARD_H, rx: 6 }),
+        svg("text", { "font-size": 13, "font-weight": 600, fill: "#1d2330", class: "card-name" }),
+        svg("text", { "font-size": 11, fill: "#4a5366" }), svg("text", { "font-size": 11 }));
+      activate(e, () => select({ kind: "node", id: node.id }));
+      mapEls.cardLayer.append(e);
+      mapEls.cards.set(node.id, e);
+    }
+    setAttrs(e, { "aria-label": label, "data-kind": node.kind });
+    setText(e.children[0], label);
+    setAttrs(e.children[1], { x, y, fill: node.kind === "more" ? "#f1f2f5" : "#fff",
+      stroke: sel ? "#2f7de1" : (node.dropped ? "#c62828" : "#9aa3b5"), "stroke-width": sel ? 3 : 1.2 });
+    setAttrs(e.children[2], { x: x + 10, y: y + 20 });
+    setText(e.children[2], clip(node.name, 24));
+    setAttrs(e.children[3], { x: x + 10, y: y + 36 });
+    setText(e.children[3], clip(access || (node.kind === "world" ? "outside the cluster" : node.kind === "more" ? "not drawn (busiest first)" : "client only"), 30));
+    setAttrs(e.children[4], { x: x + 10, y: y + 51, fill: node.dropped ? "#c62828" : "#6b7385" });
+    setText(e.children[4], `${node.flows} flows` + (node.dropped ? ` · ${node.dropped} dropped` : ""));
   }
-  if (g.hidden && (g.hidden.nodes || g.hidden.edges)) {
-    map.append(svg("text", { x: 20, y: height - 6, "font-size": 11, fill: "#6b7385" },
-      `Not drawn: ${g.hidden.nodes} workloads (in "+N more" cards), ${g.hidden.edges} connections — narrow the namespaces to see them.`));
-  }
+  keep(mapEls.cards, liveCards);
+
+  const hidden = g.hidden && (g.hidden.nodes || g.hidden.edges);
+  setAttrs(mapEls.note, { y: height - 6 });
+  setText(mapEls.note, hidden ? `Not drawn: ${g.hidden.nodes} workloads (in "+N more" cards), ${g.hidden.edges} connections — narrow the namespaces to see them.` : "");
 }
 
 function updateNamespaces(list) {
@@ -353,7 +403,7 @@ function rowText(f) {
   return [endpointText(f.source, f.source_names, (f.IP || {}).source), endpointText(f.destination, f.destination_names, (f.IP || {}).destination), l7Info(f), f.verdict, f.Summary].join(" ");
 }
 function addRows(lines, atTop) {
-  let added = 0;
+  const added = [];
   for (const line of lines) {
     let rec;
     try { rec = JSON.parse(line); } catch (e) { continue; }
@@ -362,31 +412,46 @@ function addRows(lines, atTop) {
     state.seen.add(f.uuid);
     const row = { uuid: f.uuid, line, flow: f };
     if (atTop) state.rows.unshift(row); else state.rows.push(row);
-    added++;
+    added.push(row);
   }
   state.rows.sort((a, b) => (a.flow.time < b.flow.time ? 1 : a.flow.time > b.flow.time ? -1 : 0));
   while (state.rows.length > MAX_ROWS) state.seen.delete(state.rows.pop().uuid);
   return added;
 }
 function visibleRows() { return state.rows.filter((r) => matchesSelection(r.flow) && matchesText(r.flow)); }
+function rowElement(r) {
+  const f = r.flow, l4 = f.l4 || {}, ports = l4.TCP || l4.UDP || {};
+  const tr = el("tr", { tabindex: 0, "data-uuid": f.uuid, "data-verdict": f.verdict },
+    el("td", { title: f.time }, (f.time || "").slice(11, 23)),
+    el("td", { title: (f.IP || {}).source || "" }, endpointText(f.source, f.source_names, (f.IP || {}).source)),
+    el("td", { title: (f.IP || {}).destination || "" }, endpointText(f.destination, f.destination_names, (f.IP || {}).destination)),
+    el("td", {}, ports.destination_port || ""),
+    el("td", { title: l7Info(f) }, l7Info(f)),
+    el("td", { class: "v-" + f.verdict }, f.verdict));
+  tr.addEventListener("click", () => showDetail(r, tr));
+  tr.addEventListener("keydown", (ev) => { if (ev.key === "Enter") showDetail(r, tr); });
+  return tr;
+}
+function flowCount() {
+  const shown = $("flows").tBodies[0].rows.length;
+  $("flow-count").textContent = `${shown} shown` + (state.skipped ? ` · ${state.skipped} not shown (more than a page can follow; narrow the filters)` : "");
+}
+// The whole table, after a filter or selection change.
 function drawFlows() {
+  state.fresh = [];
   const tb = $("flows").tBodies[0];
   clear(tb);
-  const rows = visibleRows();
-  for (const r of rows) {
-    const f = r.flow, l4 = f.l4 || {}, ports = l4.TCP || l4.UDP || {};
-    const tr = el("tr", { tabindex: 0, "data-uuid": f.uuid, "data-verdict": f.verdict },
-      el("td", { title: f.time }, (f.time || "").slice(11, 23)),
-      el("td", { title: (f.IP || {}).source || "" }, endpointText(f.source, f.source_names, (f.IP || {}).source)),
-      el("td", { title: (f.IP || {}).destination || "" }, endpointText(f.destination, f.destination_names, (f.IP || {}).destination)),
-      el("td", {}, ports.destination_port || ""),
-      el("td", { title: l7Info(f) }, l7Info(f)),
-      el("td", { class: "v-" + f.verdict }, f.verdict));
-    tr.addEventListener("click", () => showDetail(r, tr));
-    tr.addEventListener("keydown", (ev) => { if (ev.key === "Enter") showDetail(r, tr); });
-    tb.append(tr);
-  }
-  $("flow-count").textContent = `${rows.length} shown` + (state.skipped ? ` · ${state.skipped} not shown (more than a page can follow; narrow the filters)` : "");
+  for (const r of visibleRows()) tb.append(rowElement(r));
+  flowCount();
+}
+// Live flows: new rows go on top, the oldest drop off — the rest of the table is not rebuilt.
+function drawFresh() {
+  const tb = $("flows").tBodies[0];
+  const fresh = state.fresh.filter((r) => matchesSelection(r.flow) && matchesText(r.flow));
+  state.fresh = [];
+  for (const r of fresh) tb.insertBefore(rowElement(r), tb.firstChild);
+  while (tb.rows.length > MAX_ROWS) tb.deleteRow(-1);
+  flowCount();
 }
 function showDetail(r, tr) {
   document.querySelectorAll("#flows tr.selected").forEach((x) => x.classList.remove("selected"));
@@ -467,12 +532,13 @@ function connect() {
   });
   es.addEventListener("flow", (ev) => {
     if (state.paused) { state.missed++; return; }
-    if (addRows([ev.data], true)) scheduleFlows();
+    const added = addRows([ev.data], true);
+    if (added.length) { state.fresh.push(...added); scheduleFlows(); }
   });
   es.addEventListener("skipped", (ev) => { state.skipped += JSON.parse(ev.data).count; scheduleFlows(); });
 }
 let flowTimer = 0;
-function scheduleFlows() { if (!flowTimer) flowTimer = setTimeout(() => { flowTimer = 0; drawFlows(); }, 200); }
+function scheduleFlows() { if (!flowTimer) flowTimer = setTimeout(() => { flowTimer = 0; drawFresh(); }, 200); }
 
 // ---- controls ----
 function filtersChanged() {
