@@ -149,7 +149,9 @@ def test_a_destination_goaway_drains_in_flight_streams_and_refuses_the_rest(runn
     # nginx processes 20 streams per connection, then says GOAWAY: those 20 complete, the 10 it
     # never saw are refused (retryable), the client is told GOAWAY, and the connection closes.
     assert out["completed"] == 20 and out["refused"] == 10 and out["other"] == [], out
-    assert out["bodies"] == ["drained\n"] and out["goaway"]["error"] == 0 and out["closed"]
+    # A PROTOCOL_ERROR GOAWAY here was seen once under CPU load: the agent's ERROR flows say why.
+    errors = [f.get("Summary") for f in flows("--verdict", "ERROR", last=5)] if out["goaway"]["error"] else []
+    assert out["bodies"] == ["drained\n"] and out["goaway"]["error"] == 0 and out["closed"], (out, errors)
     fl = flows("--http-path", "^/h2/drain$")
     assert sum(f["is_reply"] and f["l7"]["http"].get("code") == 200 for f in fl) == 20
 
