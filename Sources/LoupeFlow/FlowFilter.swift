@@ -178,9 +178,16 @@ public struct FlowFilter: @unchecked Sendable {
         return Int(v)
     }
 
+    /// DNS response codes by number, as `--dns-rcode` and the service map spell them.
+    static let rcodeNames = ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED"]
+
     static func rcodeNumber(_ s: String) -> UInt32? {
-        let names: [String: UInt32] = ["NOERROR": 0, "FORMERR": 1, "SERVFAIL": 2, "NXDOMAIN": 3, "NOTIMP": 4, "REFUSED": 5]
-        return UInt32(s) ?? names[s.uppercased()]
+        UInt32(s) ?? rcodeNames.firstIndex(of: s.uppercased()).map(UInt32.init)
+    }
+
+    /// `3` → `NXDOMAIN`; a code outside the table as `RCODE<n>`.
+    public static func rcodeName(_ code: UInt32) -> String {
+        rcodeNames.indices.contains(Int(code)) ? rcodeNames[Int(code)] : "RCODE\(code)"
     }
 
     static func status(_ spec: String, matches code: Int) -> Bool {

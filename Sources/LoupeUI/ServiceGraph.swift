@@ -1,5 +1,6 @@
 import Foundation
 import LoupeAPI
+import LoupeFlow
 
 /// The service map aggregated from flows, on the server (Hubble UI aggregates in the browser and
 /// freezes on busy clusters): workloads grouped by namespace, the world by the DNS name it was
@@ -50,26 +51,16 @@ public struct ServiceGraph: Sendable {
         var s = takeSlice(minute)
         let edgeKey = GraphEdgeKey(source: client, destination: server, port: port, protocol: proto)
         let isResponse = f.hasL7 && f.l7.type == .response
-        // Mutated in place (through the dictionaries' default subscripts): no copies per flow.
-        s.edges[edgeKey, default: GraphEdgeStats()].see(seen)
-        if isResponse {
+        // One in-place update of the edge (through the dictionary's default subscript): no copy
+        // of its stats and one hash of its key per flow.
+        s.edges[edgeKey, default: GraphEdgeStats()].add(f, isResponse: isResponse, seen: seen)
+        if f.hasL7 {
             switch f.l7.record {
             case .http(let h)?:
-                s.edges[edgeKey, default: GraphEdgeStats()].addStatus(Int(h.code))
-                s.addEndpoint(server, method: h.method, path: template(h.url), status: Int(h.code))
-            case .dns(let d)?:
-                s.edges[edgeKey, default: GraphEdgeStats()].dnsRcodes[Self.rcodeName(d.rcode), default: 0] += 1
+                s.addEndpoint(server, method: h.method, path: template(h.url), status: isResponse ? Int(h.code) : nil)
+            case .dns(let d)? where !isResponse:
+                s.addName(client, d.query)
             default: break
-            }
-            if f.l7.latencyNs > 0 { s.edges[edgeKey, default: GraphEdgeStats()].latency.add(nanoseconds: f.l7.latencyNs) }
-        } else {
-            s.edges[edgeKey, default: GraphEdgeStats()].addRequest(f.verdict)
-            if f.hasL7 {
-                switch f.l7.record {
-                case .http(let h)?: s.addEndpoint(server, method: h.method, path: template(h.url), status: nil)
-                case .dns(let d)?: s.addName(client, d.query)
-                default: break
-                }
             }
         }
         s.touch(client, seen: seen, dropped: !isResponse && f.verdict == .dropped, access: nil)
@@ -137,16 +128,11 @@ public struct ServiceGraph: Sendable {
         guard f.hasL7 else { return l4.lowercased() }
         switch f.l7.record {
         case .http(let h)?:
-            let grpc = h.headers.contains { $0.key.lowercased() == "content-type" && $0.value.hasPrefix("application/grpc") }
-            return grpc ? "grpc" : "http"
+            let contentType = h.headers.first { $0.key.lowercased() == "content-type" }?.value
+            return GRPCStatus.isGRPC(contentType: contentType) ? "grpc" : "http"
         case .dns?: return "dns"
         default: return l4.lowercased()
         }
-    }
-
-    static func rcodeName(_ rcode: UInt32) -> String {
-        ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED"].indices.contains(Int(rcode))
-            ? ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED"][Int(rcode)] : "RCODE\(rcode)"
     }
 }
 
@@ -219,21 +205,29 @@ struct GraphEdgeStats: Sendable {
     var latency = LatencyHistogram()
     var lastSeen: Int64 = 0
 
-    mutating func see(_ time: Int64) { lastSeen = max(lastSeen, time) }
-
-    mutating func addRequest(_ v: Flow_Verdict) {
-        requests += 1
-        switch v {
-        case .forwarded: verdicts[0] += 1
-        case .dropped: verdicts[1] += 1
-        case .error: verdicts[2] += 1
-        case .audit: verdicts[3] += 1
+    /// A request or connection-level flow counts as a request with its verdict; a response brings
+    /// its HTTP status or DNS rcode and its latency.
+    mutating func add(_ f: Flow_Flow, isResponse: Bool, seen: Int64) {
+        lastSeen = max(lastSeen, seen)
+        guard isResponse else {
+            requests += 1
+            switch f.verdict {
+            case .forwarded: verdicts[0] += 1
+            case .dropped: verdicts[1] += 1
+            case .error: verdicts[2] += 1
+            case .audit: verdicts[3] += 1
+            default: break
+            }
+            return
+        }
+        switch f.l7.record {
+        case .http(let h)?:
+            if (100..<600).contains(h.code) { httpStatus[Int(h.code) / 100 - 1] += 1 }
+        case .dns(let d)?:
+            dnsRcodes[FlowFilter.rcodeName(d.rcode), default: 0] += 1
         default: break
         }
-    }
-
-    mutating func addStatus(_ code: Int) {
-        if (100..<600).contains(code) { httpStatus[code / 100 - 1] += 1 }
+        if f.l7.latencyNs > 0 { latency.add(nanoseconds: f.l7.latencyNs) }
     }
 
     mutating func merge(_ o: Self) {
