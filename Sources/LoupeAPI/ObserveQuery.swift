@@ -96,6 +96,17 @@ public struct ObserveQuery: Sendable, Equatable {
         return first.map(Int.init) ?? (all || since != nil || until != nil ? nil : Int(last ?? 20))
     }
 
+    /// With client-side filters and `first N`: whether `count` held flows are enough (stop reading).
+    public func isComplete(held count: Int) -> Bool {
+        first != nil && clientSideKeep.map { count >= $0 } == true
+    }
+
+    /// The held flows to show: the first or last `clientSideKeep` of them (all without a bound).
+    public func chosen<T>(from held: [T]) -> [T] {
+        guard let keep = clientSideKeep else { return held }
+        return first != nil ? Array(held.prefix(keep)) : Array(held.suffix(keep))
+    }
+
     /// The GetFlows request `hubble observe` would send for the same flags.
     public func request() throws -> Observer_GetFlowsRequest {
         if first != nil && follow { throw invalid("first", "", "cannot be combined with \(namePrefix)follow") }

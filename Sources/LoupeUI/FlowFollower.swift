@@ -28,11 +28,17 @@ public struct HubbleEndpoint: Sendable {
         }
     }
 
-    /// Asks ServerStatus (5 s): fails at once when the server is not there or not a Hubble API.
+    /// Asks ServerStatus (5 s) on a new connection: fails at once when the server is not there
+    /// or not a Hubble API.
     public func probe() async throws {
+        try await withObserver { try await Self.checkServerStatus($0) }
+    }
+
+    /// A Hubble API answers ServerStatus; anything else fails here with a clear message.
+    static func checkServerStatus(_ observer: Observer_Observer.Client<HTTP2ClientTransport.Posix>) async throws {
         var options = Self.options
         options.timeout = .seconds(5)
-        _ = try await withObserver { try await $0.serverStatus(Observer_ServerStatusRequest(), options: options) }
+        _ = try await observer.serverStatus(Observer_ServerStatusRequest(), options: options)
     }
 
     static var options: CallOptions {
@@ -179,10 +185,7 @@ public final class FlowFollower: Service, Sendable {
 
     private func follow() async throws {
         try await endpoint.withObserver { observer in
-            // A Hubble API answers ServerStatus; anything else fails here with a clear message.
-            var unary = HubbleEndpoint.options
-            unary.timeout = .seconds(5)
-            _ = try await observer.serverStatus(Observer_ServerStatusRequest(), options: unary)
+            try await HubbleEndpoint.checkServerStatus(observer)
             var request = Observer_GetFlowsRequest()
             request.follow = true
             let resume = state.withLock { s -> Google_Protobuf_Timestamp? in

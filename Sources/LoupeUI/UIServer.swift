@@ -115,26 +115,31 @@ public enum UIServer {
             getFlows = try query.request()
             extra = try query.clientSideFilter()
         } catch { throw badRequest(error) }
-        let keep = query.clientSideKeep, fromOldest = query.first != nil
+        let holds = query.clientSideKeep != nil
         let lines: [String]
         do {
             lines = try await endpoint.withObserver { observer in
                 try await observer.getFlows(getFlows, options: HubbleEndpoint.options) { response in
-                    var lines: [String] = []
+                    // In `loupe observe -o json`'s order: lost-event lines as they come, flows as they
+                    // come or, with client-side filters, the first/last N held ones at the end.
+                    var lines: [String] = [], held: [String] = []
                     for try await message in response.messages {
                         switch message.responseTypes {
                         case .flow(let f)?:
                             let record = shown(f)
                             guard extra.matches(record.flow) else { continue }
-                            lines.append(FlowEncoding.jsonLine(record))
-                            if fromOldest, let keep, lines.count >= keep { return lines }
+                            guard holds else {
+                                lines.append(FlowEncoding.jsonLine(record))
+                                continue
+                            }
+                            held.append(FlowEncoding.jsonLine(record))
+                            if query.isComplete(held: held.count) { return lines + held }
                         case .lostEvents(let l)?:
                             lines.append(FlowEncoding.lostEventsLine(count: l.numEventsLost, nodeName: message.nodeName))
                         default: break
                         }
                     }
-                    if let keep, lines.count > keep { return fromOldest ? Array(lines.prefix(keep)) : Array(lines.suffix(keep)) }
-                    return lines
+                    return lines + query.chosen(from: held)
                 }
             }
         } catch let e as RPCError where e.code == .invalidArgument {

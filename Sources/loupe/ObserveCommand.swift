@@ -111,8 +111,7 @@ struct ObserveCommand: AsyncParsableCommand {
 
         let output = self.output
         let extraFilter = extra
-        let keep = query.clientSideKeep
-        let fromOldest = first != nil
+        let holds = query.clientSideKeep != nil
         do {
             let options = connection.callOptions
             let lost = try await connection.withClient { client in
@@ -124,9 +123,9 @@ struct ObserveCommand: AsyncParsableCommand {
                         case .flow(let f)?:
                             let record = FlowRecord(flow: Flow(f))
                             guard extraFilter.matches(record.flow) else { continue }
-                            if keep != nil {
+                            if holds {
                                 held.append(record)
-                                if fromOldest, let keep, held.count >= keep { break }
+                                if query.isComplete(held: held.count) { break }
                             } else {
                                 Self.show(record, as: output)
                             }
@@ -144,11 +143,7 @@ struct ObserveCommand: AsyncParsableCommand {
                             break
                         }
                     }
-                    if let keep {
-                        for r in (fromOldest ? Array(held.prefix(keep)) : Array(held.suffix(keep))) { Self.show(r, as: output) }
-                    } else if !held.isEmpty {
-                        for r in held { Self.show(r, as: output) }
-                    }
+                    for r in query.chosen(from: held) { Self.show(r, as: output) }
                     return lost
                 }
             }

@@ -203,6 +203,15 @@ enum Flows {
         #expect(r.whitelist[1].destinationWorkload.map(\.name) == ["deathstar"])
     }
 
+    @Test func clientSideFiltersKeepTheFirstOrLastN() throws {
+        let last = try ObserveQuery(parameters: [("dns-rcode", "NXDOMAIN"), ("last", "2")])
+        #expect(last.chosen(from: [1, 2, 3, 4]) == [3, 4] && !last.isComplete(held: 9))
+        let first = try ObserveQuery(parameters: [("grpc-status", "NOT_FOUND"), ("first", "2")])
+        #expect(first.chosen(from: [1, 2, 3]) == [1, 2] && first.isComplete(held: 2) && !first.isComplete(held: 1))
+        let plain = try ObserveQuery(parameters: [("last", "2")]) // the server picks: nothing held back
+        #expect(plain.chosen(from: [1, 2, 3]) == [1, 2, 3] && !plain.isComplete(held: 3))
+    }
+
     @Test func badParametersAreNamed() {
         func message(_ p: [(String, String)]) -> String {
             do { _ = try ObserveQuery(parameters: p).request(); return "" } catch { return "\(error)" }
