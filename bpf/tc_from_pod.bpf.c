@@ -5,7 +5,10 @@
  * destination port and protocol (the pod's Egress rule, or the destination pod's Ingress
  * rule)? If so, hand the packet to the proxy — TCP: the proxy's socket of this connection,
  * or on a SYN its listener; UDP: its transparent datagram socket — with bpf_sk_assign, and
- * mark it so the node routes it locally. IP that cannot be parsed to its ports is dropped
+ * mark it so the node routes it locally. With `--upstream-source pod` the same program on
+ * every local pod's veth and on the node's uplinks steers the destinations' replies back to
+ * the proxy's upstream sockets, which are bound to the client pod's address (see
+ * loupe_steer_reply). IP that cannot be parsed to its ports is dropped
  * (it could otherwise reach an enforced port unjudged); everything else passes untouched.
  * Every outcome is counted in loupe_counters. */
 #include "lib/parse.h"
@@ -96,6 +99,33 @@ static __always_inline int loupe_steer_udp(struct __sk_buff *skb, struct loupe_e
     return loupe_assign(skb, ep, sk, LOUPE_CNT_ASSIGNED_LISTENER);
 }
 
+/* A TCP packet no rule selects, from an interface whose endpoint steers replies: when its
+ * 4-tuple names a proxy upstream socket (SO_MARK = LOUPE_MARK_FROM_PROXY; bound to a pod's
+ * address with IP_TRANSPARENT), it is that socket's reply — hand it over, as the pod it is
+ * addressed to never opened that connection. A request/time-wait socket carries no mark: it
+ * is the proxy's too when it holds a non-local address, and a local one is delivered locally
+ * anyway. Returns -1 when the packet is not such a reply. */
+static __always_inline int loupe_steer_reply(struct __sk_buff *skb, struct loupe_endpoint *ep, struct loupe_packet *p, __u32 tuple_len)
+{
+    struct bpf_sock *sk, *full;
+
+    if (!(ep->flags & LOUPE_ENDPOINT_STEER_REPLIES) || p->proto != IPPROTO_TCP || p->syn || p->first_fragment)
+        return -1;
+    sk = bpf_skc_lookup_tcp(skb, &p->tuple, tuple_len, BPF_F_CURRENT_NETNS, 0);
+    if (!sk)
+        return -1;
+    if (sk->state == BPF_TCP_LISTEN) {
+        bpf_sk_release(sk);
+        return -1;
+    }
+    full = bpf_sk_fullsock(sk);
+    if (full && full->mark != LOUPE_MARK_FROM_PROXY) {
+        bpf_sk_release(sk);
+        return -1;
+    }
+    return loupe_assign(skb, ep, sk, LOUPE_CNT_REPLY_ASSIGNED);
+}
+
 SEC("tc")
 int loupe_from_pod(struct __sk_buff *skb)
 {
@@ -128,8 +158,12 @@ int loupe_from_pod(struct __sk_buff *skb)
         loupe_count(LOUPE_CNT_UNPARSEABLE_DROP);
         return TC_ACT_SHOT;
     }
-    rule = loupe_find_rule(skb, &p);
+    tuple_len = p.family == 4 ? sizeof(p.tuple.ipv4) : sizeof(p.tuple.ipv6);
+    rule = (ep->flags & LOUPE_ENDPOINT_UPLINK) ? NULL : loupe_find_rule(skb, &p);
     if (!rule) {
+        int verdict = loupe_steer_reply(skb, ep, &p, tuple_len);
+        if (verdict >= 0)
+            return verdict;
         loupe_count(LOUPE_CNT_NOT_SELECTED);
         return TC_ACT_OK;
     }
@@ -144,7 +178,6 @@ int loupe_from_pod(struct __sk_buff *skb)
         return TC_ACT_OK;
     }
 
-    tuple_len = p.family == 4 ? sizeof(p.tuple.ipv4) : sizeof(p.tuple.ipv6);
     if (p.proto == IPPROTO_UDP)
         return loupe_steer_udp(skb, ep, &p, rule, tuple_len);
     /* 1. The connection's own proxy socket (established, or a pending request socket). */

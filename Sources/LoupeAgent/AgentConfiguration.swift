@@ -26,6 +26,11 @@ public struct AgentConfiguration: Sendable {
     /// Remove pins on clean shutdown (a crash leaves them for the next agent to reuse).
     public var unpinOnShutdown: Bool = true
     public var proxy = ProxyConfiguration()
+    /// `--uplink`: the node's uplinks by name (where remote replies arrive, for
+    /// `--upstream-source pod`); empty: found from the routes (`UplinkResolver`).
+    public var uplinks: [String] = []
+    /// Replies to the proxy's pod-sourced upstream sockets are steered back by the datapath.
+    public var steersReplies: Bool { proxy.upstreamSource == .pod && !datapathOnly }
     /// Steer selected traffic to `proxy.port` but run no proxy there: another transparent proxy
     /// listens on that port (the benchmarks put Envoy behind the same redirect this way).
     public var datapathOnly: Bool = false

@@ -40,6 +40,9 @@ public final class DatapathService: Service, @unchecked Sendable {
     private var policy = PolicyEngine()
     private var lastPolicyFingerprint: [String]?
     private var attachments: [String: PodAttachment] = [:]
+    /// The node's uplinks (with `--upstream-source pod`): replies from remote destinations.
+    private var uplinks: [PodAttachment] = []
+    private var missingUplinks: [String] = []
     private var unresolved: [String: PodInterfaceProblem] = [:]
     private var lastProbe: [String: ContinuousClock.Instant] = [:]
     private var report: [EndpointReport] = []
@@ -211,9 +214,21 @@ public final class DatapathService: Service, @unchecked Sendable {
         for pod in inventory.pods where pod.runs(on: configuration.proxy.nodeName) && pod.hostNetwork {
             lines.append(EndpointReport(pod: pod.qualifiedName, shape: "hostNetwork", problem: "hostNetwork pod: skipped (no veth)"))
         }
+        var uplinksFound: [PodAttachment] = []
+        if configuration.steersReplies {
+            let (u, missing) = UplinkResolver.resolve(in: net, pods: Array(found.values), names: configuration.uplinks)
+            uplinksFound = u
+            if missing != missingUplinks {
+                for name in missing { logger.error("--uplink \(name): no such interface in this netns (replies from remote destinations to pod-sourced upstream connections would not reach the proxy through it)") }
+                missingUplinks = missing
+            }
+            for u in uplinksFound { lines.append(EndpointReport(pod: "(uplink)", interface: u.name, shape: "uplink")) }
+        }
         for (name, p) in problems where unresolved[name] != p { logger.warning("pod \(name): \(p)") }
-        let moved = found != attachments
+        let moved = found != attachments || uplinksFound != uplinks
+        if uplinksFound != uplinks { logger.info("uplinks: \(uplinksFound.isEmpty ? "none" : uplinksFound.map(\.name).joined(separator: ", "))") }
         attachments = found
+        uplinks = uplinksFound
         unresolved = problems
         lock.withLock { report = lines }
         return moved
@@ -251,7 +266,7 @@ public final class DatapathService: Service, @unchecked Sendable {
             ifindexes.append(attachment.ifindex)
             var bridge: (Int32, [UInt8])?
             if case .bridged(_, _, _, let index, let mac) = attachment { bridge = (index, mac) }
-            endpoints[ifindex] = EndpointEntry(id: EndpointIdentity(pod: pod).id, bridge: bridge)
+            endpoints[ifindex] = EndpointEntry(id: EndpointIdentity(pod: pod).id, bridge: bridge, steerReplies: configuration.steersReplies)
             let addresses = pod.ips.compactMap(IPAddressBytes.parse)
             // Visibility: redirected, fail open. TCP to the proxy listener; UDP DNS to the DNS socket.
             for rule in podRules.rules {
@@ -281,6 +296,10 @@ public final class DatapathService: Service, @unchecked Sendable {
                 for a in addresses { entries.append(RedirectEntry(match: .ingress(address: a), port: p.port, l4Protocol: l4, proxyPort: target, enforce: true)) }
             }
         }
+        for u in uplinks where endpoints[UInt32(u.ifindex)] == nil {
+            endpoints[UInt32(u.ifindex)] = EndpointEntry(id: 0, steerReplies: true, uplink: true)
+            ifindexes.append(u.ifindex)
+        }
         // One entry per key; enforcement wins over visibility.
         var merged: [RedirectEntry] = []
         for e in entries {
@@ -301,7 +320,7 @@ public final class DatapathService: Service, @unchecked Sendable {
             }
         }
         environment.update(inventory: inventory, policy: policy)
-        logger.info("inventory applied: \(plan.pods.count) pods (\(attachments.count) attached, \(unresolved.count) unresolved), \(merged.count) redirect rules (\(merged.filter(\.enforce).count) enforced), \(ifindexes.count) veths, \(policy.policies.count) policies")
+        logger.info("inventory applied: \(plan.pods.count) pods (\(attachments.count) attached, \(unresolved.count) unresolved), \(merged.count) redirect rules ( \(merged.filter(\.enforce).count) enforced), \(ifindexes.count) interfaces (\(uplinks.count) uplinks), \(policy.policies.count) policies")
     }
 
     static func modificationStamp(_ path: String) -> (Int, Int)? {

@@ -5,7 +5,7 @@ import Glibc
 public enum DatapathCounter: UInt32, CaseIterable, Sendable {
     case unmanaged = 0, notTCP, notSelected, assignedEstablished, assignedListener
     case proxyAbsentPass, proxyAbsentDrop, noSocketPass, assignFailed
-    case unparseableDrop, fragmentDrop, fragmentPass, laterFragmentPass
+    case unparseableDrop, fragmentDrop, fragmentPass, laterFragmentPass, replyAssigned
 
     /// Metric-style name, e.g. `assigned_listener`.
     public var name: String {
@@ -23,6 +23,7 @@ public enum DatapathCounter: UInt32, CaseIterable, Sendable {
         case .fragmentDrop: "fragment_drop"
         case .fragmentPass: "fragment_pass"
         case .laterFragmentPass: "later_fragment_pass"
+        case .replyAssigned: "reply_assigned"
         }
     }
 }
@@ -121,8 +122,10 @@ public final class Datapath {
         for (ifindex, entry) in wanted {
             var ep = loupe_endpoint()
             ep.id = entry.id
+            if entry.steerReplies { ep.flags |= UInt32(LOUPE_ENDPOINT_STEER_REPLIES) }
+            if entry.uplink { ep.flags |= UInt32(LOUPE_ENDPOINT_UPLINK) }
             if let bridge = entry.bridge, bridge.mac.count == 6 {
-                ep.flags = UInt32(LOUPE_ENDPOINT_BRIDGED)
+                ep.flags |= UInt32(LOUPE_ENDPOINT_BRIDGED)
                 withUnsafeMutableBytes(of: &ep.gateway_mac) { $0.copyBytes(from: bridge.mac) }
                 ep.bridge_ifindex = UInt32(bridge.ifindex)
             }
@@ -163,18 +166,26 @@ public final class Datapath {
 }
 
 /// A managed pod's veth: its endpoint id, and for a bridge port the bridge (packets handed to
-/// the proxy are re-addressed to its MAC and enter the node through it).
+/// the proxy are re-addressed to its MAC and enter the node through it). Or, with `uplink`,
+/// one of the node's uplinks (no redirect rule applies there).
 public struct EndpointEntry: Sendable, Equatable {
     public var id: UInt32
     public var bridge: (ifindex: Int32, mac: [UInt8])?
+    /// Replies addressed to a pod that belong to a proxy upstream socket bound to that pod's
+    /// address (`--upstream-source pod`) are assigned to it.
+    public var steerReplies: Bool
+    public var uplink: Bool
 
-    public init(id: UInt32, bridge: (ifindex: Int32, mac: [UInt8])? = nil) {
+    public init(id: UInt32, bridge: (ifindex: Int32, mac: [UInt8])? = nil, steerReplies: Bool = false, uplink: Bool = false) {
         self.id = id
         self.bridge = bridge
+        self.steerReplies = steerReplies
+        self.uplink = uplink
     }
 
     public static func == (a: EndpointEntry, b: EndpointEntry) -> Bool {
         a.id == b.id && a.bridge?.ifindex == b.bridge?.ifindex && a.bridge?.mac == b.bridge?.mac
+            && a.steerReplies == b.steerReplies && a.uplink == b.uplink
     }
 }
 

@@ -186,3 +186,31 @@ public enum IPAddressBytes {
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// The node's uplinks: where replies from destinations beyond this node's pods come in
+/// (`--upstream-source pod` steers them back to the proxy there). Every interface that is up,
+/// not loopback, and the way out of a main-table unicast route, except the pods' own
+/// interfaces, bridges and bridge ports (the CNI's local plumbing). `--uplink` names replace
+/// the guess; a name that is not there is reported.
+public enum UplinkResolver {
+    public static func resolve(in net: NetworkSnapshot, pods: [PodAttachment], names: [String] = []) -> (uplinks: [PodAttachment], missing: [String]) {
+        if !names.isEmpty {
+            var found: [PodAttachment] = [], missing: [String] = []
+            for name in names {
+                if let link = net.links.values.first(where: { $0.name == name }) {
+                    found.append(.routed(ifindex: link.ifindex, name: link.name))
+                } else {
+                    missing.append(name)
+                }
+            }
+            return (found, missing)
+        }
+        let podIndexes = Set(pods.map(\.ifindex))
+        var out: Set<Int32> = []
+        for r in net.routes where r.isUnicast && r.oif != 0 && !podIndexes.contains(r.oif) && !out.contains(r.oif) {
+            guard let link = net.links[r.oif], link.isUp, link.name != "lo", link.kind != "bridge", link.master == 0 else { continue }
+            out.insert(r.oif)
+        }
+        return (out.sorted().compactMap { i in net.links[i].map { .routed(ifindex: i, name: $0.name) } }, [])
+    }
+}

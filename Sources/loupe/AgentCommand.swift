@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import LoupeAgent
+import LoupeProxy
 import LoupeFlow
 import LoupeLab
 
@@ -19,10 +20,14 @@ struct AgentCommand: AsyncParsableCommand {
     var kubernetesWatchTimeout: Int = 300
     @Option(help: "Directory of CiliumNetworkPolicy files to enforce (default /etc/loupe/policies; with --lab /run/loupe/lab/policies).")
     var policyDir: String?
-    @Option(help: "Compiled tc program (bpf/.output/tc_from_pod.bpf.o).") var bpfObject: String?
+    @Option(help: "Compiled tc program (default: bpf/.output/tc_from_pod.bpf.o here or beside the binary, else /usr/lib/loupe/bpf/tc_from_pod.bpf.o).") var bpfObject: String?
     @Option(help: "Transparent proxy port.") var proxyPort: Int = 15001
     @Option(help: "Transparent DNS (UDP) port.") var dnsPort: Int = 15053
     @Option(help: "DNS upstream timeout, milliseconds (then SERVFAIL).") var dnsTimeoutMs: Int = 5000
+    @Option(help: "Source address of the proxy's upstream connections: pod (the client pod's own, IP_TRANSPARENT; the datapath steers replies back on the pods' veths and the node's uplinks) or node.")
+    var upstreamSource: String = "pod"
+    @Option(help: "With --upstream-source pod: an uplink of the node, where replies from remote destinations arrive (repeatable; default: every interface a route leaves by, besides the pods' veths and bridges).")
+    var uplink: [String] = []
     @Option(help: "Hubble API unix socket (default /var/run/loupe/hubble.sock; with --lab /run/loupe/hubble.sock).")
     var hubbleSocket: String?
     @Option(help: "Hubble API TCP address HOST:PORT (\":4244\" = every address, in the agent's netns); \"none\" turns it off.")
@@ -106,6 +111,12 @@ struct AgentCommand: AsyncParsableCommand {
         cfg.proxy.port = proxyPort
         cfg.proxy.dnsPort = dnsPort
         cfg.proxy.dnsTimeoutMilliseconds = dnsTimeoutMs
+        guard let source = UpstreamSource(rawValue: upstreamSource) else {
+            FileHandle.standardError.write(Data("loupe agent: --upstream-source \"\(upstreamSource)\": expected pod or node\n".utf8))
+            throw ExitCode(2)
+        }
+        cfg.proxy.upstreamSource = source
+        cfg.uplinks = uplink
         cfg.proxy.nodeName = nodeName
         if let threads { cfg.proxy.threads = threads }
         cfg.proxy.maxHeaderBytes = maxHeaderBytes
@@ -235,6 +246,8 @@ struct AgentCommand: AsyncParsableCommand {
             if FileManager.default.fileExists(atPath: candidate) { return candidate }
             dir = dir.deletingLastPathComponent()
         }
-        return rel
+        // Where the image puts it (deploy/image).
+        let installed = "/usr/lib/loupe/bpf/tc_from_pod.bpf.o"
+        return FileManager.default.fileExists(atPath: installed) ? installed : rel
     }
 }

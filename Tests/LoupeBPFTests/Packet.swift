@@ -133,8 +133,10 @@ struct TCPSocket {
         return TCPSocket(fd: fd, port: localPort(fd))
     }
 
-    static func connect(port: UInt16) throws -> TCPSocket {
+    static func connect(port: UInt16, mark: UInt32 = 0) throws -> TCPSocket {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var m = mark
+        if mark != 0 { setsockopt(fd, SOL_SOCKET, SO_MARK, &m, 4) }
         var a = sockaddr_in()
         a.sin_family = sa_family_t(AF_INET)
         a.sin_port = port.bigEndian

@@ -80,6 +80,38 @@ final class TCFromPodTests {
         #expect(gone.counters == [.noSocketPass: 1])
     }
 
+    /// `--upstream-source pod`: a destination's reply to a proxy upstream socket (SO_MARK 0xb00)
+    /// is assigned to it though no rule selects the port; other sockets' packets and SYNs pass.
+    @Test func replyToAMarkedUpstreamSocketIsSteered() throws {
+        let listener = try TCPSocket.listen()
+        defer { close(listener.fd) }
+        let upstream = try TCPSocket.connect(port: listener.port, mark: UInt32(LOUPE_MARK_FROM_PROXY))
+        let accepted = accept(listener.fd, nil, nil)
+        defer { close(upstream.fd); close(accepted) }
+        try datapath.setRedirects([])
+        // The listener's side answering the upstream socket: a reply.
+        let reply = Packet.ipv4TCP(src: "127.0.0.1", sport: listener.port, dst: "127.0.0.1", dport: upstream.port, syn: false)
+        #expect(try run(reply).counters == [.notSelected: 1]) // the endpoint does not steer replies
+        try datapath.setEndpoints([lo: EndpointEntry(id: 7, steerReplies: true)])
+        #expect(try run(reply).counters == [Self.socketFound: 1])
+        // The other direction names the accepted socket, which carries no mark: not a reply.
+        let toAccepted = Packet.ipv4TCP(src: "127.0.0.1", sport: upstream.port, dst: "127.0.0.1", dport: listener.port, syn: false)
+        #expect(try run(toAccepted).counters == [.notSelected: 1])
+        // A SYN is never a reply.
+        let syn = Packet.ipv4TCP(src: "127.0.0.1", sport: listener.port, dst: "127.0.0.1", dport: upstream.port, syn: true)
+        #expect(try run(syn).counters == [.notSelected: 1])
+    }
+
+    /// An uplink entry steers replies only: the rules keyed by address do not apply there.
+    @Test func uplinkAppliesNoRules() throws {
+        let listener = try TCPSocket.listen()
+        defer { close(listener.fd) }
+        try datapath.setEndpoints([lo: EndpointEntry(id: 0, steerReplies: true, uplink: true)])
+        try datapath.setRedirects([RedirectEntry(match: .ingress(address: [198, 18, 0, 11]), port: 8080, proxyPort: listener.port)])
+        let r = try run(Packet.ipv4TCP(src: "198.19.0.10", sport: 40000, dst: "198.18.0.11", dport: 8080, syn: true))
+        #expect(r.counters == [.notSelected: 1])
+    }
+
     @Test func unselectedPortPasses() throws {
         try datapath.setRedirects([RedirectEntry(match: .egress(ifindex: lo), port: 80, proxyPort: 15001)])
         let r = try run(Packet.ipv4TCP(src: "198.18.0.10", sport: 40000, dst: "198.18.0.11", dport: 443, syn: true))

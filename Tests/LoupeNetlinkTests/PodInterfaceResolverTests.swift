@@ -52,3 +52,35 @@ import Testing
         #expect(PodInterfaceResolver.resolve("pod-a", in: net) == .failure(.notAnAddress("pod-a")))
     }
 }
+
+/// Where remote replies come in: the interfaces routes leave by, without the pods' plumbing.
+@Suite struct UplinkResolverTests {
+    func v4(_ s: String) -> [UInt8] { IPAddressBytes.parse(s)! }
+
+    @Test func routedNodeWithDefaultRouteAndTunnel() {
+        let net = NetworkSnapshot(
+            links: [.init(ifindex: 1, name: "lo", kind: ""), .init(ifindex: 2, name: "eth0", kind: ""),
+                    .init(ifindex: 4, name: "flannel.1", kind: "vxlan"), .init(ifindex: 5, name: "down0", kind: "", isUp: false),
+                    .init(ifindex: 7, name: "cali1234", kind: "veth")],
+            routes: [.init(destination: v4("0.0.0.0"), prefixLength: 0, oif: 2, hasGateway: true),
+                     .init(destination: v4("10.0.0.0"), prefixLength: 24, oif: 2),
+                     .init(destination: v4("10.42.1.0"), prefixLength: 24, oif: 4, hasGateway: true),
+                     .init(destination: v4("10.9.0.0"), prefixLength: 16, oif: 5),
+                     .init(destination: v4("10.42.0.5"), prefixLength: 32, oif: 7)])
+        let pod = PodAttachment.routed(ifindex: 7, name: "cali1234")
+        #expect(UplinkResolver.resolve(in: net, pods: [pod]).uplinks == [.routed(ifindex: 2, name: "eth0"), .routed(ifindex: 4, name: "flannel.1")])
+        // Named instead of guessed; an absent name is reported.
+        let named = UplinkResolver.resolve(in: net, pods: [pod], names: ["flannel.1", "bond0"])
+        #expect(named.uplinks == [.routed(ifindex: 4, name: "flannel.1")])
+        #expect(named.missing == ["bond0"])
+    }
+
+    @Test func bridgesAndTheirPortsAreNotUplinks() {
+        let net = NetworkSnapshot(
+            links: [.init(ifindex: 2, name: "eth0", kind: ""), .init(ifindex: 3, name: "cni0", kind: "bridge"),
+                    .init(ifindex: 8, name: "veth1", kind: "veth", master: 3)],
+            routes: [.init(destination: v4("0.0.0.0"), prefixLength: 0, oif: 2, hasGateway: true),
+                     .init(destination: v4("10.42.0.0"), prefixLength: 24, oif: 3)])
+        #expect(UplinkResolver.resolve(in: net, pods: []).uplinks == [.routed(ifindex: 2, name: "eth0")])
+    }
+}

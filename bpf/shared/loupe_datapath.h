@@ -27,6 +27,14 @@ struct loupe_endpoint {
  * bridge would forward it to the destination pod (and br_netfilter, on wherever kube-proxy
  * runs, drops the socket assignment on the way through the bridge). */
 #define LOUPE_ENDPOINT_BRIDGED   0x1
+/* `--upstream-source pod`: the proxy's upstream sockets are bound to the client pod's address,
+ * so a destination's replies are addressed to a pod. A TCP packet from this interface that
+ * belongs to such a socket (found by its 4-tuple, carrying LOUPE_MARK_FROM_PROXY) is assigned
+ * to it instead of being routed to the pod. */
+#define LOUPE_ENDPOINT_STEER_REPLIES 0x2
+/* Not a pod: the node's uplink (entry keyed by its ifindex), where replies from remote
+ * destinations arrive. No redirect rule applies to it; only replies are steered. */
+#define LOUPE_ENDPOINT_UPLINK    0x4
 
 /* Redirect rule key. Egress rules: ifindex = the pod's veth, addr all-zero.
  * Ingress rules (applied at the client's veth): ifindex = 0, addr = the server pod's address. */
@@ -64,6 +72,8 @@ enum loupe_counter {
     LOUPE_CNT_FRAGMENT_DROP,       /* first fragment of a datagram to an enforced port: drop */
     LOUPE_CNT_FRAGMENT_PASS,       /* first fragment to a visibility-only port: pass unrecorded (fail open) */
     LOUPE_CNT_LATER_FRAGMENT_PASS, /* non-first fragment (no ports; its first fragment is judged): pass */
+    LOUPE_CNT_REPLY_ASSIGNED,      /* a destination's reply to a proxy upstream socket bound to a pod's
+                                    * address (LOUPE_ENDPOINT_STEER_REPLIES): assigned to it */
     LOUPE_CNT_MAX,
 };
 

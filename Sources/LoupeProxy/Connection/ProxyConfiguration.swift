@@ -13,6 +13,9 @@ public struct ProxyConfiguration: Sendable {
     public var upstreamMark: Int32 = 0xb00
     /// Largest request/response header block accepted (bytes); larger gets 400.
     public var maxHeaderBytes: Int = 64 * 1024
+    /// Where upstream connections come from: the client pod's own address (IP_TRANSPARENT;
+    /// the datapath steers the replies back), or the node's. See `UpstreamSource`.
+    public var upstreamSource: UpstreamSource = .pod
     /// Upstream connect timeout.
     public var connectTimeoutMilliseconds: Int64 = 5000
     /// Terminate and re-originate HTTP/2 (h2c) for per-stream flows and policy; off: h2c is
@@ -39,4 +42,15 @@ public struct ProxyConfiguration: Sendable {
     public var threads: Int = System.coreCount
 
     public init() {}
+}
+
+/// `--upstream-source`: the source address of the proxy's upstream connections.
+public enum UpstreamSource: String, Sendable, CaseIterable {
+    /// The client pod's address, as Cilium's Envoy and Istio's ztunnel keep it: destinations,
+    /// their access logs and their NetworkPolicies see the real client. Not for a destination
+    /// that is the client itself or an address of the node (their replies never cross a tc
+    /// hook): those connections come from the node.
+    case pod
+    /// The node's address (the route's source).
+    case node
 }

@@ -110,12 +110,18 @@ final class ProxyConnection {
         let cfg = environment.configuration
         // The initializer runs on this loop (the bootstrap's group is it).
         let bound = NIOLoopBound(self, eventLoop: downstream.eventLoop)
-        ClientBootstrap(group: downstream.eventLoop)
+        let bootstrap = ClientBootstrap(group: downstream.eventLoop)
             .channelOption(ChannelOptions.recvAllocator, value: Self.reads)
             .channelOption(ChannelOptions.Types.SocketOption(level: 1, name: 36), value: Int(cfg.upstreamMark)) // SO_MARK
             .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
             .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
             .connectTimeout(.milliseconds(cfg.connectTimeoutMilliseconds))
+        // The client pod's own address as the source (the datapath steers the replies back).
+        if cfg.upstreamSource == .pod, let source = environment.upstreamSource.source(client: downstream.remoteAddress, target: target) {
+            for (option, value) in UpstreamSourceAddress.options(for: source) { _ = bootstrap.channelOption(option, value: value) }
+            _ = bootstrap.bind(to: source)
+        }
+        bootstrap
             .channelInitializer { ch in
                 ch.eventLoop.makeCompletedFuture {
                     let connection = bound.value

@@ -48,6 +48,8 @@ public final class ProxyEnvironment: Sendable {
     public let agentEvents = AgentEventLog()
     /// HTTPS interception's node CA and TLS contexts.
     let tls: TLSIntercept.Contexts
+    /// `--upstream-source pod`: the address each upstream connection binds.
+    let upstreamSource = UpstreamSourceAddress()
 
     public init(inventory: Inventory, policy: PolicyEngine = PolicyEngine(), flows: FlowStore, configuration: ProxyConfiguration) {
         self.current = Mutex(Snapshot(inventory: inventory, policy: policy, generation: 0))

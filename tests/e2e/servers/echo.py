@@ -1,4 +1,4 @@
-"""A raw TCP echo server (not HTTP) for the opaque relay test."""
+"""A raw TCP echo server (not HTTP) for the opaque relay test. Logs each peer ("IP connected")."""
 import socket
 import sys
 import threading
@@ -18,5 +18,6 @@ s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("0.0.0.0", int(sys.argv[1])))
 s.listen(64)
 while True:
-    c, _ = s.accept()
+    c, peer = s.accept()
+    print(f"{peer[0]} connected", flush=True)
     threading.Thread(target=serve, args=(c,), daemon=True).start()

@@ -13,6 +13,7 @@ import grpc
 
 
 def say_hello(request, context):
+    print(f"{context.peer()} SayHello", flush=True)  # the peer this server sees
     return b"hello " + request
 
 

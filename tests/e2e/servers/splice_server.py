@@ -4,6 +4,7 @@
 7101  says "ready\\n", reads until the client's EOF (half-close), then answers the sha256 of
       what it got, a newline and 1 MiB of b"t", and closes.
 7102  a WebSocket echo server (RFC 6455 handshake over HTTP/1.1, then text/binary frames echoed).
+Each connection is logged with its peer ("IP connected to PORT").
 """
 import base64
 import hashlib
@@ -83,7 +84,8 @@ def serve(port, handler):
     s.bind(("0.0.0.0", port))
     s.listen(1024)
     while True:
-        c, _ = s.accept()
+        c, peer = s.accept()
+        print(f"{peer[0]} connected to {port}", flush=True)
 
         def run(c=c):
             with c:

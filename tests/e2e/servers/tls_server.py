@@ -27,8 +27,10 @@ if sys.argv[1:] == ["--make-certificate-only"]:
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, *args):
-        pass
+    def log_message(self, fmt, *args):
+        # An access log line with the peer (the upstream-source tests read it).
+        sys.stderr.write(f"{self.client_address[0]} {fmt % args}\n")
+        sys.stderr.flush()
 
     def do_GET(self):
         body = b"hello over tls\n" if self.path != "/secret" else b"the secret\n"
