@@ -7,7 +7,7 @@ BPF_HDR := $(wildcard bpf/lib/*.h bpf/shared/*.h)
 CLANG ?= clang
 SWIFT_BUILD_FLAGS ?=
 
-.PHONY: all deps bpf build demo test test-unit test-e2e bench fuzz clean proto
+.PHONY: all deps bpf build demo test test-unit test-e2e bench fuzz clean proto image-binary image-rootfs
 
 all: build
 
@@ -32,12 +32,26 @@ test-unit: build
 test-e2e: build
 	python3 -m pytest -v -x tests/e2e
 
-# The whole e2e suite on the routed CNI shape, then the spine, policy and DNS scenarios again on
-# the bridged one (pod veths on a cni0 bridge, as flannel).
+# The whole e2e suite on the routed CNI shape, then the spine, policy, DNS and upstream-source
+# scenarios again on the bridged one (pod veths on a cni0 bridge, as flannel), then the spine
+# with the agent run from the image's rootfs.
 test: build
 	swift test $(SWIFT_BUILD_FLAGS)
 	python3 -m pytest -v tests/e2e
-	LOUPE_LAB_CNI=bridged python3 -m pytest -v tests/e2e/test_spine.py tests/e2e/test_policy.py tests/e2e/test_dns.py
+	LOUPE_LAB_CNI=bridged python3 -m pytest -v tests/e2e/test_spine.py tests/e2e/test_policy.py tests/e2e/test_dns.py tests/e2e/test_upstream_source.py
+	$(MAKE) image-rootfs
+	LOUPE_AGENT_ROOTFS=$(IMAGE_ROOTFS) python3 -m pytest -v tests/e2e/test_image.py tests/e2e/test_spine.py
+
+# The image's binary: release, the Swift runtime linked in (--static-swift-stdlib), stripped.
+IMAGE_ROOTFS ?= .build/image-rootfs
+image-binary: deps
+	swift build -c release --static-swift-stdlib --product loupe
+	install -D -m 0755 .build/release/loupe .build/image/loupe
+	strip --strip-unneeded .build/image/loupe
+
+# The image's content as a directory (debootstrap; see deploy/image/Containerfile), and its size.
+image-rootfs: image-binary bpf
+	IMAGE_ROOTFS=$(IMAGE_ROOTFS) scripts/image-rootfs.sh
 
 # libFuzzer over the DNS codec, the TLS ClientHello parser and the HTTP/1 request parser
 # (FUZZ_SECONDS each, default 60); corpora in .build/fuzz-corpus-*.

@@ -4,7 +4,7 @@
 set -euo pipefail
 APT_PKGS=(libbpf-dev libelf-dev zlib1g-dev bpftool iproute2 util-linux curl wrk nginx-light linux-libc-dev procps
           dnsmasq-base knot-dnsutils dnsperf nghttp2-client iperf3 prometheus
-          chromium chromium-driver fonts-dejavu-core)
+          chromium chromium-driver fonts-dejavu-core libcap2-bin debootstrap)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -22,6 +22,27 @@ SERVER_CERT = "/tmp/loupe-e2e-tls/cert.pem"   # the lab HTTPS server's own certi
 # The lab's CNI shape: routed (a veth + host route per pod) or bridged (veths on cni0, as
 # flannel). `make test` runs the spine, policy and DNS modules on both.
 CNI = os.environ.get("LOUPE_LAB_CNI", "routed")
+# The image's content (`make image-rootfs`): when set, the agent runs from it — chroot in the
+# lab's node netns — instead of .build/debug/loupe. `make test` runs the spine that way.
+ROOTFS = os.path.abspath(os.environ["LOUPE_AGENT_ROOTFS"]) if os.environ.get("LOUPE_AGENT_ROOTFS") else None
+
+
+def agent_argv(*flags):
+    """`loupe agent` on the lab with `flags`: the build's binary with --lab, or the image's from
+    ROOTFS with the same settings spelled out (in the chroot there is no lab to look up). Its
+    own mount namespace gets the host's /sys (with the bpffs the pins live in), /proc, /dev,
+    /run/loupe (lab state, the Hubble socket) and the test certificate; the DaemonSet gives the
+    container the same through hostPath volumes."""
+    if ROOTFS is None:
+        return [LOUPE, "agent", "--lab", *flags]
+    binds = ["/run/loupe", "/tmp/loupe-e2e-tls"]
+    script = (f'mount --rbind /sys "$0/sys" && mount -t proc proc "$0/proc" && mount --rbind /dev "$0/dev" && '
+              + " && ".join(f'mkdir -p "$0{b}" && mount --bind {b} "$0{b}"' for b in binds)
+              + ' && exec chroot "$0" /usr/local/bin/loupe agent "$@"')
+    lab_flags = ["--inventory", "/run/loupe/lab/inventory.yaml", "--hubble-socket", "/run/loupe/hubble.sock",
+                 "--ca-dir", "/run/loupe/lab/ca", "--policy-dir", "/run/loupe/lab/policies", "--node-name", "loupe-node"]
+    return ["nsenter", "--net=/var/run/netns/loupe-node", "--", "unshare", "-m", "--propagation", "private",
+            "sh", "-c", script, ROOTFS, *lab_flags, *flags]
 
 
 def run(*args, check=True, timeout=60, input=None):
@@ -90,7 +111,7 @@ class AgentProcess:
         # HTTPS interception uses the lab's node CA (made by `lab up`); destinations are trusted
         # through the lab HTTPS servers' own certificate.
         bundle = ["--upstream-ca-bundle", SERVER_CERT] if trust_lab_servers else []
-        self.proc = subprocess.Popen([LOUPE, "agent", "--lab", "--dns-timeout-ms", "1500", *bundle, *extra],
+        self.proc = subprocess.Popen(agent_argv("--dns-timeout-ms", "1500", *bundle, *extra),
                                      stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 30
         while time.time() < deadline:
