@@ -32,13 +32,13 @@ test-unit: build
 test-e2e: build
 	python3 -m pytest -v -x tests/e2e
 
-# The whole e2e suite on the routed CNI shape, then the spine, policy, DNS and upstream-source
+# The whole e2e suite on the routed CNI shape, then the spine, policy, DNS, upstream-source and two-node
 # scenarios again on the bridged one (pod veths on a cni0 bridge, as flannel), then the spine
 # with the agent run from the image's rootfs.
 test: build
 	swift test $(SWIFT_BUILD_FLAGS)
 	python3 -m pytest -v tests/e2e
-	LOUPE_LAB_CNI=bridged python3 -m pytest -v tests/e2e/test_spine.py tests/e2e/test_policy.py tests/e2e/test_dns.py tests/e2e/test_upstream_source.py
+	LOUPE_LAB_CNI=bridged python3 -m pytest -v tests/e2e/test_spine.py tests/e2e/test_policy.py tests/e2e/test_dns.py tests/e2e/test_upstream_source.py tests/e2e/test_two_nodes.py
 	$(MAKE) image-rootfs
 	LOUPE_AGENT_ROOTFS=$(IMAGE_ROOTFS) python3 -m pytest -v tests/e2e/test_image.py tests/e2e/test_spine.py
 

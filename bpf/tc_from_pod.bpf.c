@@ -159,7 +159,9 @@ int loupe_from_pod(struct __sk_buff *skb)
         return TC_ACT_SHOT;
     }
     tuple_len = p.family == 4 ? sizeof(p.tuple.ipv4) : sizeof(p.tuple.ipv6);
-    rule = (ep->flags & LOUPE_ENDPOINT_UPLINK) ? NULL : loupe_find_rule(skb, &p);
+    /* On an uplink no Egress rule is keyed by its ifindex: only the local pods' Ingress rules
+     * (by address) apply, to clients on other nodes and in the world. */
+    rule = loupe_find_rule(skb, &p);
     if (!rule) {
         int verdict = loupe_steer_reply(skb, ep, &p, tuple_len);
         if (verdict >= 0)

@@ -40,7 +40,7 @@ public final class DatapathService: Service, @unchecked Sendable {
     private var policy = PolicyEngine()
     private var lastPolicyFingerprint: [String]?
     private var attachments: [String: PodAttachment] = [:]
-    /// The node's uplinks (with `--upstream-source pod`): replies from remote destinations.
+    /// The node's uplinks: remote clients (Ingress rules) and replies from remote destinations.
     private var uplinks: [PodAttachment] = []
     private var missingUplinks: [String] = []
     private var unresolved: [String: PodInterfaceProblem] = [:]
@@ -214,16 +214,14 @@ public final class DatapathService: Service, @unchecked Sendable {
         for pod in inventory.pods where pod.runs(on: configuration.proxy.nodeName) && pod.hostNetwork {
             lines.append(EndpointReport(pod: pod.qualifiedName, shape: "hostNetwork", problem: "hostNetwork pod: skipped (no veth)"))
         }
-        var uplinksFound: [PodAttachment] = []
-        if configuration.steersReplies {
-            let (u, missing) = UplinkResolver.resolve(in: net, pods: Array(found.values), names: configuration.uplinks)
-            uplinksFound = u
-            if missing != missingUplinks {
-                for name in missing { logger.error("--uplink \(name): no such interface in this netns (replies from remote destinations to pod-sourced upstream connections would not reach the proxy through it)") }
-                missingUplinks = missing
-            }
-            for u in uplinksFound { lines.append(EndpointReport(pod: "(uplink)", interface: u.name, shape: "uplink")) }
+        // Uplinks: remote clients meet the local pods' Ingress rules there, and (upstream source
+        // pod) remote destinations' replies are steered back there.
+        let (uplinksFound, missing) = UplinkResolver.resolve(in: net, pods: Array(found.values), names: configuration.uplinks)
+        if missing != missingUplinks {
+            for name in missing { logger.error("--uplink \(name): no such interface in this netns (remote clients and replies from remote destinations are not seen there)") }
+            missingUplinks = missing
         }
+        for u in uplinksFound { lines.append(EndpointReport(pod: "(uplink)", interface: u.name, shape: "uplink")) }
         for (name, p) in problems where unresolved[name] != p { logger.warning("pod \(name): \(p)") }
         let moved = found != attachments || uplinksFound != uplinks
         if uplinksFound != uplinks { logger.info("uplinks: \(uplinksFound.isEmpty ? "none" : uplinksFound.map(\.name).joined(separator: ", "))") }
@@ -297,7 +295,7 @@ public final class DatapathService: Service, @unchecked Sendable {
             }
         }
         for u in uplinks where endpoints[UInt32(u.ifindex)] == nil {
-            endpoints[UInt32(u.ifindex)] = EndpointEntry(id: 0, steerReplies: true, uplink: true)
+            endpoints[UInt32(u.ifindex)] = EndpointEntry(id: 0, steerReplies: configuration.steersReplies, uplink: true)
             ifindexes.append(u.ifindex)
         }
         // One entry per key; enforcement wins over visibility.

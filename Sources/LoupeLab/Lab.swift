@@ -39,6 +39,7 @@ public struct Lab {
         let text = try String(contentsOfFile: file, encoding: .utf8)
         let inventoryDirectory = URL(fileURLWithPath: file).standardizedFileURL.deletingLastPathComponent().path
         var wanted = try InventoryLoader.parse(text, file: file)
+        let nodes = try Self.placeOnNodes(&wanted, file: file)
         let previous = try? loadResolved()
         let fm = FileManager.default
         for d in [stateDirectory, pidDirectory, logDirectory, podsDirectory] {
@@ -50,7 +51,12 @@ public struct Lab {
             try removeEverything(quiet: true)
             existing = []
         }
-        if previous == nil || !existing.contains(LabNetwork.nodeNetns) {
+        if let previous, Self.nodeNames(previous) != nodes {
+            log("lab up: the nodes changed (\(Self.nodeNames(previous).joined(separator: ", ")) → \(nodes.joined(separator: ", "))): rebuilding the lab")
+            try removeEverything(quiet: true)
+            existing = []
+        }
+        if previous == nil || !nodes.allSatisfy(existing.contains) {
             // No usable state: whatever carries our prefix is a crashed run's leftover.
             try removeEverything(quiet: true)
             for d in [stateDirectory, pidDirectory, logDirectory, podsDirectory] {
@@ -59,8 +65,11 @@ public struct Lab {
         }
         try cni.rawValue.write(toFile: cniPath, atomically: false, encoding: .utf8)
         try prepare()
-        let old = (previous != nil && existing.contains(LabNetwork.nodeNetns)) ? previous! : Inventory()
-        if old.pods.isEmpty && old.labHosts.isEmpty { try makeNode() }
+        let old = (previous != nil && nodes.allSatisfy(existing.contains)) ? previous! : Inventory()
+        for (k, node) in nodes.enumerated() where !existing.contains(node) {
+            try makeNode(node, index: k, multi: nodes.count > 1)
+            if k > 0 { try linkNodes(nodes[0], node, index: k) }
+        }
 
         // Pods: keep unchanged ones, replace changed ones, remove gone ones.
         var used = Set<Int>()
@@ -82,16 +91,18 @@ public struct Lab {
                 wanted.pods[i].hostInterface = kept.hostInterface
                 continue
             }
+            let k = wanted.pods[i].nodeName.flatMap { nodes.firstIndex(of: $0) } ?? 0
             var n = 10
-            while used.contains(n) { n += 1 }
-            used.insert(n)
-            try makePod(&wanted.pods[i], number: n)
+            while used.contains(k * 256 + n) { n += 1 }
+            if nodes.count > 1 && n > 254 { throw LabError("node \(nodes[k]): more than 245 pods (its pod subnet is a /24)") }
+            used.insert(k * 256 + n)
+            try makePod(&wanted.pods[i], node: nodes[k], index: k, number: n, multi: nodes.count > 1)
         }
 
         // LabHosts share the world netns; it is rebuilt when the set of hosts changes.
         if old.labHosts.map({ [$0.name] + $0.command }) != wanted.labHosts.map({ [$0.name] + $0.command }) || !existing.contains(LabNetwork.worldNetns) {
             try removeWorld(old.labHosts)
-            if !wanted.labHosts.isEmpty { try makeWorld(&wanted.labHosts, inventoryDirectory: inventoryDirectory) }
+            if !wanted.labHosts.isEmpty { try makeWorld(&wanted.labHosts, node: nodes[0], inventoryDirectory: inventoryDirectory) }
         } else {
             for i in wanted.labHosts.indices { wanted.labHosts[i].ips = old.labHosts[i].ips }
         }
@@ -99,8 +110,38 @@ public struct Lab {
         for pod in wanted.pods where keep[pod.qualifiedName] == nil {
             try startContainers(of: pod, inventoryDirectory: inventoryDirectory, trust: trustEnvironment(for: pod, in: wanted))
         }
-        log("lab up (\(cni.rawValue)): \(wanted.pods.count) pods, \(wanted.labHosts.count) lab hosts; inventory at \(resolvedPath)")
+        let nodeText = nodes.count > 1 ? "\(nodes.count) nodes (\(nodes.joined(separator: ", "))), " : ""
+        log("lab up (\(cni.rawValue)): \(nodeText)\(wanted.pods.count) pods, \(wanted.labHosts.count) lab hosts; inventory at \(resolvedPath)")
         return wanted
+    }
+
+    /// The lab's nodes (netns names), in inventory order: the inventory's `v1 Node` objects, or
+    /// the one implicit `loupe-node`. With nodes, every pod gets one (`spec.nodeName`, else the
+    /// first) and every node its addresses (`status.addresses`, InternalIP).
+    static func placeOnNodes(_ inv: inout Inventory, file: String) throws -> [String] {
+        if inv.nodes.isEmpty { return [LabNetwork.nodeNetns] }
+        var names: [String] = []
+        for (k, node) in inv.nodes.enumerated() {
+            guard node.name.hasPrefix(LabNetwork.nodeNamePrefix), node.name.count <= 40,
+                  node.name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" }) else {
+                throw LabError("\(file): Node \(node.name): lab nodes are named \(LabNetwork.nodeNamePrefix)… (letters, digits, '-'; their netns carry the name)")
+            }
+            guard !names.contains(node.name) else { throw LabError("\(file): Node \(node.name) appears twice") }
+            guard k < 250 else { throw LabError("\(file): more than 250 Nodes") }
+            names.append(node.name)
+            inv.nodes[k].addresses = [LabNetwork.nodeIPv4(node: k), LabNetwork.nodeIPv6(node: k)]
+        }
+        for i in inv.pods.indices {
+            if let n = inv.pods[i].nodeName, !names.contains(n) {
+                throw LabError("\(file): Pod \(inv.pods[i].qualifiedName): spec.nodeName \(n) is not a Node of the inventory (\(names.joined(separator: ", ")))")
+            }
+            if inv.pods[i].nodeName == nil { inv.pods[i].nodeName = names[0] }
+        }
+        return names
+    }
+
+    static func nodeNames(_ inv: Inventory) -> [String] {
+        inv.nodes.isEmpty ? [LabNetwork.nodeNetns] : inv.nodes.map(\.name)
     }
 
     // MARK: down
@@ -113,7 +154,7 @@ public struct Lab {
     /// Stops every process in our netns, deletes our netns and state. Safe on a crashed run.
     func removeEverything(quiet: Bool) throws {
         killRecordedProcesses()
-        for ns in try listNetns() where ns == LabNetwork.nodeNetns || ns == LabNetwork.worldNetns || ns.hasPrefix(LabNetwork.podNetnsPrefix) {
+        for ns in try listNetns() where Self.isOurs(ns) {
             killProcesses(inNetns: ns)
             _ = try? ChildProcess.run(["ip", "netns", "delete", ns])
             if !quiet { log("removed netns \(ns)") }
@@ -121,14 +162,25 @@ public struct Lab {
         try? FileManager.default.removeItem(atPath: stateDirectory)
     }
 
+    /// A netns the lab makes: nodes, pods, the world.
+    static func isOurs(_ netns: String) -> Bool {
+        netns.hasPrefix(LabNetwork.nodeNamePrefix) || netns == LabNetwork.worldNetns || netns.hasPrefix(LabNetwork.podNetnsPrefix)
+    }
+
     // MARK: exec
 
-    /// argv that runs `command` inside `target` (`node`, `world`, or `NAMESPACE/POD`).
+    /// argv that runs `command` inside `target` (`node` — the first node —, `node:NAME`,
+    /// `world`, or `NAMESPACE/POD`).
     public func execArgv(target: String, command: [String]) throws -> [String] {
         let netns: String
         switch target {
-        case "node": netns = LabNetwork.nodeNetns
+        case "node": netns = try Self.nodeNames(loadResolved())[0]
         case "world": netns = LabNetwork.worldNetns
+        case let t where t.hasPrefix("node:"):
+            let name = String(t.dropFirst("node:".count))
+            let nodes = try Self.nodeNames(loadResolved())
+            guard nodes.contains(name) else { throw LabError("no node \(name) in the lab (nodes: \(nodes.joined(separator: ", ")))") }
+            netns = name
         default:
             let parts = target.split(separator: "/", maxSplits: 1).map(String.init)
             let (ns, pod) = parts.count == 2 ? (parts[0], parts[1]) : ("default", parts[0])
@@ -173,8 +225,7 @@ public struct Lab {
         try ChildProcess.check(["nsenter", "--net=/var/run/netns/\(netns)", "--"] + argv)
     }
 
-    private func makeNode() throws {
-        let n = LabNetwork.nodeNetns
+    private func makeNode(_ n: String, index k: Int, multi: Bool) throws {
         try ip("netns", "add", n)
         try ip("-n", n, "link", "set", "lo", "up")
         try inNetns(n, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
@@ -183,8 +234,8 @@ public struct Lab {
         case .routed:
             // The node's own address (source of the proxy's upstream connections) lives on lo:
             // the dummy driver is not available on every kernel.
-            try ip("-n", n, "addr", "add", LabNetwork.nodeIPv4 + "/32", "dev", "lo")
-            try ip("-n", n, "-6", "addr", "add", LabNetwork.nodeIPv6 + "/128", "dev", "lo", "nodad")
+            try ip("-n", n, "addr", "add", LabNetwork.nodeIPv4(node: k) + "/32", "dev", "lo")
+            try ip("-n", n, "-6", "addr", "add", LabNetwork.nodeIPv6(node: k) + "/128", "dev", "lo", "nodad")
         case .bridged:
             // flannel's shape: cni0 holds the node's address in the pod subnet (the pods'
             // gateway); pod veths are its ports; pods on the node reach each other at layer 2.
@@ -192,9 +243,31 @@ public struct Lab {
             try ip("-n", n, "link", "add", b, "type", "bridge")
             try inNetns(n, ["sysctl", "-q", "-w", "net.ipv6.conf.\(b).accept_dad=0"])
             try ip("-n", n, "link", "set", b, "up")
-            try ip("-n", n, "addr", "add", LabNetwork.nodeIPv4 + "/16", "dev", b)
-            try ip("-n", n, "-6", "addr", "add", LabNetwork.nodeIPv6 + "/64", "dev", b, "nodad")
+            try ip("-n", n, "addr", "add", LabNetwork.nodeIPv4(node: k) + (multi ? "/24" : "/16"), "dev", b)
+            try ip("-n", n, "-6", "addr", "add", LabNetwork.nodeIPv6(node: k) + "/64", "dev", b, "nodad")
         }
+    }
+
+    /// Node k's veth to node 0 (its uplink; node 0's link to it), static neighbours both ways
+    /// and routes: node 0 reaches node k's pod subnets through k's address, node k everything
+    /// else (node 0's pods, the world) through node 0's.
+    private func linkNodes(_ first: String, _ node: String, index k: Int) throws {
+        let here = LabNetwork.nodeLink(to: k), there = LabNetwork.nodeLink(to: 0)
+        try ip("-n", first, "link", "add", here, "type", "veth", "peer", "name", there, "netns", node)
+        try inNetns(first, ["sysctl", "-q", "-w", "net.ipv6.conf.\(here).accept_dad=0"])
+        try inNetns(node, ["sysctl", "-q", "-w", "net.ipv6.conf.\(there).accept_dad=0"])
+        try ip("-n", first, "link", "set", here, "up")
+        try ip("-n", node, "link", "set", there, "up")
+        let firstMAC = try mac(netns: first, dev: here), nodeMAC = try mac(netns: node, dev: there)
+        try ip("-n", first, "neigh", "replace", LabNetwork.nodeIPv4(node: k), "lladdr", nodeMAC, "dev", here, "nud", "permanent")
+        try ip("-n", first, "-6", "neigh", "replace", LabNetwork.nodeIPv6(node: k), "lladdr", nodeMAC, "dev", here, "nud", "permanent")
+        try ip("-n", first, "route", "replace", "198.18.\(k).0/24", "via", LabNetwork.nodeIPv4(node: k), "dev", here, "onlink")
+        try ip("-n", first, "-6", "route", "replace", "2001:db8:18:\(String(k, radix: 16))::/64", "via", LabNetwork.nodeIPv6(node: k), "dev", here, "onlink")
+        try ip("-n", node, "neigh", "replace", LabNetwork.nodeIPv4(node: 0), "lladdr", firstMAC, "dev", there, "nud", "permanent")
+        try ip("-n", node, "-6", "neigh", "replace", LabNetwork.nodeIPv6(node: 0), "lladdr", firstMAC, "dev", there, "nud", "permanent")
+        try ip("-n", node, "route", "replace", "default", "via", LabNetwork.nodeIPv4(node: 0), "dev", there, "onlink")
+        try ip("-n", node, "-6", "route", "replace", "default", "via", LabNetwork.nodeIPv6(node: 0), "dev", there, "onlink")
+        log("node \(node): \(LabNetwork.nodeIPv4(node: k)), \(LabNetwork.nodeIPv6(node: k)); linked to \(first) (\(there) ↔ \(here))")
     }
 
     private func mac(netns: String, dev: String) throws -> String {
@@ -205,8 +278,7 @@ public struct Lab {
 
     /// `netns` with lo up and a veth to the node (`eth0` inside, `hostVeth` on the node, made a
     /// port of `bridge` when given), both ends up, no duplicate address detection.
-    private func makeVethNetns(_ netns: String, hostVeth: String, bridge: String? = nil) throws {
-        let node = LabNetwork.nodeNetns
+    private func makeVethNetns(_ netns: String, node: String, hostVeth: String, bridge: String? = nil) throws {
         try ip("netns", "add", netns)
         try inNetns(netns, ["sysctl", "-q", "-w", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"])
         try ip("-n", netns, "link", "set", "lo", "up")
@@ -219,9 +291,8 @@ public struct Lab {
 
     /// A veth between the node and `netns`, with static neighbours both ways (no ARP/ND) and
     /// host routes on the node: the same shape as Cilium's per-pod lxc devices.
-    private func wire(netns: String, hostVeth: String, v4: [String], v6: [String]) throws {
-        let node = LabNetwork.nodeNetns
-        try makeVethNetns(netns, hostVeth: hostVeth)
+    private func wire(netns: String, node: String, hostVeth: String, v4: [String], v6: [String]) throws {
+        try makeVethNetns(netns, node: node, hostVeth: hostVeth)
         try ip("-n", node, "-6", "addr", "add", LabNetwork.gatewayIPv6 + "/64", "dev", hostVeth, "nodad")
         let hostMAC = try mac(netns: node, dev: hostVeth)
         let podMAC = try mac(netns: netns, dev: "eth0")
@@ -244,24 +315,24 @@ public struct Lab {
 
     /// A pod veth as a port of cni0: the pod's addresses in the node's subnet, its default
     /// route via the bridge's address; neighbours are learned (ARP/ND), not configured.
-    private func bridgePort(netns: String, hostVeth: String, v4: String, v6: String) throws {
-        try makeVethNetns(netns, hostVeth: hostVeth, bridge: LabNetwork.bridge)
-        try ip("-n", netns, "addr", "add", v4 + "/16", "dev", "eth0")
+    private func bridgePort(netns: String, node: String, index k: Int, multi: Bool, hostVeth: String, v4: String, v6: String) throws {
+        try makeVethNetns(netns, node: node, hostVeth: hostVeth, bridge: LabNetwork.bridge)
+        try ip("-n", netns, "addr", "add", v4 + (multi ? "/24" : "/16"), "dev", "eth0")
         try ip("-n", netns, "-6", "addr", "add", v6 + "/64", "dev", "eth0", "nodad")
-        try ip("-n", netns, "route", "add", "default", "via", LabNetwork.nodeIPv4, "dev", "eth0")
-        try ip("-n", netns, "-6", "route", "add", "default", "via", LabNetwork.nodeIPv6, "dev", "eth0")
+        try ip("-n", netns, "route", "add", "default", "via", LabNetwork.nodeIPv4(node: k), "dev", "eth0")
+        try ip("-n", netns, "-6", "route", "add", "default", "via", LabNetwork.nodeIPv6(node: k), "dev", "eth0")
     }
 
-    private func makePod(_ pod: inout Pod, number n: Int) throws {
+    private func makePod(_ pod: inout Pod, node: String, index k: Int, number n: Int, multi: Bool) throws {
         let netns = LabNetwork.podNetns(namespace: pod.namespace, name: pod.name)
         let veth = LabNetwork.hostVeth(namespace: pod.namespace, name: pod.name)
-        pod.ips = [LabNetwork.podIPv4(n), LabNetwork.podIPv6(n)]
+        pod.ips = multi ? [LabNetwork.podIPv4(node: k, n), LabNetwork.podIPv6(node: k, n)] : [LabNetwork.podIPv4(n), LabNetwork.podIPv6(n)]
         pod.hostInterface = veth
         switch cni {
-        case .routed: try wire(netns: netns, hostVeth: veth, v4: [pod.ips[0]], v6: [pod.ips[1]])
-        case .bridged: try bridgePort(netns: netns, hostVeth: veth, v4: pod.ips[0], v6: pod.ips[1])
+        case .routed: try wire(netns: netns, node: node, hostVeth: veth, v4: [pod.ips[0]], v6: [pod.ips[1]])
+        case .bridged: try bridgePort(netns: netns, node: node, index: k, multi: multi, hostVeth: veth, v4: pod.ips[0], v6: pod.ips[1])
         }
-        log("pod \(pod.qualifiedName): netns \(netns), \(pod.ips.joined(separator: ", ")), node veth \(veth)")
+        log("pod \(pod.qualifiedName): \(multi ? "node \(node), " : "")netns \(netns), \(pod.ips.joined(separator: ", ")), node veth \(veth)")
     }
 
     private func removePod(_ pod: Pod) throws {
@@ -270,23 +341,23 @@ public struct Lab {
         killProcesses(inNetns: netns)
         // The veth first: a deleted netns takes its end of the pair down asynchronously, and a
         // pod re-created at once would find the node's end still there.
-        _ = try? ChildProcess.run(["ip", "-n", LabNetwork.nodeNetns, "link", "delete", LabNetwork.hostVeth(namespace: pod.namespace, name: pod.name)])
+        _ = try? ChildProcess.run(["ip", "-n", pod.nodeName ?? LabNetwork.nodeNetns, "link", "delete", LabNetwork.hostVeth(namespace: pod.namespace, name: pod.name)])
         _ = try? ChildProcess.run(["ip", "netns", "delete", netns])
         log("pod \(pod.qualifiedName): removed")
     }
 
-    private func makeWorld(_ hosts: inout [LabHost], inventoryDirectory: String) throws {
+    private func makeWorld(_ hosts: inout [LabHost], node: String, inventoryDirectory: String) throws {
         var v4: [String] = [], v6: [String] = []
         for i in hosts.indices {
             hosts[i].ips = [LabNetwork.worldIPv4(10 + i), LabNetwork.worldIPv6(10 + i)]
             v4.append(hosts[i].ips[0])
             v6.append(hosts[i].ips[1])
         }
-        try wire(netns: LabNetwork.worldNetns, hostVeth: LabNetwork.worldVeth, v4: v4, v6: v6)
+        try wire(netns: LabNetwork.worldNetns, node: node, hostVeth: LabNetwork.worldVeth, v4: v4, v6: v6)
         // The whole world range is routed there, as beyond a real node's uplink: an address
         // nobody holds is then silently unanswered (ARP fails), not "network unreachable".
-        try ip("-n", LabNetwork.nodeNetns, "route", "replace", "198.19.0.0/16", "dev", LabNetwork.worldVeth)
-        try ip("-n", LabNetwork.nodeNetns, "-6", "route", "replace", "2001:db8:19::/48", "dev", LabNetwork.worldVeth)
+        try ip("-n", node, "route", "replace", "198.19.0.0/16", "dev", LabNetwork.worldVeth)
+        try ip("-n", node, "-6", "route", "replace", "2001:db8:19::/48", "dev", LabNetwork.worldVeth)
         for host in hosts where !host.command.isEmpty {
             let stem = "world_" + host.name
             let dir = podsDirectory + "/" + stem
@@ -366,7 +437,7 @@ public struct Lab {
         var st = stat()
         guard stat("/proc/\(pid)/ns/net", &st) == 0 else { return false }
         let names = (try? listNetns()) ?? []
-        for ns in names where ns == LabNetwork.nodeNetns || ns == LabNetwork.worldNetns || ns.hasPrefix(LabNetwork.podNetnsPrefix) {
+        for ns in names where Self.isOurs(ns) {
             var nst = stat()
             if stat("/var/run/netns/\(ns)", &nst) == 0 && nst.st_ino == st.st_ino && nst.st_dev == st.st_dev { return true }
         }

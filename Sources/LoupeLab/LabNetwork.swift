@@ -6,8 +6,8 @@ public enum LabCNI: String, Sendable, CaseIterable {
     case bridged
 }
 
-/// Names and addresses of the lab: one node netns with no uplink, one netns per pod with a veth
-/// to the node, and a world netns behind the node for LabHosts.
+/// Names and addresses of the lab: one node netns with no uplink (or several, linked), one netns
+/// per pod with a veth to its node, and a world netns behind the first node for LabHosts.
 public enum LabNetwork {
     public static let nodeNetns = "loupe-node"
     public static let worldNetns = "loupe-world"
@@ -40,6 +40,27 @@ public enum LabNetwork {
 
     public static func podIPv4(_ n: Int) -> String { "198.18.\(n / 256).\(n % 256)" }
     public static func podIPv6(_ n: Int) -> String { "2001:db8:18::\(String(n, radix: 16))" }
+
+    // A lab of several nodes (`v1 Node` objects in the inventory): node k (inventory order) has
+    // the pod subnets 198.18.k.0/24 and 2001:db8:18:k::/64, its own address .1 / ::1 in them,
+    // and a veth to node 0 (`nodeLink`), which holds the world. The netns is the node's name.
+    public static let nodeNamePrefix = "loupe-node"
+    public static func nodeIPv4(node k: Int) -> String { "198.18.\(k).1" }
+    public static func nodeIPv6(node k: Int) -> String { k == 0 ? nodeIPv6 : "2001:db8:18:\(String(k, radix: 16))::1" }
+    public static func podIPv4(node k: Int, _ n: Int) -> String { "198.18.\(k).\(n)" }
+    public static func podIPv6(node k: Int, _ n: Int) -> String {
+        k == 0 ? podIPv6(n) : "2001:db8:18:\(String(k, radix: 16))::\(String(n, radix: 16))"
+    }
+    /// The link between node 0 and node k: `lab-nK` on node 0, `lab-n0` on node k.
+    public static func nodeLink(to k: Int) -> String { "lab-n\(k)" }
+    /// Where the agent of lab node `name` serves the Hubble API and pins its maps (the first
+    /// node keeps the single-node paths).
+    public static func hubbleSocket(node name: String) -> String {
+        name == nodeNetns ? "/run/loupe/hubble.sock" : "/run/loupe/\(name)/hubble.sock"
+    }
+    public static func pinRoot(node name: String) -> String {
+        name == nodeNetns ? "/sys/fs/bpf/loupe" : "/sys/fs/bpf/\(name)"
+    }
     public static func worldIPv4(_ n: Int) -> String { "198.19.\(n / 256).\(n % 256)" }
     public static func worldIPv6(_ n: Int) -> String { "2001:db8:19::\(String(n, radix: 16))" }
 

@@ -5,11 +5,14 @@ public struct Inventory: Sendable, Equatable {
     public var namespaces: [Namespace]
     public var pods: [Pod]
     public var labHosts: [LabHost]
+    /// The cluster's nodes (`v1 Node`): Hubble's peers. Empty: a single node, this one.
+    public var nodes: [ClusterNode]
 
-    public init(namespaces: [Namespace] = [], pods: [Pod] = [], labHosts: [LabHost] = []) {
+    public init(namespaces: [Namespace] = [], pods: [Pod] = [], labHosts: [LabHost] = [], nodes: [ClusterNode] = []) {
         self.namespaces = namespaces
         self.pods = pods
         self.labHosts = labHosts
+        self.nodes = nodes
     }
 
     public func namespace(named name: String) -> Namespace? {
@@ -102,5 +105,17 @@ public struct LabHost: Sendable, Equatable {
         self.command = command
         self.dnsNames = dnsNames
         self.ips = ips
+    }
+}
+
+/// A cluster node: its name and InternalIP addresses (`status.addresses`), where its agent's
+/// Hubble API is dialled.
+public struct ClusterNode: Sendable, Equatable {
+    public var name: String
+    public var addresses: [String]
+
+    public init(name: String, addresses: [String] = []) {
+        self.name = name
+        self.addresses = addresses
     }
 }

@@ -67,6 +67,16 @@ public enum InventoryLoader {
                                     labels: labels, annotations: annotations, containers: containers,
                                     ips: ips, hostInterface: loupe["hostInterface"] as? String,
                                     nodeName: spec["nodeName"] as? String, hostNetwork: spec["hostNetwork"] as? Bool ?? false))
+            case ("v1", "Node"):
+                let status = obj["status"] as? [String: Any] ?? [:]
+                var addresses: [String] = []
+                for (ai, entry) in (status["addresses"] as? [Any] ?? []).enumerated() {
+                    guard let e = entry as? [String: Any], let type = e["type"] as? String, let address = e["address"] as? String else {
+                        throw InventoryError(file: file, object: where_, message: "status.addresses[\(ai)] needs type and address")
+                    }
+                    if type == "InternalIP" { addresses.append(address) }
+                }
+                inv.nodes.append(ClusterNode(name: name, addresses: addresses))
             case ("loupe.io/v1alpha1", "LabHost"):
                 let spec = obj["spec"] as? [String: Any] ?? [:]
                 let status = obj["status"] as? [String: Any] ?? [:]
@@ -77,7 +87,7 @@ public enum InventoryLoader {
                     ips: try stringList(status["hostIPs"], file: file, object: where_, field: "status.hostIPs")))
             default:
                 throw InventoryError(file: file, object: where_,
-                                     message: "unsupported object \(apiVersion) \(kind) (supported: v1 Namespace, v1 Pod, loupe.io/v1alpha1 LabHost)")
+                                     message: "unsupported object \(apiVersion) \(kind) (supported: v1 Namespace, v1 Pod, v1 Node, loupe.io/v1alpha1 LabHost)")
             }
         }
         // Pods in a namespace with no Namespace object get an implicit one, as in a cluster.
@@ -90,6 +100,10 @@ public enum InventoryLoader {
     /// The resolved inventory as YAML, `status` included.
     public static func render(_ inv: Inventory) -> String {
         var docs: [[String: Any]] = []
+        for node in inv.nodes {
+            docs.append(["apiVersion": "v1", "kind": "Node", "metadata": ["name": node.name],
+                         "status": ["addresses": node.addresses.map { ["type": "InternalIP", "address": $0] }]])
+        }
         for ns in inv.namespaces {
             docs.append(["apiVersion": "v1", "kind": "Namespace",
                          "metadata": metadata(name: ns.name, namespace: nil, labels: ns.labels, annotations: ns.annotations)])

@@ -11,6 +11,8 @@ struct AgentCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "agent", abstract: "Run the node agent.")
 
     @Flag(help: "Run inside the lab's node netns on the lab's resolved inventory.") var lab = false
+    @Option(help: "With --lab: the lab node to run on, in a lab of several nodes (default loupe-node); also the default --node-name, and its Hubble socket is /run/loupe/NODE/hubble.sock, its pins /sys/fs/bpf/NODE.")
+    var labNode: String = LabNetwork.nodeNetns
     @Option(help: "Inventory file (Kubernetes YAML) to follow.") var inventory: String?
     @Flag(help: "Follow the Kubernetes API (Namespaces, Pods, CiliumNetworkPolicies) instead of an inventory file: in-cluster (service account) or --kubeconfig.")
     var kubernetes = false
@@ -26,7 +28,7 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "DNS upstream timeout, milliseconds (then SERVFAIL).") var dnsTimeoutMs: Int = 5000
     @Option(help: "Source address of the proxy's upstream connections: pod (the client pod's own, IP_TRANSPARENT; the datapath steers replies back on the pods' veths and the node's uplinks) or node.")
     var upstreamSource: String = "pod"
-    @Option(help: "With --upstream-source pod: an uplink of the node, where replies from remote destinations arrive (repeatable; default: every interface a route leaves by, besides the pods' veths and bridges).")
+    @Option(help: "An uplink of the node, where clients on other nodes come in (local pods' Ingress rules apply) and remote destinations' replies arrive (repeatable; default: every interface a route leaves by, besides the pods' veths and bridges).")
     var uplink: [String] = []
     @Option(help: "Hubble API unix socket (default /var/run/loupe/hubble.sock; with --lab /run/loupe/hubble.sock).")
     var hubbleSocket: String?
@@ -37,7 +39,7 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Hubble API: client certificates must chain to these CAs (PEM; mTLS). Repeatable or comma-separated.")
     var hubbleTlsClientCaFiles: [String] = []
     @Option(help: "This node's name: flows' node_name, and with --kubernetes the pods attached are those with spec.nodeName equal to it (default $NODE_NAME, else loupe-node).")
-    var nodeName: String = ProcessInfo.processInfo.environment["NODE_NAME"].flatMap { $0.isEmpty ? nil : $0 } ?? "loupe-node"
+    var nodeName: String?
     @Option(help: "Proxy event-loop threads (default: one per core).") var threads: Int?
     @Option(help: "Largest HTTP header block accepted, bytes.") var maxHeaderBytes: Int = 64 * 1024
     @Flag(inversion: .prefixedNo, help: "Intercept HTTP/2 (h2c) per stream (flows, policy); --no-intercept-http2 relays it opaque.")
@@ -83,14 +85,15 @@ struct AgentCommand: AsyncParsableCommand {
 
     func run() async throws {
         try requireRoot()
-        if lab && !inNetns(LabNetwork.nodeNetns) {
+        if lab && !inNetns(labNode) {
             // Re-enter ourselves in the node netns before any thread exists: every socket,
             // netlink call and tc attachment of the agent then happens there.
-            guard FileManager.default.fileExists(atPath: "/var/run/netns/\(LabNetwork.nodeNetns)") else {
-                FileHandle.standardError.write(Data("loupe agent --lab: the lab is not up (run `loupe lab up -f FILE`)\n".utf8))
+            guard labNode.hasPrefix(LabNetwork.nodeNamePrefix), FileManager.default.fileExists(atPath: "/var/run/netns/\(labNode)") else {
+                let what = labNode == LabNetwork.nodeNetns ? "the lab is not up (run `loupe lab up -f FILE`)" : "no lab node \(labNode) (see `v1 Node` in the lab's inventory)"
+                FileHandle.standardError.write(Data("loupe agent --lab: \(what)\n".utf8))
                 throw ExitCode(1)
             }
-            var argv = ["nsenter", "--net=/var/run/netns/\(LabNetwork.nodeNetns)", "--", selfExecutable()]
+            var argv = ["nsenter", "--net=/var/run/netns/\(labNode)", "--", selfExecutable()]
             argv += Array(CommandLine.arguments.dropFirst())
             execvpOrFail(argv)
         }
@@ -104,7 +107,8 @@ struct AgentCommand: AsyncParsableCommand {
         cfg.inventoryPath = inventory ?? LabNetwork.resolvedInventoryPath
         cfg.bpfObjectPath = bpfObject ?? defaultBPFObject()
         cfg.policyDirectory = policyDir ?? (lab ? PolicyCommand.labDirectory : cfg.policyDirectory)
-        cfg.hubble.socketPath = hubbleSocket ?? (lab ? "/run/loupe/hubble.sock" : "/var/run/loupe/hubble.sock")
+        cfg.hubble.socketPath = hubbleSocket ?? (lab ? LabNetwork.hubbleSocket(node: labNode) : "/var/run/loupe/hubble.sock")
+        if lab { cfg.pinRoot = LabNetwork.pinRoot(node: labNode) }
         cfg.hubble.tlsCertFile = hubbleTlsCertFile
         cfg.hubble.tlsKeyFile = hubbleTlsKeyFile
         cfg.hubble.tlsClientCAFiles = hubbleTlsClientCaFiles.flatMap { $0.split(separator: ",").map(String.init) }
@@ -117,7 +121,7 @@ struct AgentCommand: AsyncParsableCommand {
         }
         cfg.proxy.upstreamSource = source
         cfg.uplinks = uplink
-        cfg.proxy.nodeName = nodeName
+        cfg.proxy.nodeName = nodeName ?? (lab ? labNode : ProcessInfo.processInfo.environment["NODE_NAME"].flatMap { $0.isEmpty ? nil : $0 } ?? "loupe-node")
         if let threads { cfg.proxy.threads = threads }
         cfg.proxy.maxHeaderBytes = maxHeaderBytes
         cfg.proxy.interceptHTTP2 = interceptHttp2

@@ -39,6 +39,10 @@ struct LabCommand: ParsableCommand {
             try Lab().down()
             // The lab's agent pins its maps here; a crashed agent leaves them behind.
             BPFFilesystem.removePins(in: Datapath.defaultPinRoot)
+            // And the other nodes' agents here (a lab of several nodes).
+            for dir in (try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/bpf")) ?? [] where dir.hasPrefix(LabNetwork.nodeNamePrefix) {
+                BPFFilesystem.removePins(in: "/sys/fs/bpf/" + dir)
+            }
         }
     }
 

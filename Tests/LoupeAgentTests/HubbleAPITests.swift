@@ -2,6 +2,7 @@ import Foundation
 import GRPCCore
 import GRPCInProcessTransport
 @testable import LoupeAgent
+import Logging
 import LoupeAPI
 import LoupeFlow
 import LoupePolicy
@@ -26,7 +27,8 @@ import Testing
         let env = ProxyEnvironment(inventory: Inventory(), flows: FlowStore(capacity: capacity), configuration: ProxyConfiguration())
         let node = HubbleNode(name: "n", version: "test", address: "127.0.0.1:4244")
         let transport = InProcessTransport()
-        let service = ObserverService(environment: env, node: node, followers: Followers())
+        let service = ObserverService(environment: env, node: node, followers: Followers(),
+                                      peers: PeerDirectory(environment: env, selfNode: node, hubblePort: nil, probing: false, logger: Logger(label: "test")))
         return try await withGRPCServer(transport: transport.server, services: [service]) { _ in
             try await withGRPCClient(transport: transport.client) { client in
                 try await body(env, Observer_Observer.Client(wrapping: client))
@@ -151,5 +153,19 @@ import Testing
         let l7 = flow(2)
         #expect(Flow(Flow_Flow(l7)) == l7)
         #expect(Flow_Flow(l7).eventType.type == 129)
+    }
+
+    /// Hubble's peers: this node first with its own address, the inventory's other nodes at
+    /// InternalIP (IPv4 first) and the Hubble port, TLS names in Cilium's scheme.
+    @Test func peersAreTheInventorysNodes() {
+        var me = HubbleNode(name: "a", version: "test", address: "10.0.0.1:4244")
+        let nodes = [ClusterNode(name: "a", addresses: ["10.0.0.1"]), ClusterNode(name: "b", addresses: ["fd00::2", "10.0.0.2"]),
+                     ClusterNode(name: "c.x", addresses: ["fd00::3"]), ClusterNode(name: "d")]
+        #expect(PeerDirectory.peers(nodes: nodes, selfNode: me, port: 4244).map { "\($0.name) \($0.address)" }
+                == ["a 10.0.0.1:4244", "b 10.0.0.2:4244", "c.x [fd00::3]:4244"])
+        #expect(PeerDirectory.peers(nodes: [], selfNode: me, port: nil).map(\.name) == ["a"])
+        me.tlsServerName = "a.default.hubble-grpc.cilium.io"
+        #expect(PeerDirectory.peers(nodes: nodes, selfNode: me, port: 4244).compactMap(\.tlsServerName)
+                == ["a.default.hubble-grpc.cilium.io", "b.default.hubble-grpc.cilium.io", "c-x.default.hubble-grpc.cilium.io"])
     }
 }

@@ -102,14 +102,17 @@ final class TCFromPodTests {
         #expect(try run(syn).counters == [.notSelected: 1])
     }
 
-    /// An uplink entry steers replies only: the rules keyed by address do not apply there.
-    @Test func uplinkAppliesNoRules() throws {
+    /// On an uplink the local pods' Ingress rules (by address) apply to remote clients; no
+    /// Egress rule is keyed by an uplink.
+    @Test func uplinkAppliesIngressRules() throws {
         let listener = try TCPSocket.listen()
         defer { close(listener.fd) }
         try datapath.setEndpoints([lo: EndpointEntry(id: 0, steerReplies: true, uplink: true)])
         try datapath.setRedirects([RedirectEntry(match: .ingress(address: [198, 18, 0, 11]), port: 8080, proxyPort: listener.port)])
-        let r = try run(Packet.ipv4TCP(src: "198.19.0.10", sport: 40000, dst: "198.18.0.11", dport: 8080, syn: true))
-        #expect(r.counters == [.notSelected: 1])
+        let hit = try run(Packet.ipv4TCP(src: "198.18.1.10", sport: 40000, dst: "198.18.0.11", dport: 8080, syn: true))
+        #expect(hit.counters == [Self.socketFound: 1])
+        let other = try run(Packet.ipv4TCP(src: "198.18.1.10", sport: 40000, dst: "198.18.0.12", dport: 8080, syn: true))
+        #expect(other.counters == [.notSelected: 1])
     }
 
     @Test func unselectedPortPasses() throws {

@@ -32,8 +32,9 @@ struct loupe_endpoint {
  * belongs to such a socket (found by its 4-tuple, carrying LOUPE_MARK_FROM_PROXY) is assigned
  * to it instead of being routed to the pod. */
 #define LOUPE_ENDPOINT_STEER_REPLIES 0x2
-/* Not a pod: the node's uplink (entry keyed by its ifindex), where replies from remote
- * destinations arrive. No redirect rule applies to it; only replies are steered. */
+/* Not a pod: the node's uplink (entry keyed by its ifindex), where clients on other nodes and
+ * in the world come in (the local pods' Ingress rules apply to them) and where replies from
+ * remote destinations arrive (steered with LOUPE_ENDPOINT_STEER_REPLIES). */
 #define LOUPE_ENDPOINT_UPLINK    0x4
 
 /* Redirect rule key. Egress rules: ifindex = the pod's veth, addr all-zero.

@@ -51,7 +51,8 @@ def test_rbac_only_reads_what_the_agent_reads(rendered):
     _, objects = rendered
     rules = objects[("ClusterRole", "loupe")]["rules"]
     granted = {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
-    reads = {("", "namespaces"), ("", "pods"), ("cilium.io", "ciliumnetworkpolicies"), ("cilium.io", "ciliumclusterwidenetworkpolicies")}
+    reads = {("", "namespaces"), ("", "pods"), ("", "nodes"), ("cilium.io", "ciliumnetworkpolicies"),
+             ("cilium.io", "ciliumclusterwidenetworkpolicies")}
     assert granted == {(g, r, v) for g, r in reads for v in ("get", "list", "watch")}
     assert not any(k[0] in ("Role", "RoleBinding") for k in objects)
     binding = objects[("ClusterRoleBinding", "loupe")]

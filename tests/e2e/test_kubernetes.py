@@ -224,6 +224,45 @@ def test_a_pod_on_another_node_is_a_flow_peer(kube):
         kubectl(api, "delete", "namespace", "remote")
 
 
+def test_nodes_from_the_api_are_the_hubble_peers(kube):
+    """Relay finds every node through one agent's Peer/Notify: the Nodes the API lists, at
+    their InternalIP and the Hubble port; a Node deleted → PEER_DELETED."""
+    import grpc
+    from test_hubble_api import peer_pb2, peer_pb2_grpc
+    api = kube["api"]
+    node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-b"},
+            "status": {"addresses": [{"type": "Hostname", "address": "node-b"}, {"type": "InternalIP", "address": "198.19.0.20"}]}}
+    kubectl(api, "create", "-f", "-", "--validate=false", input=json.dumps(node))
+    try:
+        def peers(timeout=1.5):
+            got = []
+            ch = grpc.insecure_channel("unix:///run/loupe/hubble.sock")
+            try:
+                for p in peer_pb2_grpc.PeerStub(ch).Notify(peer_pb2.NotifyRequest(), timeout=timeout):
+                    got.append((p.name, p.address, p.type))
+            except grpc.RpcError:
+                pass
+            ch.close()
+            return got
+        assert wait(lambda: ("node-b", "198.19.0.20:4244", peer_pb2.PEER_ADDED) in peers(), 10) is not None, peers()
+        assert peers()[0][:2] == ("loupe-node", "198.18.0.1:4244")
+        changes = []
+        ch = grpc.insecure_channel("unix:///run/loupe/hubble.sock")
+        stream = peer_pb2_grpc.PeerStub(ch).Notify(peer_pb2.NotifyRequest(), timeout=8)
+        kubectl(api, "delete", "node", "node-b")
+        try:
+            for p in stream:
+                changes.append((p.name, p.type))
+                if (p.name, p.type) == ("node-b", peer_pb2.PEER_DELETED):
+                    break
+        except grpc.RpcError:
+            pass
+        ch.close()
+        assert ("node-b", peer_pb2.PEER_DELETED) in changes, changes
+    finally:
+        kubectl(api, "delete", "node", "node-b", check=False)
+
+
 def test_a_recreated_pod_gets_its_new_veth_and_the_old_attachment_goes(kube, lab, tmp_path):
     api = kube["api"]
     before = {e["pod"]: e for e in status()["endpoints"]}["backend/bulk"]

@@ -117,7 +117,6 @@ def test_node_source_keeps_the_node_address(running_agent):
         assert curl(f"http://[{WEB6}]/peer") == NODE6
         assert curl(f"http://{WORLD_API}/peer-node") != ""
         assert log_shows("world_api.log", rf'(?m)^{re.escape(NODE4)} - - .*"GET /peer-node HTTP/1.1"', api)
-        assert not any(e.get("shape") == "uplink" for e in status()["endpoints"])
     finally:
         running_agent.stop()
         running_agent.start()

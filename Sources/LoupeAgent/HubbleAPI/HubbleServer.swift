@@ -56,14 +56,20 @@ public final class HubbleServer: Service, Sendable {
         let nodeName = environment.configuration.nodeName
         var node = HubbleNode(name: nodeName, version: LoupeVersion.current, address: "unix://\(c.socketPath)")
         if let (host, port) = c.listenAddress {
-            node.address = Self.hostPort(host.isEmpty ? Self.advertisedAddress() : host, port)
+            // Every address: this node's InternalIP when the inventory lists it (what the other
+            // nodes list too), else the first non-loopback address.
+            let internalIPs = environment.snapshot.inventory.nodes.first { $0.name == nodeName }?.addresses
+            let own = internalIPs?.first { !$0.contains(":") } ?? internalIPs?.first
+            node.address = Self.hostPort(host.isEmpty ? own ?? Self.advertisedAddress() : host, port)
         }
         if c.tls {
             node.tlsServerName = "\(nodeName.replacingOccurrences(of: ".", with: "-")).\(c.clusterName).hubble-grpc.cilium.io"
         }
+        let directory = PeerDirectory(environment: environment, selfNode: node, hubblePort: c.listenAddress?.port,
+                                      probing: !c.tls, logger: logger)
         let services: [any RegistrableRPCService] = [
-            ObserverService(environment: environment, node: node, followers: followers),
-            PeerService(node: node, followers: followers),
+            ObserverService(environment: environment, node: node, followers: followers, peers: directory),
+            PeerService(directory: directory, followers: followers),
             HealthService(followers: followers),
             AgentStatusService(environment: environment, node: node, readings: readings),
         ]
@@ -91,6 +97,7 @@ public final class HubbleServer: Service, Sendable {
         try await withGracefulShutdownHandler {
             try await withThrowingDiscardingTaskGroup { tasks in
                 for server in servers { tasks.addTask { try await server.serve() } }
+                tasks.addTask { try await directory.run() }
                 _ = try await unix.listeningAddress // bound
                 chmod(c.socketPath, 0o600)
                 var where_ = "unix://\(c.socketPath)"

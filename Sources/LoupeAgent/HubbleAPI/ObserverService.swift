@@ -27,6 +27,7 @@ struct ObserverService: Observer_Observer.SimpleServiceProtocol {
     let environment: ProxyEnvironment
     let node: HubbleNode
     let followers: Followers
+    let peers: PeerDirectory
     /// A follower's queue: beyond this many flows waiting, new flows are dropped for it and
     /// reported to it as lost events (OBSERVER_EVENTS_QUEUE).
     static let followerQueueLimit = 16_384
@@ -176,8 +177,22 @@ struct ObserverService: Observer_Observer.SimpleServiceProtocol {
         if request.follow { await waitUntilEnded(followers) }
     }
 
+    /// This node with its flow counts, then the other nodes of the cluster (`PeerDirectory`):
+    /// CONNECTED when their Hubble API answered the last probe, UNAVAILABLE when it did not,
+    /// UNKNOWN before the first probe.
     func getNodes(request: Observer_GetNodesRequest, context: ServerContext) async throws -> Observer_GetNodesResponse {
         let store = environment.flows
+        let others: [Observer_Node] = peers.reachability.filter { $0.peer.name != node.name }.map { peer, answering in
+            .with { n in
+                n.name = peer.name
+                n.address = peer.address
+                n.state = answering.map { $0 ? .nodeConnected : .nodeUnavailable } ?? .unknownNodeState
+                n.tls = .with {
+                    $0.enabled = peer.tlsServerName != nil
+                    $0.serverName = peer.tlsServerName ?? ""
+                }
+            }
+        }
         return .with {
             $0.nodes = [.with { n in
                 n.name = node.name
@@ -192,7 +207,7 @@ struct ObserverService: Observer_Observer.SimpleServiceProtocol {
                 n.seenFlows = store.totalFlows
                 n.maxFlows = UInt64(store.capacity)
                 n.numFlows = min(n.seenFlows, n.maxFlows)
-            }]
+            }] + others
         }
     }
 

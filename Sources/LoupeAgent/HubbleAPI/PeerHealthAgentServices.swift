@@ -3,20 +3,25 @@ import LoupeAPI
 import LoupeBPF
 import LoupeProxy
 
-/// `peer.Peer`: the nodes Hubble Relay should dial. One node today (this one), sent as
-/// PEER_ADDED; the stream then stays open for changes until the client hangs up.
+/// `peer.Peer`: the nodes Hubble Relay should dial (`PeerDirectory`): every one as PEER_ADDED,
+/// then the changes until the client hangs up or the agent shuts down.
 struct PeerService: Peer_Peer.SimpleServiceProtocol {
-    let node: HubbleNode
+    let directory: PeerDirectory
     let followers: Followers
 
     func notify(request: Peer_NotifyRequest, response: RPCWriter<Peer_ChangeNotification>, context: ServerContext) async throws {
-        try await response.write(.with {
-            $0.name = node.name
-            $0.address = node.address
-            $0.type = .peerAdded
-            if let name = node.tlsServerName { $0.tls = .with { $0.serverName = name } }
-        })
-        await waitUntilEnded(followers)
+        let (id, peers, changes) = directory.subscribe()
+        let end = followers.add { directory.cancel(id) }
+        defer {
+            followers.remove(end)
+            directory.cancel(id)
+        }
+        for peer in peers { try await response.write(PeerDirectory.notification(peer, .peerAdded)) }
+        try await withRPCCancellationHandler {
+            for await change in changes { try await response.write(change) }
+        } onCancelRPC: {
+            directory.cancel(id)
+        }
     }
 }
 

@@ -30,6 +30,7 @@ public struct KubernetesResource: Sendable, Hashable {
 
     public static let namespaces = KubernetesResource(name: "namespaces", groupVersion: "v1", optional: false)
     public static let pods = KubernetesResource(name: "pods", groupVersion: "v1", optional: false)
+    public static let nodes = KubernetesResource(name: "nodes", groupVersion: "v1", optional: false)
     public static let ciliumNetworkPolicies = KubernetesResource(name: "ciliumnetworkpolicies", groupVersion: "cilium.io/v2", optional: true)
     public static let ciliumClusterwideNetworkPolicies = KubernetesResource(name: "ciliumclusterwidenetworkpolicies", groupVersion: "cilium.io/v2", optional: true)
 }

@@ -12,7 +12,7 @@ public struct KubernetesConfiguration: Sendable {
     public init(config: KubeConfig) { self.config = config }
 }
 
-/// Service: the Kubernetes API as the agent's source of namespaces, pods and
+/// Service: the Kubernetes API as the agent's source of namespaces, pods, nodes and
 /// CiliumNetworkPolicies. One informer per resource, each keeping its objects as the model's
 /// values (decoded once per event); they make the same `Inventory` and policy list the
 /// inventory file and the policy directory give, published to the `ClusterView` (coalesced: at
@@ -36,6 +36,8 @@ public final class KubernetesSource: Service, Sendable {
     private let client: KubernetesClient
     private let namespaces: Informer<Namespace>
     private let pods: Informer<Pod?>
+    /// Nodes: Hubble's peers (not needed before the first rebuild: until listed, only this node).
+    private let nodes: Informer<ClusterNode>
     private let policies: [Informer<Result<[CiliumNetworkPolicy], PolicyRejection>>]
     /// The informers' objects (a class: the informers' callbacks share it before `self` exists).
     final class Shared: Sendable {
@@ -63,6 +65,7 @@ public final class KubernetesSource: Service, Sendable {
         namespaces = Informer(resource: .namespaces, client: client, timing: timing, logger: logger,
                               decode: Self.namespace, changed: changed)
         pods = Informer(resource: .pods, client: client, timing: timing, logger: logger, decode: Self.pod, changed: changed)
+        nodes = Informer(resource: .nodes, client: client, timing: timing, logger: logger, decode: Self.node, changed: changed)
         policies = [KubernetesResource.ciliumNetworkPolicies, .ciliumClusterwideNetworkPolicies].map { resource in
             Informer(resource: resource, client: client, timing: timing, logger: logger,
                      decode: { Self.policy($0, resource: resource) }, changed: changed)
@@ -71,7 +74,7 @@ public final class KubernetesSource: Service, Sendable {
 
     /// Every informer's run loop and status, whatever its value type.
     private var runners: [Runner] {
-        [Runner(namespaces), Runner(pods)] + policies.map(Runner.init)
+        [Runner(namespaces), Runner(pods), Runner(nodes)] + policies.map(Runner.init)
     }
 
     struct Runner: Sendable {
@@ -117,6 +120,7 @@ public final class KubernetesSource: Service, Sendable {
         var inventory = Inventory()
         inventory.namespaces = namespaceValues.values.sorted { $0.name < $1.name }
         inventory.pods = podValues.values.compactMap { $0 }.sorted { ($0.namespace, $0.name) < ($1.namespace, $1.name) }
+        inventory.nodes = (nodes.objects() ?? [:]).values.sorted { $0.name < $1.name }
         var accepted: [CiliumNetworkPolicy] = []
         var rejected: [String] = []
         for informer in policies {
@@ -167,6 +171,16 @@ public final class KubernetesSource: Service, Sendable {
         return Pod(name: o.name, namespace: o.namespace ?? "default", labels: strings(o.metadata["labels"]),
                    annotations: strings(o.metadata["annotations"]), ips: ips,
                    nodeName: spec["nodeName"] as? String ?? "", hostNetwork: spec["hostNetwork"] as? Bool ?? false)
+    }
+
+    /// A node: its name and InternalIP addresses (where its agent's Hubble API listens).
+    static func node(_ o: KubeObject) -> ClusterNode {
+        let status = o.json["status"] as? [String: Any] ?? [:]
+        let addresses = (status["addresses"] as? [Any] ?? []).compactMap { entry -> String? in
+            guard let e = entry as? [String: Any], e["type"] as? String == "InternalIP" else { return nil }
+            return e["address"] as? String
+        }
+        return ClusterNode(name: o.name, addresses: addresses)
     }
 
     /// The policy as the strict parser reads a file: the API's bookkeeping (uid,

@@ -42,6 +42,7 @@ RESOURCES = {
     # name: (groupVersion, kind, namespaced)
     "namespaces": ("v1", "Namespace", False),
     "pods": ("v1", "Pod", True),
+    "nodes": ("v1", "Node", False),
     "ciliumnetworkpolicies": ("cilium.io/v2", "CiliumNetworkPolicy", True),
     "ciliumclusterwidenetworkpolicies": ("cilium.io/v2", "CiliumClusterwideNetworkPolicy", False),
 }
