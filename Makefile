@@ -43,10 +43,13 @@ test: build
 	LOUPE_AGENT_ROOTFS=$(IMAGE_ROOTFS) python3 -m pytest -v tests/e2e/test_image.py tests/e2e/test_spine.py
 
 # The image's binary: release, the Swift runtime linked in (--static-swift-stdlib), stripped.
+# Its own scratch directory, so it and the benchmarks' plain release build do not rebuild
+# each other.
 IMAGE_ROOTFS ?= .build/image-rootfs
+IMAGE_SCRATCH ?= .build/image-build
 image-binary: deps
-	swift build -c release --static-swift-stdlib --product loupe
-	install -D -m 0755 .build/release/loupe .build/image/loupe
+	swift build -c release --static-swift-stdlib --product loupe --scratch-path $(IMAGE_SCRATCH)
+	install -D -m 0755 $(IMAGE_SCRATCH)/release/loupe .build/image/loupe
 	strip --strip-unneeded .build/image/loupe
 
 # The image's content as a directory (debootstrap; see deploy/image/Containerfile), and its size.

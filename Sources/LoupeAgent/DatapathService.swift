@@ -318,7 +318,7 @@ public final class DatapathService: Service, @unchecked Sendable {
             }
         }
         environment.update(inventory: inventory, policy: policy)
-        logger.info("inventory applied: \(plan.pods.count) pods (\(attachments.count) attached, \(unresolved.count) unresolved), \(merged.count) redirect rules ( \(merged.filter(\.enforce).count) enforced), \(ifindexes.count) interfaces (\(uplinks.count) uplinks), \(policy.policies.count) policies")
+        logger.info("inventory applied: \(plan.pods.count) pods (\(attachments.count) attached, \(unresolved.count) unresolved), \(merged.count) redirect rules (\(merged.filter(\.enforce).count) enforced), \(ifindexes.count) interfaces (\(uplinks.count) uplinks), \(policy.policies.count) policies")
     }
 
     static func modificationStamp(_ path: String) -> (Int, Int)? {

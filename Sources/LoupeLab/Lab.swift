@@ -59,6 +59,7 @@ public struct Lab {
         if previous == nil || !nodes.allSatisfy(existing.contains) {
             // No usable state: whatever carries our prefix is a crashed run's leftover.
             try removeEverything(quiet: true)
+            existing = []
             for d in [stateDirectory, pidDirectory, logDirectory, podsDirectory] {
                 try fm.createDirectory(atPath: d, withIntermediateDirectories: true)
             }
