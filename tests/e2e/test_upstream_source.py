@@ -1,8 +1,9 @@
-"""`--upstream-source pod` (the default): destinations see the client pod's own address.
+"""`--upstream-source pod` (the default): destination pods see the client pod's own address.
 
 The proxy's upstream socket binds the client pod's address (IP_TRANSPARENT); the tc program on
-the destination pod's veth (local pods) or on the node's uplink (the lab's world link, where
-remote destinations answer) hands the replies back to that socket. Checked with the servers'
+the destination pod's veth (local pods) or on the node's uplink (pods on other nodes, see
+test_two_nodes.py) hands the replies back to that socket. Destinations that are not pods (the
+world here) keep the node's address. Checked with the servers'
 own view of their peer: nginx answers `$remote_addr` on /peer and writes it in its access log,
 python's http.server, the gRPC server, the raw TCP and splice servers and the world's HTTPS
 server log each peer. Real clients (curl, grpcio, python sockets) in shop/client
@@ -96,13 +97,14 @@ def test_servers_local_and_remote_see_the_client_pod(running_agent):
     assert in_pod("shop/client", "python3", "-c", RAW_CLIENT, BULK, "7100", "greeting").stdout.strip() == "ping"
     assert log_shows("backend_bulk_tcp.log", rf"(?m)^{re.escape(CLIENT4)} connected to 7100$", bulk)
     assert status()["splice"]["started"] > spliced, "the 7100 connection was spliced"
-    # Remote destinations (beyond the uplink): HTTP and HTTPS interception.
+    # The world is not a pod: a real node masquerades traffic leaving for it (NAT the datapath
+    # cannot see past), so it keeps the node's address; pods on other nodes: test_two_nodes.py.
     assert curl(f"http://{WORLD_API}/peer-world") != ""
-    assert log_shows("world_api.log", rf'(?m)^{re.escape(CLIENT4)} - - .*"GET /peer-world HTTP/1.1"', api)
+    assert log_shows("world_api.log", rf'(?m)^{re.escape(NODE4)} - - .*"GET /peer-world HTTP/1.1"', api)
     assert curl("--cacert", TRUST, "--resolve", f"secure.example.test:8443:{WORLD_SECURE}",
                 "https://secure.example.test:8443/peer-secure") == "hello over tls"
-    assert log_shows("world_secure.log", rf'(?m)^{re.escape(CLIENT4)} "GET /peer-secure HTTP/1.1" 200', secure)
-    # The replies came back through the datapath's steering, on the pods' veths and the uplink.
+    assert log_shows("world_secure.log", rf'(?m)^{re.escape(NODE4)} "GET /peer-secure HTTP/1.1" 200', secure)
+    # The replies came back through the datapath's steering, on the pods' veths.
     assert reply_assigned() > before
     endpoints = status()["endpoints"]
     assert any(e.get("shape") == "uplink" and e.get("interface") == "lxcworld" for e in endpoints), endpoints
@@ -135,3 +137,4 @@ def test_fail_open_with_the_proxy_killed(running_agent):
     # Visibility-only ports pass straight through: the pod reaches the server itself.
     assert curl(f"http://{WEB4}/peer") == CLIENT4
     assert curl(f"http://{WORLD_API}/peer-fail-open") != ""
+    assert curl("--http2-prior-knowledge", f"http://{WEB4}:8080/peer") == CLIENT4

@@ -12,9 +12,9 @@ import Synchronization
 /// the inventory's `v1 Node` objects, this node alone when there are none — at its InternalIP
 /// and this agent's Hubble port (this node: the address its API advertises). A Service: it
 /// follows inventory changes (PEER_ADDED / PEER_DELETED / PEER_UPDATED for a new address) and
-/// asks the other nodes' Hubble API for ServerStatus every two seconds; a node whose agent is
-/// back (answering again, or with a smaller uptime: restarted) is sent as PEER_UPDATED, so
-/// Relay reconnects at once instead of at its next backoff.
+/// asks the other nodes' Hubble API for ServerStatus every two seconds (16 nodes per round, in
+/// turn); a node whose agent is back (answering again, or with a smaller uptime: restarted) is
+/// sent as PEER_UPDATED, so Relay reconnects at once instead of at its next backoff.
 final class PeerDirectory: Service, Sendable {
     struct Peer: Sendable, Equatable {
         var name: String
@@ -32,6 +32,7 @@ final class PeerDirectory: Service, Sendable {
         var subscribers: [UInt64: AsyncStream<Peer_ChangeNotification>.Continuation] = [:]
         var next: UInt64 = 1
         var probes: [String: Probe] = [:]
+        var probeCursor = 0
         var closed = false
     }
 
@@ -151,9 +152,19 @@ final class PeerDirectory: Service, Sendable {
         }
     }
 
-    /// ServerStatus on every other node (1 s each, concurrently); a node back → PEER_UPDATED.
+    /// At most this many nodes are asked per round (every 2 s), in turn: a large cluster is not
+    /// dialled all at once by every agent (each node is then asked every N/16 rounds).
+    static let probesPerRound = 16
+
+    /// ServerStatus on the next other nodes (1 s each, concurrently); a node back → PEER_UPDATED.
     private func probeOthers() async {
-        let others = state.withLock { s in s.peers.filter { $0.name != selfNode.name } }
+        let others = state.withLock { s -> [Peer] in
+            let all = s.peers.filter { $0.name != selfNode.name }
+            guard all.count > Self.probesPerRound else { return all }
+            let start = s.probeCursor % all.count
+            s.probeCursor = start + Self.probesPerRound
+            return (0..<Self.probesPerRound).map { all[(start + $0) % all.count] }
+        }
         guard !others.isEmpty else { return }
         await withTaskGroup(of: (Peer, UInt64?).self) { group in
             for peer in others {

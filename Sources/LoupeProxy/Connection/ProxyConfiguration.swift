@@ -46,10 +46,12 @@ public struct ProxyConfiguration: Sendable {
 
 /// `--upstream-source`: the source address of the proxy's upstream connections.
 public enum UpstreamSource: String, Sendable, CaseIterable {
-    /// The client pod's address, as Cilium's Envoy and Istio's ztunnel keep it: destinations,
-    /// their access logs and their NetworkPolicies see the real client. Not for a destination
-    /// that is the client itself or an address of the node (their replies never cross a tc
-    /// hook): those connections come from the node.
+    /// The client pod's address, as Cilium's Envoy and Istio's ztunnel keep it: destination
+    /// pods, their access logs and their NetworkPolicies see the real client. For pods only: a
+    /// destination that is not a pod (a Service VIP that kube-proxy translates after the proxy,
+    /// the world behind the node's masquerade) would answer through NAT the datapath cannot see
+    /// past, and the client itself or an address of the node answers without crossing a tc
+    /// hook: those connections come from the node.
     case pod
     /// The node's address (the route's source).
     case node

@@ -116,8 +116,11 @@ final class ProxyConnection {
             .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
             .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
             .connectTimeout(.milliseconds(cfg.connectTimeoutMilliseconds))
-        // The client pod's own address as the source (the datapath steers the replies back).
-        if cfg.upstreamSource == .pod, let source = environment.upstreamSource.source(client: downstream.remoteAddress, target: target) {
+        // The client pod's own address as the source (the datapath steers the replies back), to
+        // pods only: on the way to a Service VIP (kube-proxy's DNAT after the proxy) or the world
+        // (the node's masquerade) NAT would hide the replies from the datapath.
+        if cfg.upstreamSource == .pod, context.destination.podName != nil,
+           let source = environment.upstreamSource.source(client: downstream.remoteAddress, target: target) {
             for (option, value) in UpstreamSourceAddress.options(for: source) { _ = bootstrap.channelOption(option, value: value) }
             _ = bootstrap.bind(to: source)
         }
