@@ -129,18 +129,22 @@ final class PeerDirectory: Service, Sendable {
         for c in ends { c.finish() }
     }
 
-    /// The differences from the current list, to every subscriber.
+    /// The differences from the current list, to every subscriber (by name: a pod event changes
+    /// the inventory's generation every time, the node list rarely).
     private func apply(_ wanted: [Peer]) {
         state.withLock { s in
+            guard wanted != s.peers else { return }
+            let before = Dictionary(s.peers.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+            let after = Set(wanted.map(\.name))
             var changes: [Peer_ChangeNotification] = []
             for p in wanted {
-                if let old = s.peers.first(where: { $0.name == p.name }) {
+                if let old = before[p.name] {
                     if old != p { changes.append(Self.notification(p, .peerUpdated)) }
                 } else {
                     changes.append(Self.notification(p, .peerAdded))
                 }
             }
-            for old in s.peers where !wanted.contains(where: { $0.name == old.name }) {
+            for old in s.peers where !after.contains(old.name) {
                 changes.append(Self.notification(old, .peerDeleted))
                 s.probes[old.name] = nil
             }
