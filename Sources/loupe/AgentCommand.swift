@@ -26,7 +26,7 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Transparent proxy port.") var proxyPort: Int = 15001
     @Option(help: "Transparent DNS (UDP) port.") var dnsPort: Int = 15053
     @Option(help: "DNS upstream timeout, milliseconds (then SERVFAIL).") var dnsTimeoutMs: Int = 5000
-    @Option(help: "Source address of the proxy's upstream connections: pod (the client pod's own, IP_TRANSPARENT; the datapath steers replies back on the pods' veths and the node's uplinks) or node.")
+    @Option(help: "Source address of the proxy's upstream connections: pod (to pods, the client pod's own, IP_TRANSPARENT, the datapath steering replies back on the pods' veths and the node's uplinks; to anything else the node's) or node.")
     var upstreamSource: String = "pod"
     @Option(help: "An uplink of the node, where clients on other nodes come in (local pods' Ingress rules apply) and remote destinations' replies arrive (repeatable; default: every interface a route leaves by, besides the pods' veths and bridges).")
     var uplink: [String] = []

@@ -48,8 +48,8 @@ struct LabCommand: ParsableCommand {
 
     struct Exec: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Run a command inside a pod's netns (NAMESPACE/POD), or `node`/`world`.")
-        @Argument(help: "NAMESPACE/POD, node or world.") var target: String
+            abstract: "Run a command inside a pod's netns (NAMESPACE/POD), a node's (`node`: the first; `node:NAME`) or the world's.")
+        @Argument(help: "NAMESPACE/POD, node, node:NAME or world.") var target: String
         @Argument(parsing: .captureForPassthrough, help: "The command (after --).") var command: [String] = []
 
         func run() throws {
