@@ -67,6 +67,11 @@ gcc -shared -fPIC -O2 -Wall -o .build/transparent_bind.so bench/transparent_bind
   { WHY_NOT[nginx]="bench/transparent_bind.c did not build"; WHY_NOT[dnsdist]=${WHY_NOT[dnsdist]:-${WHY_NOT[nginx]}}; }
 command -v haproxy >/dev/null || WHY_NOT[haproxy]=${WHY_NOT[haproxy]:-haproxy not installed}
 command -v dnsdist >/dev/null || WHY_NOT[dnsdist]=${WHY_NOT[dnsdist]:-dnsdist not installed}
+# A run without a contender has no ratio to it: stop before measuring anything.
+if ((${#WHY_NOT[@]})); then
+  for c in "${!WHY_NOT[@]}"; do echo "bench: contender $c missing: ${WHY_NOT[$c]}" >&2; done
+  exit 1
+fi
 
 # --- The lab: nginx (HTTP/1.1 :80, h2c :8080, TLS+h2 :8443), iperf3, dnsmasq, two client pods.
 "$LOUPE" lab down >/dev/null
@@ -146,10 +151,30 @@ iperf_run() {
 print("%.2f %d %.0f" % (e["bits_per_second"]/1e9, e["bytes"] >> 20, t*1000/int(sys.argv[2])/g if g else 0))' "$((t1 - t0))" "$(getconf CLK_TCK)"
 }
 
-# Results: V[test/contender] = one line per round ("RATE COMPLETED ERRORS" as the tool printed).
+# CPU time (utime + stime, clock ticks) of a process and every process below it, from /proc:
+# nginx's workers are its master's children, and `lab exec` forks what it runs.
+tree_ticks() {
+  local root=$1
+  [[ -n "$root" ]] || { echo 0; return; }
+  awk -v root="$root" 'FNR == 1 { sub(/^[^)]*\) /, ""); ppid[FILENAME] = $2; t[FILENAME] = $12 + $13; pid[FILENAME] = FILENAME }
+    END { for (f in ppid) { split(f, a, "/"); p[a[3]] = ppid[f]; ticks[a[3]] = t[f] }
+          for (q in p) { x = q; while (x != "" && x != root && x != 1 && x != 0) x = p[x]; if (x == root) s += ticks[q] }
+          print s + 0 }' /proc/[0-9]*/stat 2>/dev/null
+}
+# The proxy measured for a contender: none for direct, the agent for Loupe, else the contender.
+proxy_pid() { case $1 in direct) ;; loupe) echo "$AGENT_PID" ;; *) echo "$CONTENDER_PID" ;; esac; }
+CLK=$(getconf CLK_TCK)
+# Results: V[test/contender] = one line per round: what the tool printed ("RATE COMPLETED
+# ERRORS"; latency "P50 P99 COMPLETED ERRORS"), then the proxy's CPU µs per completed request.
 declare -A V
 measure() { # measure TEST CONTENDER FN POD: runs FN once, keeps its line, shows it
-  local out; out=$($3 "$4" "$2")
+  local out pid t0 t1 n cpu=n/a
+  pid=$(proxy_pid "$2"); t0=$(tree_ticks "$pid")
+  out=$($3 "$4" "$2")
+  t1=$(tree_ticks "$pid")
+  n=$(awk -v f="$([[ $1 == lat ]] && echo 3 || echo 2)" '{print $f}' <<<"$out")
+  [[ -n "$pid" && "$n" -gt 0 ]] 2>/dev/null && cpu=$(awk -v d="$((t1 - t0))" -v n="$n" -v c="$CLK" 'BEGIN{printf "%.1f", d * 1e6 / c / n}')
+  out="$out $cpu"
   echo "$1 $2: $out" >&2
   V[$1/$2]+="$out"$'\n'
 }
@@ -327,7 +352,9 @@ check "the datapath never failed open (every redirected connection reached Loupe
 
 # --- The table.
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b == "n/a" || a == "n/a" || b == 0) print "n/a"; else printf "%.2f", a/b }'; }
-table() { printf '\n%-40s %12s' "$1" "$2"; shift 2; printf ' %9s' "$@"; echo; }
+table() { printf '\n%-40s %12s' "$1" "$2"; shift 2; printf ' %9s' "$@"; printf ' %11s\n' "CPU µs/req"; }
+# cpu TEST CONTENDER: the median of the proxy's CPU µs per request (the last field of each round)
+cpu() { [[ -n "${V[$1/$2]:-}" ]] && printf '%s' "${V[$1/$2]}" | awk 'NF && $NF != "n/a" {print $NF}' | median || echo n/a; }
 cell() { [[ -n "${WHY_NOT[$1]:-}" ]] && echo "not measured: ${WHY_NOT[$1]}" || echo n/a; }
 # row TEST CONTENDER LABEL BASE-CONTENDER…: the median rate and its ratio to each base's median
 row() {
@@ -335,7 +362,8 @@ row() {
   v=$(med "$t" "$c")
   if [[ "$v" == n/a ]]; then printf '%-40s %12s   %s\n' "$label" n/a "$(cell "$c")"; return; fi
   printf '%-40s %12s' "$label" "$v"
-  for b in "$@"; do printf ' %9s' "$(ratio "$v" "$(med "$t" "$b")")"; done; echo
+  for b in "$@"; do printf ' %9s' "$(ratio "$v" "$(med "$t" "$b")")"; done
+  printf ' %11s\n' "$(cpu "$t" "$c")"
 }
 echo
 echo "Loupe benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'), ${D}s runs, medians of $ROUNDS rounds; $(nproc) cores, kernel $(uname -r)"
@@ -353,11 +381,11 @@ table "DNS (dnsperf -c4, UDP)" qps /direct /dnsdist
 row dns direct "direct (pod → dnsmasq)" direct dnsdist
 row dns loupe "Loupe (redirect + DNS proxy + flows)" direct dnsdist
 row dns dnsdist "dnsdist 1.7 (same redirect)" direct dnsdist
-printf '\n%-40s %9s %9s %12s %12s\n' "Latency at 1,000 req/s (HTTP/1.1, 10 conns)" "p50 µs" "p99 µs" "+p50 µs" "+p99 µs"
+printf '\n%-40s %9s %9s %12s %12s %11s\n' "Latency at 1,000 req/s (HTTP/1.1, 10 conns)" "p50 µs" "p99 µs" "+p50 µs" "+p99 µs" "CPU µs/req"
 for c in direct loupe envoy haproxy nginx; do
   p50=$(med lat $c 1); p99=$(med lat $c 2)
   if [[ "$p50" == n/a ]]; then printf '%-40s %9s   %s\n' "$c" n/a "$(cell $c)"; continue; fi
-  printf '%-40s %9s %9s %12s %12s\n' "$c" "$p50" "$p99" "$(( p50 - $(med lat direct 1) ))" "$(( p99 - $(med lat direct 2) ))"
+  printf '%-40s %9s %9s %12s %12s %11s\n' "$c" "$p50" "$p99" "$(( p50 - $(med lat direct 1) ))" "$(( p99 - $(med lat direct 2) ))" "$(cpu lat $c)"
 done
 table "HTTPS, ALPN h2 (h2load -c16 -m16)" req/s /direct /Envoy
 row tls direct "direct (pod → nginx TLS)" direct envoy

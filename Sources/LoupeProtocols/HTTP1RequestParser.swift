@@ -32,6 +32,39 @@ public struct HTTP1RequestParser: Sendable {
         /// The request asked to leave HTTP/1 (an `Upgrade` header, or `CONNECT`): the parser
         /// stops after it.
         public var leavesHTTP: Bool
+        /// The framing headers as received said it another way (several `Content-Length` or
+        /// `Transfer-Encoding` lines, `Chunked`, `007`): the head must be forwarded as `fields`
+        /// say, not as its bytes came. False for the usual single well-formed header.
+        public var framingRewritten: Bool = false
+
+        /// The first field of that name (given in lower case), compared without case.
+        public func first(_ lowerCaseName: String) -> String? {
+            fields.first { $0.name.caselessEquals(lowerCaseName) }?.value
+        }
+
+        /// The client keeps the connection after this exchange: HTTP/1.1 unless `Connection:
+        /// close`, HTTP/1.0 only with `Connection: keep-alive` (RFC 9112 §9.3).
+        public var isKeepAlive: Bool {
+            var close = false, keepAlive = false
+            for f in fields where f.name.caselessEquals("connection") {
+                for token in f.value.split(separator: ",") {
+                    let t = token.trimmingOWS
+                    if t.lowercased() == "close" { close = true } else if t.lowercased() == "keep-alive" { keepAlive = true }
+                }
+            }
+            return minor >= 1 ? !close : keepAlive && !close
+        }
+
+        /// The head as forwarded when its framing was rewritten: request line and `fields`.
+        public var serialized: [UInt8] {
+            var out: [UInt8] = []
+            out.reserveCapacity(256)
+            out += method.utf8; out.append(UInt8(ascii: " ")); out += target.utf8
+            out += " HTTP/\(major).\(minor)\r\n".utf8
+            for f in fields { out += f.name.utf8; out += ": ".utf8; out += f.value.utf8; out += "\r\n".utf8 }
+            out += "\r\n".utf8
+            return out
+        }
     }
 
     /// Why a request was refused, and the status that says so.
@@ -102,7 +135,7 @@ public struct HTTP1RequestParser: Sendable {
             state = .fixedBody(remaining: remaining - n, leavesHTTP: leaves)
             return (.body(n), n)
         case .chunkSize(let leaves):
-            guard let lineEnd = try scanLine(input, limit: 4096, what: "chunk size line") else { return (.needMore, 0) }
+            guard let lineEnd = try Self.scanLine(input, limit: 4096, what: "chunk size line") else { return (.needMore, 0) }
             let size = try Self.chunkSize(UnsafeRawBufferPointer(rebasing: input[0..<(lineEnd - 2)]))
             state = size == 0 ? .trailers(leavesHTTP: leaves) : .chunkData(remaining: size, leavesHTTP: leaves)
             return (.skip, lineEnd)
@@ -130,9 +163,14 @@ public struct HTTP1RequestParser: Sendable {
 
     static let cr = UInt8(ascii: "\r"), lf = UInt8(ascii: "\n"), sp = UInt8(ascii: " "), htab = UInt8(ascii: "\t")
 
-    /// The length of the block of lines ending in an empty line (2 when the first line is
-    /// empty), or nil when it is not complete yet. Every line must end in CRLF.
     private mutating func scanBlock(_ input: UnsafeRawBufferPointer, what: String) throws -> Int? {
+        try Self.scanBlock(input, scanned: &scanned, limit: maxHeaderBytes, what: what)
+    }
+
+    /// The length of the block of lines ending in an empty line (2 when the first line is
+    /// empty), or nil when it is not complete yet (`scanned`: where the next call resumes).
+    /// Every line must end in CRLF.
+    static func scanBlock(_ input: UnsafeRawBufferPointer, scanned: inout Int, limit maxHeaderBytes: Int, what: String) throws -> Int? {
         var i = scanned
         var lineStart = 0
         // Resume: find the start of the line `scanned` is in.
@@ -158,7 +196,7 @@ public struct HTTP1RequestParser: Sendable {
     }
 
     /// The length of the first line, CRLF included, or nil when it is not complete yet.
-    private func scanLine(_ input: UnsafeRawBufferPointer, limit: Int, what: String) throws -> Int? {
+    static func scanLine(_ input: UnsafeRawBufferPointer, limit: Int, what: String) throws -> Int? {
         for i in 0..<min(input.count, limit) where input[i] == Self.lf {
             guard i > 0, input[i - 1] == Self.cr else { throw Failure("malformed line ending (a bare LF) in a \(what)") }
             return i + 1
@@ -259,6 +297,7 @@ public struct HTTP1RequestParser: Sendable {
     static func framing(method: String, target: String, major: Int, minor: Int, fields: [Field]) throws -> ParsedHead {
         var codings: [String] = []
         var sawTransferEncoding = false
+        var framingLines: [String] = []
         var lengths: [Substring] = []
         var hosts = 0
         var upgrade = false
@@ -267,10 +306,12 @@ public struct HTTP1RequestParser: Sendable {
         for f in fields {
             if f.name.caselessEquals("transfer-encoding") {
                 sawTransferEncoding = true
+                framingLines.append(f.value)
                 codings += f.value.split(separator: ",").map { $0.trimmingOWS.lowercased() }.filter { !$0.isEmpty }
                 continue
             }
             if f.name.caselessEquals("content-length") {
+                framingLines.append(f.value)
                 lengths += f.value.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingOWS }
                 continue
             }
@@ -295,8 +336,10 @@ public struct HTTP1RequestParser: Sendable {
             length = n
             kept.append(Field(name: "content-length", value: String(n)))
         }
+        // As received, the framing said exactly what `kept` says: one line, spelled so.
+        let said = framingLines.count == 1 && framingLines[0] == (sawTransferEncoding ? "chunked" : String(length))
         let head = Head(method: method, target: target, major: major, minor: minor, fields: kept,
-                        leavesHTTP: upgrade || method == "CONNECT")
+                        leavesHTTP: upgrade || method == "CONNECT", framingRewritten: !framingLines.isEmpty && !said)
         return ParsedHead(head: head, chunked: sawTransferEncoding, contentLength: length)
     }
 

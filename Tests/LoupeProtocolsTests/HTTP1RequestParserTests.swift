@@ -136,3 +136,38 @@ import Testing
         #expect(try parser.step(Array("NEXT".utf8)) == (.end(trailers: nil), 0))
     }
 }
+
+/// What the proxy forwards of a head: its bytes as they came, unless the framing headers said
+/// it another way (then the head as parsed, framing normalised).
+@Suite struct HTTP1RequestHeadForwardingTests {
+    func head(_ text: String) throws -> HTTP1RequestParser.Head {
+        var parser = HTTP1RequestParser()
+        guard case .head(let h) = try parser.step(Array(text.utf8)).step else { throw HTTP1RequestParser.Failure("no head") }
+        return h
+    }
+
+    @Test func framingSaidOnceAndPlainlyIsForwardedAsItCame() throws {
+        #expect(try !head("GET / HTTP/1.1\r\nHost: a\r\n\r\n").framingRewritten)
+        #expect(try !head("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n").framingRewritten)
+        #expect(try !head("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n").framingRewritten)
+    }
+
+    @Test func framingSaidAnotherWayIsRewritten() throws {
+        for text in ["POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+                     "POST / HTTP/1.1\r\nContent-Length: 005\r\n\r\n",
+                     "POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n",
+                     "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, \r\n\r\n"] {
+            let h = try head(text)
+            #expect(h.framingRewritten, "\(text)")
+        }
+        let h = try head("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n")
+        #expect(String(decoding: h.serialized, as: UTF8.self) == "POST /x HTTP/1.1\r\nHost: a\r\ncontent-length: 5\r\n\r\n")
+    }
+
+    @Test func keepAliveFollowsTheVersionAndConnectionHeader() throws {
+        #expect(try head("GET / HTTP/1.1\r\n\r\n").isKeepAlive)
+        #expect(try !head("GET / HTTP/1.1\r\nConnection: Close\r\n\r\n").isKeepAlive)
+        #expect(try !head("GET / HTTP/1.0\r\n\r\n").isKeepAlive)
+        #expect(try head("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").isKeepAlive)
+    }
+}

@@ -24,9 +24,6 @@ import NIOPosix
 /// connection strongly: NIO may still call them (leftover bytes, EOF errors from a decoder being
 /// removed) after both close futures fired; the cycle through the pipelines is broken when the
 /// pipelines are torn down on close.
-protocol FramingConfigurable { var automaticallySetFramingHeaders: Bool { get set } }
-extension HTTPRequestEncoder.Configuration: FramingConfigurable {}
-extension HTTPResponseEncoder.Configuration: FramingConfigurable {}
 
 final class ProxyConnection {
     typealias Side = ConnectionStateMachine.Side
@@ -275,55 +272,26 @@ final class ProxyConnection {
         }
     }
 
-    /// HTTP/1: our request decoder (`HTTP1RequestDecoder`: methods by the grammar), NIOHTTP1's
-    /// encoders and response decoder, and the intercepting handlers (per-request policy and
-    /// flows), after the given handlers.
+    /// HTTP/1: the intercepting handlers on both sides, after the given handlers. They parse
+    /// heads for policy and flows and relay the bytes as they came.
     private func installHTTP1(_ ds: ChannelPipeline.SynchronousOperations, after downstreamAnchor: ChannelHandler,
                               _ us: ChannelPipeline.SynchronousOperations, after upstreamAnchor: ChannelHandler) throws {
-        var limits = NIOHTTPDecoderLimitConfiguration()
-        limits.maxHeaderListSize = environment.configuration.maxHeaderBytes
-        limits.maxHeaderFieldSize = environment.configuration.maxHeaderBytes
-        let (down, up) = HTTP1Intercept.pair(connection: self)
-        try ds.addHandlers([
-            ByteToMessageHandler(HTTP1RequestDecoder(maxHeaderBytes: environment.configuration.maxHeaderBytes)),
-            HTTPResponseEncoder(configuration: Self.keepFraming(HTTPResponseEncoder.Configuration())),
-            down,
-        ], position: .after(downstreamAnchor))
-        try us.addHandlers([
-            HTTPRequestEncoder(configuration: Self.keepFraming(HTTPRequestEncoder.Configuration())),
-            ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes,
-                                                     informationalResponseStrategy: .forward,
-                                                     limitConfiguration: limits)),
-            up,
-        ], position: .after(upstreamAnchor))
-    }
-
-    /// A transparent proxy keeps each message's framing as the peer wrote it: NIO's encoders
-    /// would otherwise add `transfer-encoding: chunked` to a body-less POST (and the server then
-    /// reads the terminating chunk as a next request).
-    static func keepFraming<C>(_ c: C) -> C where C: FramingConfigurable {
-        var c = c
-        c.automaticallySetFramingHeaders = false
-        return c
+        let (down, up) = HTTP1Intercept.pair(connection: self, maxHeaderBytes: environment.configuration.maxHeaderBytes)
+        try ds.addHandler(down, position: .after(downstreamAnchor))
+        try us.addHandler(up, position: .after(upstreamAnchor))
     }
 
     /// The HTTP exchange asked for a tunnel (101 Switching Protocols, CONNECT 2xx): from now on
-    /// both directions are relayed as opaque bytes. Codecs are removed after the relay is in
-    /// place so their leftover bytes flow into it.
+    /// both directions are relayed as opaque bytes. The HTTP handlers are removed after the
+    /// relay is in place so their leftover bytes flow into it.
     func tunnelOpened(by opening: String, downstreamHTTP: ChannelHandler, upstreamHTTP: ChannelHandler) {
         guard let upstream, let what = machine.tunnelOpened(by: opening, splice: environment.configuration.splice) else { return }
         let ds = downstream.pipeline.syncOperations
         let us = upstream.pipeline.syncOperations
         do {
             try install(what, ds, after: downstreamHTTP, us, after: upstreamHTTP)
-            let downstreamHandlers = [try ds.context(handlerType: ByteToMessageHandler<HTTP1RequestDecoder>.self),
-                                      try ds.context(handlerType: HTTPResponseEncoder.self),
-                                      try ds.context(handler: downstreamHTTP)]
-            let upstreamHandlers = [try us.context(handlerType: ByteToMessageHandler<HTTPResponseDecoder>.self),
-                                    try us.context(handlerType: HTTPRequestEncoder.self),
-                                    try us.context(handler: upstreamHTTP)]
-            for c in downstreamHandlers { ds.removeHandler(context: c, promise: nil) }
-            for c in upstreamHandlers { us.removeHandler(context: c, promise: nil) }
+            ds.removeHandler(context: try ds.context(handler: downstreamHTTP), promise: nil)
+            us.removeHandler(context: try us.context(handler: upstreamHTTP), promise: nil)
         } catch {
             return close()
         }

@@ -19,75 +19,149 @@ extension HTTP1Intercept {
     /// A handler of either side: its glue and connection are the session's.
     protocol SessionHandler: Glued { var session: Session { get } }
 
-    static func pair(connection: ProxyConnection) -> (DownstreamHandler, UpstreamHandler) {
+    static func pair(connection: ProxyConnection, maxHeaderBytes: Int) -> (DownstreamHandler, UpstreamHandler) {
         let session = Session(connection: connection)
-        let down = DownstreamHandler(session: session)
+        let down = DownstreamHandler(session: session, maxHeaderBytes: maxHeaderBytes)
         session.client = down
-        return (down, UpstreamHandler(session: session))
+        return (down, UpstreamHandler(session: session, maxHeaderBytes: maxHeaderBytes))
     }
 
-    /// Downstream (client) side: parsed requests go upstream part by part, never buffered whole;
-    /// reads pause while the upstream socket is not writable. Malformed input gets a 400.
+    /// The bytes of one read, forwarded as they came: the parser walks them for policy and
+    /// flows, and whatever is passed on unchanged goes out as one slice of the read. What is not
+    /// passed on (a denied request, a head whose framing is rewritten) cuts the run.
+    struct Run {
+        /// The buffer as it was where the run starts (its readable bytes begin there).
+        private var origin: ByteBuffer
+
+        init(_ buffer: ByteBuffer) { origin = buffer }
+
+        /// The bytes from the run's start up to the buffer's reader index, and a new run after.
+        mutating func take(_ buffer: ByteBuffer) -> ByteBuffer? {
+            defer { origin = buffer }
+            let n = buffer.readerIndex - origin.readerIndex
+            return n > 0 ? origin.getSlice(at: origin.readerIndex, length: n) : nil
+        }
+
+        /// The next `n` bytes are not passed on.
+        mutating func skip(_ buffer: inout ByteBuffer, _ n: Int, forward: (ByteBuffer) -> Void) {
+            if let bytes = take(buffer) { forward(bytes) }
+            buffer.moveReaderIndex(forwardBy: n)
+            origin = buffer
+        }
+    }
+
+    /// What was read but not parsed yet (a head cut by the read), ahead of the next read.
+    static func joined(_ held: inout ByteBuffer?, _ buffer: ByteBuffer) -> ByteBuffer {
+        guard var before = held else { return buffer }
+        held = nil
+        var more = buffer
+        before.writeBuffer(&more)
+        return before
+    }
+
+    /// Downstream (client) side: each request's head is parsed for policy and its flow, and the
+    /// bytes go upstream as they came, head and body, never buffered whole; reads pause while the
+    /// upstream socket is not writable. Malformed input gets a 400.
     final class DownstreamHandler: SessionHandler {
-        typealias InboundIn = HTTPServerRequestPart
-        typealias OutboundIn = HTTPServerResponsePart
-        typealias OutboundOut = HTTPServerResponsePart
+        typealias InboundIn = ByteBuffer
+        typealias OutboundIn = ByteBuffer
+        typealias OutboundOut = ByteBuffer
 
         let session: Session
         let side = ConnectionStateMachine.Side.client
+        private var parser: HTTP1RequestParser
+        private var unparsed: ByteBuffer?
+        /// After an Upgrade request or CONNECT the parser stops: what follows is the tunnel's.
+        private var stopped = false
         private var rejected = false
         /// The current request was denied: its body goes nowhere.
         private var discardingBody = false
 
-        init(session: Session) { self.session = session }
+        init(session: Session, maxHeaderBytes: Int) {
+            self.session = session
+            parser = HTTP1RequestParser(maxHeaderBytes: maxHeaderBytes)
+        }
 
-        /// Writes a request part toward the destination.
-        private func forward(_ part: HTTPClientRequestPart) {
-            if let written = glue.write(NIOAny(part), to: .server) { connection.wrote(written, to: .server) }
+        /// Writes bytes toward the destination.
+        private func forward(_ bytes: ByteBuffer) {
+            if let written = glue.write(NIOAny(bytes), to: .server) { connection.wrote(written, to: .server) }
         }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             guard !rejected else { return }
-            switch unwrapInboundIn(data) {
-            case .head(let head):
-                let c = connection.context
-                let host = head.headers.first(name: "host")
-                let decision = connection.currentDecision()
-                // Facts are built only when a policy applies: the unenforced path stays lean.
-                let denied = decision.isEnforced && !decision.allows(HTTPRequestFacts(
-                    method: head.method.rawValue, path: head.uri, host: host ?? c.authorityFallback,
-                    headers: head.headers.map { (name: $0.name, value: $0.value) }))
-                let action = session.exchanges.requestHead(
-                    method: head.method.rawValue, uri: head.uri, host: host,
-                    fallbackAuthority: c.authorityFallback, version: Self.versionString(head.version),
-                    upgrade: head.headers.contains(name: "upgrade"), nowNanos: monotonicNanos(),
-                    denied: denied, keepAlive: head.isKeepAlive, scheme: c.scheme)
-                switch action {
-                case .forward(let exchange):
-                    recordRequest(exchange, head: head, verdict: .forwarded)
-                    forward(.head(head))
-                case .respondLocally(let exchange):
-                    recordRequest(exchange, head: head, verdict: .dropped)
-                    discardingBody = true
-                    respondDenied(exchange)
-                case .holdLocalResponse(let exchange):
-                    recordRequest(exchange, head: head, verdict: .dropped)
-                    discardingBody = true
+            var buffer = HTTP1Intercept.joined(&unparsed, unwrapInboundIn(data))
+            do {
+                try parse(&buffer)
+            } catch let failure as HTTP1RequestParser.Failure {
+                return reject(context: context, failure)
+            } catch {
+                return connection.close()
+            }
+            if buffer.readableBytes > 0 { unparsed = buffer }
+        }
+
+        private func parse(_ buffer: inout ByteBuffer) throws {
+            var run = Run(buffer)
+            defer { if let rest = run.take(buffer) { forward(rest) } }
+            while !stopped {
+                let (step, consumed) = try buffer.withUnsafeReadableBytes { try parser.step($0) }
+                switch step {
+                case .needMore:
+                    return
+                case .stopped:
+                    stopped = true
+                case .skip, .body:
+                    if discardingBody { run.skip(&buffer, consumed, forward: forward) } else { buffer.moveReaderIndex(forwardBy: consumed) }
+                case .end:
+                    if discardingBody { run.skip(&buffer, consumed, forward: forward) } else { buffer.moveReaderIndex(forwardBy: consumed) }
+                    discardingBody = false
+                case .head(let head):
+                    if requestHead(head) && !head.framingRewritten {
+                        buffer.moveReaderIndex(forwardBy: consumed)
+                    } else {
+                        run.skip(&buffer, consumed, forward: forward)
+                        if !discardingBody { forward(ByteBuffer(bytes: head.serialized)) }
+                    }
                 }
-            case .body(let buffer):
-                if !discardingBody { forward(.body(.byteBuffer(buffer))) }
-            case .end(let trailers):
-                if discardingBody { discardingBody = false } else { forward(.end(trailers)) }
             }
         }
 
-        private func recordRequest(_ e: Exchange, head: HTTPRequestHead, verdict: Verdict) {
+        /// Policy, the exchange and its REQUEST flow; true when the head goes on.
+        private func requestHead(_ head: HTTP1RequestParser.Head) -> Bool {
+            let c = connection.context
+            let host = head.first("host")
+            let decision = connection.currentDecision()
+            // Facts are built only when a policy applies: the unenforced path stays lean.
+            let denied = decision.isEnforced && !decision.allows(HTTPRequestFacts(
+                method: head.method, path: head.target, host: host ?? c.authorityFallback,
+                headers: head.fields.map { (name: $0.name, value: $0.value) }))
+            let action = session.exchanges.requestHead(
+                method: head.method, uri: head.target, host: host,
+                fallbackAuthority: c.authorityFallback, version: head.minor == 1 ? "HTTP/1.1" : "HTTP/1.0",
+                upgrade: head.leavesHTTP, nowNanos: monotonicNanos(),
+                denied: denied, keepAlive: head.isKeepAlive, scheme: c.scheme)
+            switch action {
+            case .forward(let exchange):
+                recordRequest(exchange, head.fields, verdict: .forwarded)
+                return true
+            case .respondLocally(let exchange):
+                recordRequest(exchange, head.fields, verdict: .dropped)
+                discardingBody = true
+                respondDenied(exchange)
+            case .holdLocalResponse(let exchange):
+                recordRequest(exchange, head.fields, verdict: .dropped)
+                discardingBody = true
+            }
+            return false
+        }
+
+        private func recordRequest(_ e: Exchange, _ fields: [HTTP1RequestParser.Field], verdict: Verdict) {
             let url = e.url
             connection.environment.record(connection.context.flow(
                 verdict: verdict, type: .l7,
                 l7: Layer7(type: .request, latencyNs: 0, http: HTTP(
                     method: e.method, url: url, protocol: e.version,
-                    headers: head.headers.map { HTTP.Header(key: $0.name, value: $0.value) })),
+                    headers: fields.map { HTTP.Header(key: $0.name, value: $0.value) })),
                 reply: false, summary: "\(e.version) \(e.method) \(url)",
                 dropReason: verdict == .dropped ? .policyDenied : nil))
         }
@@ -106,13 +180,8 @@ extension HTTP1Intercept {
                 reply: true, summary: "\(e.version) 403 \(latency / 1_000_000)ms (\(e.method) \(url))",
                 dropReason: .policyDenied))
             let close = !e.keepAlive || e.wantsTunnel
-            var headers = HTTPHeaders()
-            headers.add(name: "content-type", value: "text/plain")
-            headers.add(name: "content-length", value: String(Self.accessDenied.readableBytes))
-            if close { headers.add(name: "connection", value: "close") }
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .forbidden, headers: headers))), promise: nil)
-            context.write(wrapOutboundOut(.body(.byteBuffer(Self.accessDenied))), promise: nil)
-            let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+            let done = context.writeAndFlush(wrapOutboundOut(HTTP1Intercept.response(
+                .forbidden, body: Self.accessDenied, close: close, allocator: context.channel.allocator)))
             connection.wrote(done, to: .client)
             if close {
                 let conn = connection
@@ -126,26 +195,29 @@ extension HTTP1Intercept {
             glue.flush(.server)
         }
 
-        /// Writes a response part toward the client (from the upstream side).
-        func write(_ part: HTTPServerResponsePart) {
-            guard !rejected, let written = glue.write(wrapOutboundOut(part), to: .client) else { return }
+        /// Writes response bytes toward the client (from the upstream side).
+        func write(_ bytes: ByteBuffer) {
+            guard !rejected, let written = glue.write(wrapOutboundOut(bytes), to: .client) else { return }
             connection.wrote(written, to: .client)
         }
 
+        /// Removed when the connection becomes a tunnel: what the client sent after its request
+        /// goes on to the relay installed after this handler.
+        func handlerRemoved(context: ChannelHandlerContext) {
+            if stopped, let rest = unparsed, rest.readableBytes > 0 { context.fireChannelRead(NIOAny(rest)) }
+            unparsed = nil
+            glue.detach(side)
+        }
+
         func errorCaught(context: ChannelHandlerContext, error: Error) {
-            // Once refused, what the client still sends (the decoder reports it as an error) is dropped.
-            guard !rejected else { return }
-            guard let failure = error as? HTTP1RequestParser.Failure else {
-                connection.close()
-                return
-            }
-            reject(context: context, failure)
+            connection.close()
         }
 
         /// 400 (501, 505) with the reason, an ERROR flow naming it, then close: the client's
         /// framing can no longer be trusted, so the connection cannot be reused.
         private func reject(context: ChannelHandlerContext, _ failure: HTTP1RequestParser.Failure) {
             rejected = true
+            unparsed = nil
             connection.environment.count(.httpRequestsRejected)
             let c = connection.context
             let status = HTTPResponseStatus(statusCode: failure.status)
@@ -159,90 +231,119 @@ extension HTTP1Intercept {
                 self.connection.close()
             }
         }
-
-        static func versionString(_ v: HTTPVersion) -> String { "HTTP/\(v.major).\(v.minor)" }
     }
 
-    /// Upstream (server) side: responses go back to the client part by part, each final response
-    /// paired with its request for the RESPONSE flow.
+    /// Upstream (server) side: each response's head is parsed for its RESPONSE flow (paired with
+    /// its request) and its body framed to find its end; the bytes go back to the client as they
+    /// came.
     final class UpstreamHandler: SessionHandler {
-        typealias InboundIn = HTTPClientResponsePart
-        typealias OutboundIn = HTTPClientRequestPart
-        typealias OutboundOut = HTTPClientRequestPart
+        typealias InboundIn = ByteBuffer
+        typealias OutboundIn = ByteBuffer
+        typealias OutboundOut = ByteBuffer
 
         let session: Session
         let side = ConnectionStateMachine.Side.server
+        private var parser: HTTP1ResponseParser
+        private var unparsed: ByteBuffer?
         private var tunnelAfterEnd = false
         /// What opened the tunnel (`Upgrade: websocket`, `CONNECT`), for the connection's flow.
         private var tunnel = ""
+        /// The response being read answers a request that left HTTP/1 and does not open the
+        /// tunnel (the server declined): the connection closes after it.
         private var closeAfterEnd = false
+        private var closing = false
 
-        init(session: Session) { self.session = session }
+        init(session: Session, maxHeaderBytes: Int) {
+            self.session = session
+            parser = HTTP1ResponseParser(maxHeaderBytes: maxHeaderBytes)
+        }
 
         private var partner: DownstreamHandler? { session.client }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-            switch unwrapInboundIn(data) {
-            case .head(var head):
-                Self.normalizeChunked(&head.headers)
-                let code = Int(head.status.code)
-                let c = connection.context
-                switch session.exchanges.responseHead(code: code, nowNanos: monotonicNanos()) {
-                case .forward(let e, let latency, _):
-                    record(e, head: head, latency: latency, context: c)
-                    // NIO's request decoder stops parsing after an Upgrade/CONNECT request; when
-                    // the server declines, the connection cannot carry another request.
-                    closeAfterEnd = e.wantsTunnel
-                case .forwardThenTunnel(let e, let latency, _):
-                    record(e, head: head, latency: latency, context: c)
-                    tunnelAfterEnd = true
-                    tunnel = code == 101 ? "Upgrade: \(head.headers.first(name: "upgrade") ?? "?")" : e.method
-                case .informational:
-                    break
-                case .unsolicited:
-                    connection.environment.count(.httpUnsolicitedResponses)
+            var buffer = HTTP1Intercept.joined(&unparsed, unwrapInboundIn(data))
+            do {
+                try parse(&buffer)
+            } catch {
+                // A response the proxy cannot frame: the client cannot be answered reliably.
+                connection.environment.count(.upstreamErrors)
+                return connection.close()
+            }
+            if buffer.readableBytes > 0 { unparsed = buffer }
+            if closing {
+                closing = false
+                glue.flush(.client)
+                let conn = connection
+                connection.lastWrite(to: .client).assumeIsolated().whenComplete { _ in conn.close() }
+            }
+            if tunnelAfterEnd, let partner {
+                glue.flush(.client)
+                tunnelAfterEnd = false
+                connection.tunnelOpened(by: tunnel, downstreamHTTP: partner, upstreamHTTP: self)
+            }
+        }
+
+        private func parse(_ buffer: inout ByteBuffer) throws {
+            var run = Run(buffer)
+            let forward = { (bytes: ByteBuffer) in self.partner?.write(bytes) }
+            defer { if let rest = run.take(buffer) { forward(rest) } }
+            while true {
+                let answering: HTTP1ResponseParser.Request = switch session.exchanges.nextMethod {
+                case "HEAD": .head
+                case "CONNECT": .connect
+                default: .other
                 }
-                partner?.write(.head(head))
-            case .body(let buffer):
-                partner?.write(.body(.byteBuffer(buffer)))
-            case .end(let trailers):
-                partner?.write(.end(trailers))
-                for held in session.exchanges.responseEnd() { partner?.respondDenied(held) }
-                // The decoder delivers .end for a 101 too, then stops parsing: only now may the
-                // codecs go (removing them at .head crashed the relay with the pending .end).
-                if closeAfterEnd {
-                    closeAfterEnd = false
-                    glue.flush(.client)
-                    let conn = connection
-                    connection.lastWrite(to: .client).assumeIsolated().whenComplete { _ in conn.close() }
-                }
-                if tunnelAfterEnd, let partner {
-                    glue.flush(.client)
-                    tunnelAfterEnd = false
-                    connection.tunnelOpened(by: tunnel, downstreamHTTP: partner, upstreamHTTP: self)
+                let (step, consumed) = try buffer.withUnsafeReadableBytes { try parser.step($0, answering: answering) }
+                switch step {
+                case .needMore:
+                    return
+                case .stopped:
+                    // The tunnel's first bytes from the server: to the client as they are.
+                    buffer.moveReaderIndex(to: buffer.writerIndex)
+                    return
+                case .skip, .body:
+                    buffer.moveReaderIndex(forwardBy: consumed)
+                case .head(let head):
+                    buffer.moveReaderIndex(forwardBy: consumed)
+                    responseHead(head)
+                case .end:
+                    buffer.moveReaderIndex(forwardBy: consumed)
+                    if closeAfterEnd { closing = true }
+                    let held = session.exchanges.responseEnd()
+                    guard !held.isEmpty else { continue }
+                    if let bytes = run.take(buffer) { forward(bytes) }
+                    for e in held { partner?.respondDenied(e) }
                 }
             }
         }
 
-        /// NIO's response decoder removes a chunked body's framing whatever the spelling, and
-        /// its encoder puts it back only for `transfer-encoding: chunked` spelled so: a server's
-        /// `Chunked` is normalised, or the pod would read the body's bytes as chunks.
-        static func normalizeChunked(_ headers: inout HTTPHeaders) {
-            let values = headers[canonicalForm: "transfer-encoding"]
-            guard !values.isEmpty, values != ["chunked"],
-                  values.map({ $0.lowercased() }) == ["chunked"] else { return }
-            headers.replaceOrAdd(name: "transfer-encoding", value: "chunked")
+        private func responseHead(_ head: HTTP1ResponseParser.Head) {
+            let c = connection.context
+            switch session.exchanges.responseHead(code: head.code, nowNanos: monotonicNanos()) {
+            case .forward(let e, let latency, _):
+                record(e, head: head, latency: latency, context: c)
+                // The request parser stops after an Upgrade/CONNECT request; when the server
+                // declines, the connection cannot carry another request.
+                closeAfterEnd = e.wantsTunnel
+            case .forwardThenTunnel(let e, let latency, _):
+                record(e, head: head, latency: latency, context: c)
+                tunnelAfterEnd = true
+                tunnel = head.code == 101 ? "Upgrade: \(head.first("upgrade") ?? "?")" : e.method
+            case .informational:
+                break
+            case .unsolicited:
+                connection.environment.count(.httpUnsolicitedResponses)
+            }
         }
 
-        private func record(_ e: Exchange, head: HTTPResponseHead, latency: UInt64, context c: ConnectionContext) {
-            let code = Int(head.status.code)
+        private func record(_ e: Exchange, head: HTTP1ResponseParser.Head, latency: UInt64, context c: ConnectionContext) {
             let ms = latency / 1_000_000
             connection.environment.record(c.flow(
                 verdict: .forwarded, type: .l7,
                 l7: Layer7(type: .response, latencyNs: latency, http: HTTP(
-                    code: code, method: e.method, url: e.url, protocol: e.version,
-                    headers: head.headers.map { HTTP.Header(key: $0.name, value: $0.value) })),
-                reply: true, summary: "\(e.version) \(code) \(ms)ms (\(e.method) \(e.url))"))
+                    code: head.code, method: e.method, url: e.url, protocol: e.version,
+                    headers: head.fields.map { HTTP.Header(key: $0.name, value: $0.value) })),
+                reply: true, summary: "\(e.version) \(head.code) \(ms)ms (\(e.method) \(e.url))"))
         }
 
         func channelReadComplete(context: ChannelHandlerContext) {
@@ -257,20 +358,24 @@ extension HTTP1Intercept {
 }
 
 extension HTTP1Intercept {
+    /// A response of the proxy's own: status, a text/plain body, `connection: close` if asked.
+    static func response(_ status: HTTPResponseStatus, body: ByteBuffer, close: Bool, allocator: ByteBufferAllocator) -> ByteBuffer {
+        var out = allocator.buffer(capacity: 128 + body.readableBytes)
+        out.writeString("HTTP/1.1 \(status.code) \(status.reasonPhrase)\r\ncontent-type: text/plain\r\ncontent-length: \(body.readableBytes)\r\n")
+        if close { out.writeString("connection: close\r\n") }
+        out.writeString("\r\n")
+        out.writeImmutableBuffer(body)
+        return out
+    }
+
     /// The proxy's own final answer on a connection it then closes (400 for a malformed
-    /// request, 502 for a refused HTTPS destination): `text` and CRLF as text/plain.
+    /// request, 502 for a refused HTTPS destination): `text` and CRLF as text/plain, written as
+    /// bytes to the client.
     static func answerAndClose(_ context: ChannelHandlerContext, status: HTTPResponseStatus, text: String,
                                then close: @escaping () -> Void) {
-        var body = context.channel.allocator.buffer(capacity: text.utf8.count + 2)
-        body.writeString(text + "\r\n")
-        var headers = HTTPHeaders()
-        headers.add(name: "content-type", value: "text/plain")
-        headers.add(name: "content-length", value: String(body.readableBytes))
-        headers.add(name: "connection", value: "close")
-        context.write(NIOAny(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))),
-                      promise: nil)
-        context.write(NIOAny(HTTPServerResponsePart.body(.byteBuffer(body))), promise: nil)
-        context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil))).assumeIsolated().whenComplete { _ in close() }
+        let body = ByteBuffer(string: text + "\r\n")
+        context.writeAndFlush(NIOAny(response(status, body: body, close: true, allocator: context.channel.allocator)))
+            .assumeIsolated().whenComplete { _ in close() }
     }
 }
 

@@ -85,7 +85,6 @@ extension ProxyConnection {
                 close()
             case .badGateway(let reason):
                 try ds.addHandlers([ByteToMessageHandler(HTTP1RequestDecoder(maxHeaderBytes: environment.configuration.maxHeaderBytes)),
-                                    HTTPResponseEncoder(),
                                     TLSIntercept.BadGateway(reason: reason)], position: .after(anchor))
             case .install(let what):
                 guard let upstream else { return close() }

@@ -116,7 +116,7 @@ enum TLSIntercept {
     /// then closes (the destination was never reached in the clear).
     final class BadGateway: ChannelInboundHandler {
         typealias InboundIn = HTTPServerRequestPart
-        typealias OutboundOut = HTTPServerResponsePart
+        typealias OutboundOut = ByteBuffer
         let reason: String
         private var answered = false
 
