@@ -60,7 +60,7 @@ image-rootfs: image-binary bpf
 # (FUZZ_SECONDS each, default 60); corpora in .build/fuzz-corpus-*.
 FUZZ_SECONDS ?= 60
 fuzz:
-	@mkdir -p .build/fuzz-corpus-dns .build/fuzz-corpus-tls .build/fuzz-corpus-http1
+	@mkdir -p .build/fuzz-corpus-dns .build/fuzz-corpus-tls .build/fuzz-corpus-http1 .build/fuzz-corpus-http1-response
 	swiftc -O -sanitize=fuzzer,address -parse-as-library Sources/LoupeProtocols/*.swift fuzz/FuzzDNS.swift -o .build/fuzz-dns
 	.build/fuzz-dns -max_total_time=$(FUZZ_SECONDS) .build/fuzz-corpus-dns
 	swiftc -O -sanitize=fuzzer,address -parse-as-library Sources/LoupeProtocols/*.swift fuzz/FuzzClientHello.swift -o .build/fuzz-tls
@@ -69,6 +69,9 @@ fuzz:
 	swiftc -O -sanitize=fuzzer,address -parse-as-library Sources/LoupeProtocols/*.swift fuzz/FuzzHTTP1Request.swift -o .build/fuzz-http1
 	printf 'POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3;x\r\nabc\r\n0\r\nT: 1\r\n\r\nget / HTTP/1.0\r\nContent-Length: 2\r\n\r\nok' > .build/fuzz-corpus-http1/seed
 	.build/fuzz-http1 -max_total_time=$(FUZZ_SECONDS) .build/fuzz-corpus-http1
+	swiftc -O -sanitize=fuzzer,address -parse-as-library Sources/LoupeProtocols/*.swift fuzz/FuzzHTTP1Response.swift -o .build/fuzz-http1-response
+	printf '2HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x\r\nabc\r\n0\r\nT: 1\r\n\r\nHTTP/1.0 204 No Content\r\nContent-Length: 0\r\n\r\n' > .build/fuzz-corpus-http1-response/seed
+	.build/fuzz-http1-response -max_total_time=$(FUZZ_SECONDS) .build/fuzz-corpus-http1-response
 
 bench: deps bpf
 	bench/run.sh

@@ -47,7 +47,7 @@ check() { # check DESCRIPTION COMMAND…: prints the outcome; a failure makes th
 }
 
 # --- Contenders: installed when missing; one that cannot be says why instead of disappearing.
-declare -A WHY_NOT
+declare -A WHY_NOT=()
 for p in haproxy dnsdist; do
   command -v "$p" >/dev/null ||
     { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" >/dev/null 2>&1 ||

@@ -161,7 +161,7 @@ public struct HTTP1ResponseParser: Sendable {
             }
         }
         if let last = codings.last {
-            return last.lowercased() == "chunked" ? .chunkSize : .untilClose
+            return String(last).caselessEquals("chunked") ? .chunkSize : .untilClose
         }
         guard let first = lengths.first else { return .untilClose }
         guard lengths.allSatisfy({ $0 == first }), !first.isEmpty, first.count <= 18,
