@@ -58,7 +58,7 @@ let package = Package(
         .target(
             name: "LoupeProxy",
             dependencies: [
-                "LoupeFlow", "LoupePolicy", "LoupeProtocols", "LoupeBPF",
+                "LoupeFlow", "LoupePolicy", "LoupeProtocols", "LoupeBPF", "LoupeNetlink",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

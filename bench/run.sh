@@ -13,7 +13,9 @@
 #   memory                agent RSS idle, with N idle keep-alive connections
 #   flow pipeline         synthetic flows with `loupe observe -f -o json` attached
 # Loupe runs one event loop and every contender one worker, pinned to CPU 1; load tools and
-# servers' clients on CPU 0. Correctness of what is driven is checked (no errors, one flow per
+# servers' clients on CPU 0. Each row also gives the proxy's CPU time per request or query
+# (utime + stime of its process tree from /proc/PID/stat, around each run). Contenders are
+# installed up front; one that cannot be stops the run before anything is measured. Correctness of what is driven is checked (no errors, one flow per
 # request and per response during Loupe's runs, every contender in the path); a failed check is
 # printed and makes the exit status 1. No timing is asserted anywhere.
 # Usage: bench/run.sh [seconds-per-run] [rounds]     (defaults 5 s, 3 rounds)
@@ -352,18 +354,17 @@ check "the datapath never failed open (every redirected connection reached Loupe
 
 # --- The table.
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b == "n/a" || a == "n/a" || b == 0) print "n/a"; else printf "%.2f", a/b }'; }
-table() { printf '\n%-40s %12s' "$1" "$2"; shift 2; printf ' %9s' "$@"; printf ' %11s\n' "CPU µs/req"; }
+table() { printf '\n%-40s %12s' "$1" "$2"; shift 2; printf ' %9s' "$@"; printf ' %11s\n' "${CPU_HEADER-CPU µs/req}"; }
 # cpu TEST CONTENDER: the median of the proxy's CPU µs per request (the last field of each round)
 cpu() { [[ -n "${V[$1/$2]:-}" ]] && printf '%s' "${V[$1/$2]}" | awk 'NF && $NF != "n/a" {print $NF}' | median || echo n/a; }
-cell() { [[ -n "${WHY_NOT[$1]:-}" ]] && echo "not measured: ${WHY_NOT[$1]}" || echo n/a; }
 # row TEST CONTENDER LABEL BASE-CONTENDER…: the median rate and its ratio to each base's median
 row() {
   local t=$1 c=$2 label=$3 v b; shift 3
   v=$(med "$t" "$c")
-  if [[ "$v" == n/a ]]; then printf '%-40s %12s   %s\n' "$label" n/a "$(cell "$c")"; return; fi
+  if [[ "$v" == n/a ]]; then printf '%-40s %12s\n' "$label" n/a; return; fi
   printf '%-40s %12s' "$label" "$v"
   for b in "$@"; do printf ' %9s' "$(ratio "$v" "$(med "$t" "$b")")"; done
-  printf ' %11s\n' "$(cpu "$t" "$c")"
+  printf ' %11s\n' "$([[ -n "${CPU_HEADER-x}" ]] && cpu "$t" "$c")"
 }
 echo
 echo "Loupe benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'), ${D}s runs, medians of $ROUNDS rounds; $(nproc) cores, kernel $(uname -r)"
@@ -384,7 +385,7 @@ row dns dnsdist "dnsdist 1.7 (same redirect)" direct dnsdist
 printf '\n%-40s %9s %9s %12s %12s %11s\n' "Latency at 1,000 req/s (HTTP/1.1, 10 conns)" "p50 µs" "p99 µs" "+p50 µs" "+p99 µs" "CPU µs/req"
 for c in direct loupe envoy haproxy nginx; do
   p50=$(med lat $c 1); p99=$(med lat $c 2)
-  if [[ "$p50" == n/a ]]; then printf '%-40s %9s   %s\n' "$c" n/a "$(cell $c)"; continue; fi
+  if [[ "$p50" == n/a ]]; then printf '%-40s %9s\n' "$c" n/a; continue; fi
   printf '%-40s %9s %9s %12s %12s %11s\n' "$c" "$p50" "$p99" "$(( p50 - $(med lat direct 1) ))" "$(( p99 - $(med lat direct 2) ))" "$(cpu lat $c)"
 done
 table "HTTPS, ALPN h2 (h2load -c16 -m16)" req/s /direct /Envoy
@@ -398,10 +399,11 @@ row hs loupe "Loupe" direct envoy
 row hs envoy "Envoy 1.40" direct envoy
 row hs mitmproxy "mitmproxy" direct envoy
 echo "(succeeded of 1,000 per round: Envoy $(printf '%s' "${V[hs/envoy]:-}" | awk '{printf "%s ", $2}'), mitmproxy $(printf '%s' "${V[hs/mitmproxy]:-}" | awk '{printf "%s ", $2}'))"
-table "Bulk TCP (iperf3, 1 stream)" Gbit/s /direct
-row bulk direct "direct (pod → pod)" direct
-row bulk spliced "Loupe, kernel splice" direct
-row bulk relay "Loupe, userspace relay (--no-splice)" direct
+# (agent CPU per GiB below, not per request)
+CPU_HEADER= table "Bulk TCP (iperf3, 1 stream)" Gbit/s /direct
+CPU_HEADER= row bulk direct "direct (pod → pod)" direct
+CPU_HEADER= row bulk spliced "Loupe, kernel splice" direct
+CPU_HEADER= row bulk relay "Loupe, userspace relay (--no-splice)" direct
 echo "agent CPU per GiB carried: spliced $(med bulk spliced 3) ms, userspace relay $(med bulk relay 3) ms"
 echo
 echo "Memory: agent RSS idle $RSS_IDLE KiB ($RSS_IDLE_ANON KiB of it heap, the rest mapped code); with the flow ring full $RSS_RING KiB;" \

@@ -118,4 +118,7 @@ public struct ClusterNode: Sendable, Equatable {
         self.name = name
         self.addresses = addresses
     }
+
+    /// The address other nodes reach it at: its first IPv4 InternalIP, else its first.
+    public var preferredAddress: String? { addresses.first { !$0.contains(":") } ?? addresses.first }
 }

@@ -5,7 +5,6 @@ the lab's node netns, conftest.agent_argv) through the spine scenario."""
 import json
 import os
 import re
-import subprocess
 import time
 from pathlib import Path
 

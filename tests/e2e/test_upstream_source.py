@@ -14,8 +14,6 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
-
 from conftest import flows, in_pod, status
 from test_tls import wait_for_server
 

@@ -3,6 +3,7 @@ import GRPCCore
 import GRPCNIOTransportHTTP2
 import LoupeAPI
 import LoupeBPF
+import LoupeNetlink
 import LoupeProxy
 import Logging
 import NIOPosix
@@ -58,8 +59,7 @@ public final class HubbleServer: Service, Sendable {
         if let (host, port) = c.listenAddress {
             // Every address: this node's InternalIP when the inventory lists it (what the other
             // nodes list too), else the first non-loopback address.
-            let internalIPs = environment.snapshot.inventory.nodes.first { $0.name == nodeName }?.addresses
-            let own = internalIPs?.first { !$0.contains(":") } ?? internalIPs?.first
+            let own = environment.snapshot.inventory.nodes.first { $0.name == nodeName }?.preferredAddress
             node.address = Self.hostPort(host.isEmpty ? own ?? Self.advertisedAddress() : host, port)
         }
         if c.tls {
@@ -142,20 +142,6 @@ public final class HubbleServer: Service, Sendable {
     /// The first IPv4 address of this netns outside 127/8 (what Relay dials when the listener is
     /// on every address; a node address may sit on `lo`, as the lab's does), else loopback.
     static func advertisedAddress() -> String {
-        var list: UnsafeMutablePointer<ifaddrs>?
-        guard getifaddrs(&list) == 0, let first = list else { return "127.0.0.1" }
-        defer { freeifaddrs(list) }
-        var p: UnsafeMutablePointer<ifaddrs>? = first
-        while let cur = p {
-            defer { p = cur.pointee.ifa_next }
-            guard let sa = cur.pointee.ifa_addr, sa.pointee.sa_family == sa_family_t(AF_INET),
-                  cur.pointee.ifa_flags & UInt32(IFF_UP) != 0 else { continue }
-            var buf = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
-            var addr = sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_addr }
-            if UInt32(bigEndian: addr.s_addr) >> 24 == 127 { continue }
-            inet_ntop(AF_INET, &addr, &buf, socklen_t(buf.count))
-            return String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        }
-        return "127.0.0.1"
+        InterfaceAddresses.read().first { $0.isIPv4 && $0.isUp && !$0.address.hasPrefix("127.") }?.address ?? "127.0.0.1"
     }
 }

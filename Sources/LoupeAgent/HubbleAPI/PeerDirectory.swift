@@ -95,7 +95,7 @@ final class PeerDirectory: Service, Sendable {
     static func peers(nodes: [ClusterNode], selfNode: HubbleNode, port: Int?) -> [Peer] {
         var out = [Peer(name: selfNode.name, address: selfNode.address, tlsServerName: selfNode.tlsServerName)]
         for node in nodes where node.name != selfNode.name {
-            guard let ip = node.addresses.first(where: { !$0.contains(":") }) ?? node.addresses.first else { continue }
+            guard let ip = node.preferredAddress else { continue }
             let address = HubbleServer.hostPort(ip, port ?? 4244)
             // Cilium's scheme, `<node>.<cluster>.hubble-grpc.cilium.io`, with this node's suffix.
             let tls = selfNode.tlsServerName.map { own in

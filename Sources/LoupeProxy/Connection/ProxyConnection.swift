@@ -2,7 +2,6 @@ import LoupeFlow
 import LoupePolicy
 import LoupeProtocols
 import NIOCore
-import NIOHTTP1
 import NIOPosix
 
 /// One proxied connection: downstream (the pod's socket, accepted) and upstream (our socket to
@@ -24,7 +23,6 @@ import NIOPosix
 /// connection strongly: NIO may still call them (leftover bytes, EOF errors from a decoder being
 /// removed) after both close futures fired; the cycle through the pipelines is broken when the
 /// pipelines are torn down on close.
-
 final class ProxyConnection {
     typealias Side = ConnectionStateMachine.Side
 

@@ -1,4 +1,5 @@
 import Glibc
+import LoupeNetlink
 import NIOCore
 import Synchronization
 
@@ -34,28 +35,8 @@ final class UpstreamSourceAddress: Sendable {
     private func nodeAddresses() -> Set<String> {
         let now = ContinuousClock.now
         if let cached = cache.withLock({ c in c.readAt.map { now - $0 < .seconds(1) } == true ? c.addresses : nil }) { return cached }
-        let read = Self.readAddresses()
+        let read = Set(InterfaceAddresses.read().map(\.address))
         cache.withLock { $0 = Cache(addresses: read, readAt: now) }
         return read
-    }
-
-    static func readAddresses() -> Set<String> {
-        var out: Set<String> = []
-        var list: UnsafeMutablePointer<ifaddrs>?
-        guard getifaddrs(&list) == 0 else { return out }
-        defer { freeifaddrs(list) }
-        var p = list
-        while let entry = p {
-            defer { p = entry.pointee.ifa_next }
-            guard let sa = entry.pointee.ifa_addr else { continue }
-            let address: SocketAddress
-            switch Int32(sa.pointee.sa_family) {
-            case AF_INET: address = SocketAddress(UnsafeRawPointer(sa).load(as: sockaddr_in.self))
-            case AF_INET6: address = SocketAddress(UnsafeRawPointer(sa).load(as: sockaddr_in6.self))
-            default: continue
-            }
-            if let ip = address.ipAddress { out.insert(ip) }
-        }
-        return out
     }
 }
