@@ -62,9 +62,9 @@ public struct HTTP1ResponseParser: Sendable {
         self.maxHeaderBytes = maxHeaderBytes
     }
 
-    /// The body runs until the server closes: its end is the connection's.
-    public var endsAtClose: Bool {
-        if case .untilClose = state { return true }
+    /// Between responses: nothing of the next one has been passed on yet.
+    public var atResponseStart: Bool {
+        if case .head = state { return true }
         return false
     }
 
@@ -144,7 +144,8 @@ public struct HTTP1ResponseParser: Sendable {
 
     /// The body of a response (RFC 9112 §6.3): none for 1xx, 204, 304 and answers to HEAD; a
     /// tunnel after 101 and a 2xx to CONNECT; chunked when chunked is the last transfer coding,
-    /// until the close for any other; else `Content-Length`, or until the close without one.
+    /// until the close for any other (with a `Content-Length` too: refused); else
+    /// `Content-Length`, or until the close without one.
     static func bodyState(of h: Head, answering: Request) throws -> State {
         if h.code == 101 || (answering == .connect && (200..<300).contains(h.code)) {
             return .fixedBody(remaining: 0, then: .stopped)
@@ -161,6 +162,9 @@ public struct HTTP1ResponseParser: Sendable {
             }
         }
         if let last = codings.last {
+            // Both: a sign of response splitting (RFC 9112 §6.3); a proxy that forwards the
+            // bytes unchanged cannot drop the Content-Length, so it refuses the response.
+            guard lengths.isEmpty else { throw Failure("Transfer-Encoding with Content-Length in a response") }
             return String(last).caselessEquals("chunked") ? .chunkSize : .untilClose
         }
         guard let first = lengths.first else { return .untilClose }

@@ -93,6 +93,8 @@ import Testing
             ("HTTP/1.1 2x0 OK\r\n\r\n", "malformed status line"),
             ("HTTP/2.0 200 OK\r\n\r\n", "malformed status line: HTTP version 2.0"),
             ("HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n", "malformed Content-Length in a response"),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+             "Transfer-Encoding with Content-Length in a response"),
             ("HTTP/1.1 200 OK\nContent-Length: 0\r\n\r\n", "malformed line ending (a bare LF) in the response header block"),
             ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "malformed chunk size"),
         ] {

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import between, flows, in_pod, loupe, render_inventory, run, status
+from conftest import REPO, between, flows, in_pod, loupe, render_inventory, run, status
 
 WEB = "198.18.0.11"      # backend/web (nginx) — the lab allocates in inventory order from .10
 FILES = "198.18.0.12"    # backend/files (python bodies server)
@@ -323,6 +323,43 @@ def test_upgrade_switches_to_an_opaque_tunnel_after_101(running_agent):
     assert p.stdout.strip() == "HTTP/1.1 101 Switching Protocols True", p.stdout
     fl = flows("--pod", "backend/files", "--http-path", "^/upgrade$", last=2)
     assert [f["l7"]["type"] for f in fl] == ["REQUEST", "RESPONSE"] and fl[1]["l7"]["http"]["code"] == 101
+
+
+# Two requests on one connection: the first answered by RAW_RESPONSE (bodies.py), which must
+# arrive byte for byte; the second must still pair with its own response.
+RAW = r"""
+import socket, sys
+sys.path.insert(0, sys.argv[1])
+from bodies import RAW_RESPONSE
+s = socket.create_connection((sys.argv[2], 8000), timeout=5)
+s.sendall(b"GET /raw-response HTTP/1.1\r\nHost: files\r\n\r\nGET /bytes/3 HTTP/1.1\r\nHost: files\r\n\r\n")
+got = b""
+def done():
+    rest = got[len(RAW_RESPONSE):]
+    return b"\r\n\r\n" in rest and len(rest.split(b"\r\n\r\n", 1)[1]) >= 3
+while not done():
+    more = s.recv(65536)
+    if not more:
+        break
+    got += more
+print(got[:len(RAW_RESPONSE)] == RAW_RESPONSE, got[len(RAW_RESPONSE):].split(b"\r\n")[0].decode())
+"""
+
+
+def test_responses_are_relayed_byte_for_byte(running_agent):
+    p = in_pod("shop/client", "python3", "-c", RAW, str(REPO / "tests/e2e/servers"), FILES, timeout=20)
+    assert p.stdout.strip() == "True HTTP/1.1 200 OK", p.stdout + p.stderr
+    fl = flows("--pod", "backend/files", "--http-path", "^/(raw-response|bytes/3)$", last=4)
+    assert [(f["l7"]["type"], f["l7"]["http"]["url"].rsplit("/", 1)[-1], f["l7"]["http"].get("code", 0)) for f in fl] == [
+        ("REQUEST", "raw-response", 0), ("REQUEST", "3", 0), ("RESPONSE", "raw-response", 200), ("RESPONSE", "3", 200)]
+
+
+def test_a_response_framed_two_ways_gets_502_and_an_error_flow(running_agent):
+    code, body, _ = curl("shop/client", f"http://{FILES}:8000/bad-response")
+    assert code == 502 and "Transfer-Encoding with Content-Length in a response" in body, (code, body)
+    fl = flows("--pod", "backend/files", "--verdict", "ERROR", last=1)
+    assert fl and fl[0]["l7"]["http"]["code"] == 502 and fl[0]["l7"]["http"]["url"] == "http://198.18.0.12:8000/bad-response"
+    assert "malformed response from the destination" in fl[0]["Summary"]
 
 
 def test_connections_do_not_leak_file_descriptors(running_agent):

@@ -213,6 +213,22 @@ extension HTTP1Intercept {
             connection.close()
         }
 
+        /// 502 with the reason the destination's response could not be relayed, an ERROR flow
+        /// naming it, then close.
+        func badGateway(_ reason: String) {
+            guard !rejected, let context = glue.context(.client) else { return connection.close() }
+            rejected = true
+            let e = session.exchanges.next
+            connection.environment.record(connection.context.flow(
+                verdict: .error, type: .l7,
+                l7: Layer7(type: .response, latencyNs: e.map { monotonicNanos() &- $0.startNanos } ?? 0,
+                           http: HTTP(code: 502, method: e?.method ?? "", url: e?.url ?? "", protocol: e?.version ?? "HTTP/1.1", headers: [])),
+                reply: true, summary: "HTTP/1.1 502 malformed response from the destination: \(reason)"))
+            HTTP1Intercept.answerAndClose(context, status: .badGateway, text: "Bad Gateway: malformed response from the destination: \(reason)") {
+                self.connection.close()
+            }
+        }
+
         /// 400 (501, 505) with the reason, an ERROR flow naming it, then close: the client's
         /// framing can no longer be trusted, so the connection cannot be reused.
         private func reject(context: ChannelHandlerContext, _ failure: HTTP1RequestParser.Failure) {
@@ -265,9 +281,12 @@ extension HTTP1Intercept {
             do {
                 try parse(&buffer)
             } catch {
-                // A response the proxy cannot frame: the client cannot be answered reliably.
+                // A response the proxy cannot frame: 502 if none of it went to the client yet,
+                // else the connection closes mid-response.
                 connection.environment.count(.upstreamErrors)
-                return connection.close()
+                let reason = (error as? HTTP1ResponseParser.Failure)?.reason ?? "\(error)"
+                if parser.atResponseStart, let partner { partner.badGateway(reason) } else { connection.close() }
+                return
             }
             if buffer.readableBytes > 0 { unparsed = buffer }
             if closing {
@@ -288,7 +307,7 @@ extension HTTP1Intercept {
             let forward = { (bytes: ByteBuffer) in self.partner?.write(bytes) }
             defer { if let rest = run.take(buffer) { forward(rest) } }
             while true {
-                let answering: HTTP1ResponseParser.Request = switch session.exchanges.nextMethod {
+                let answering: HTTP1ResponseParser.Request = switch session.exchanges.next?.method {
                 case "HEAD": .head
                 case "CONNECT": .connect
                 default: .other

@@ -52,8 +52,8 @@ extension HTTP1Intercept {
 
         public var outstanding: Int { pending.count }
 
-        /// The method of the request the next response answers (its framing depends on it).
-        public var nextMethod: String? { pending.first?.method }
+        /// The request the next response answers (its framing depends on the method).
+        public var next: Exchange? { pending.first }
 
         public mutating func requestHead(method: String, uri: String, host: String?, fallbackAuthority: String,
                                          version: String, upgrade: Bool, nowNanos: UInt64, denied: Bool = false,

@@ -3,12 +3,19 @@
 POST /upload      -> 200, body = sha256 hex of the request body (read in 1 MiB chunks)
 GET  /bytes/N     -> 200, N bytes of a deterministic pattern, streamed in 1 MiB chunks
 GET  /upgrade     -> with `Upgrade: echo` (or h2c): 101 Switching Protocols, then echoes raw bytes
+GET  /raw-response -> RAW_RESPONSE below, byte for byte (odd spellings a re-encoding proxy would change)
+GET  /bad-response -> a response framed two ways (Content-Length and chunked): a proxy must not relay it
 """
 import hashlib
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 CHUNK = 1 << 20
+# Chunked last (so chunked framing) under another coding, a chunk extension, a trailer, header
+# names in odd case and a value with inner spaces: a proxy that relays bytes as they came
+# passes it unchanged.
+RAW_RESPONSE = (b"HTTP/1.1 200 Fine\r\nX-Odd-CASE: a  b\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                b"5;ext=1\r\nhello\r\n000\r\nX-Trailer: t\r\n\r\n")
 
 
 def pattern_chunk():
@@ -51,6 +58,12 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self):
+        if self.path == "/raw-response":
+            self.wfile.write(RAW_RESPONSE)
+            return
+        if self.path == "/bad-response":
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+            return
         if self.path == "/upgrade" and self.headers.get("Upgrade") in ("echo", "h2c"):
             self.send_response(101)
             self.send_header("Upgrade", self.headers.get("Upgrade"))
