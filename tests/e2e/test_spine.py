@@ -362,6 +362,19 @@ def test_a_response_framed_two_ways_gets_502_and_an_error_flow(running_agent):
     assert "malformed response from the destination" in fl[0]["Summary"]
 
 
+def test_heads_larger_than_a_read_are_parsed_and_relayed_whole(running_agent):
+    # 40,000-byte header values each way: the proxy reads them in several pieces (its reads
+    # start at 512 bytes), keeps the partial head and parses it once complete.
+    code, body, p = curl("shop/client", f"http://{FILES}:8000/big-head/40000", "-H", "X-Big: " + "a" * 40000, "-D", "/dev/stderr")
+    assert (code, body) == (200, "40000"), (code, body)
+    assert re.search(r"(?im)^x-big: b{40000}\r?$", p.stderr), "the response's big header did not arrive whole"
+    fl = flows("--pod", "backend/files", "--http-path", "^/big-head/40000$", last=2)
+    assert [f["l7"]["type"] for f in fl] == ["REQUEST", "RESPONSE"]
+    sent = {h["key"].lower(): h["value"] for h in fl[0]["l7"]["http"]["headers"]}
+    got = {h["key"].lower(): h["value"] for h in fl[1]["l7"]["http"]["headers"]}
+    assert len(sent["x-big"]) == 40000 and len(got["x-big"]) == 40000
+
+
 def test_connections_do_not_leak_file_descriptors(running_agent):
     import os
 

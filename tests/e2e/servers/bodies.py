@@ -5,6 +5,8 @@ GET  /bytes/N     -> 200, N bytes of a deterministic pattern, streamed in 1 MiB 
 GET  /upgrade     -> with `Upgrade: echo` (or h2c): 101 Switching Protocols, then echoes raw bytes
 GET  /raw-response -> RAW_RESPONSE below, byte for byte (odd spellings a re-encoding proxy would change)
 GET  /bad-response -> a response framed two ways (Content-Length and chunked): a proxy must not relay it
+GET  /big-head/N  -> 200 with an X-Big header of N bytes (a head larger than one read) echoing the
+                     length of the request's X-Big header as the body
 """
 import hashlib
 import sys
@@ -60,6 +62,14 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/raw-response":
             self.wfile.write(RAW_RESPONSE)
+            return
+        if self.path.startswith("/big-head/"):
+            body = str(len(self.headers.get("X-Big", ""))).encode()
+            self.send_response(200)
+            self.send_header("X-Big", "b" * int(self.path.split("/")[2]))
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
             return
         if self.path == "/bad-response":
             self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
