@@ -213,39 +213,37 @@ extension HTTP1Intercept {
             connection.close()
         }
 
-        /// 502 with the reason the destination's response could not be relayed, an ERROR flow
-        /// naming it, then close.
+        /// 502 with the reason the destination's response could not be relayed.
         func badGateway(_ reason: String) {
             guard !rejected, let context = glue.context(.client) else { return connection.close() }
+            refuse(context, .badGateway, exchange: session.exchanges.next,
+                   summary: "HTTP/1.1 502 malformed response from the destination: \(reason)",
+                   text: "Bad Gateway: malformed response from the destination: \(reason)")
+        }
+
+        /// 400 (501, 505) with the reason: the client's framing can no longer be trusted, so the
+        /// connection cannot be reused.
+        private func reject(context: ChannelHandlerContext, _ failure: HTTP1RequestParser.Failure) {
+            connection.environment.count(.httpRequestsRejected)
+            let status = HTTPResponseStatus(statusCode: failure.status)
+            let what = failure.status == 400 ? "malformed request rejected" : "request rejected"
+            refuse(context, status, exchange: nil, summary: "HTTP/1.1 \(failure.status) \(what): \(failure.reason)",
+                   text: "\(status.reasonPhrase): \(failure.reason)")
+        }
+
+        /// The proxy's own last answer on this connection: an ERROR flow (for the exchange it
+        /// ends, if any), the status with `text`, then close; nothing more is read or relayed.
+        private func refuse(_ context: ChannelHandlerContext, _ status: HTTPResponseStatus, exchange e: Exchange?,
+                            summary: String, text: String) {
             rejected = true
-            let e = session.exchanges.next
+            unparsed = nil
             connection.environment.record(connection.context.flow(
                 verdict: .error, type: .l7,
                 l7: Layer7(type: .response, latencyNs: e.map { monotonicNanos() &- $0.startNanos } ?? 0,
-                           http: HTTP(code: 502, method: e?.method ?? "", url: e?.url ?? "", protocol: e?.version ?? "HTTP/1.1", headers: [])),
-                reply: true, summary: "HTTP/1.1 502 malformed response from the destination: \(reason)"))
-            HTTP1Intercept.answerAndClose(context, status: .badGateway, text: "Bad Gateway: malformed response from the destination: \(reason)") {
-                self.connection.close()
-            }
-        }
-
-        /// 400 (501, 505) with the reason, an ERROR flow naming it, then close: the client's
-        /// framing can no longer be trusted, so the connection cannot be reused.
-        private func reject(context: ChannelHandlerContext, _ failure: HTTP1RequestParser.Failure) {
-            rejected = true
-            unparsed = nil
-            connection.environment.count(.httpRequestsRejected)
-            let c = connection.context
-            let status = HTTPResponseStatus(statusCode: failure.status)
-            let what = failure.status == 400 ? "malformed request rejected" : "request rejected"
-            connection.environment.record(c.flow(
-                verdict: .error, type: .l7,
-                l7: Layer7(type: .response, latencyNs: 0,
-                           http: HTTP(code: failure.status, method: "", url: "", protocol: "HTTP/1.1", headers: [])),
-                reply: true, summary: "HTTP/1.1 \(failure.status) \(what): \(failure.reason)"))
-            HTTP1Intercept.answerAndClose(context, status: status, text: "\(status.reasonPhrase): \(failure.reason)") {
-                self.connection.close()
-            }
+                           http: HTTP(code: Int(status.code), method: e?.method ?? "", url: e?.url ?? "",
+                                      protocol: e?.version ?? "HTTP/1.1", headers: [])),
+                reply: true, summary: summary))
+            HTTP1Intercept.answerAndClose(context, status: status, text: text) { self.connection.close() }
         }
     }
 
