@@ -37,21 +37,15 @@ public struct Redaction: Sendable, Equatable {
 
     /// Whether header `name` keeps its value (names compared as lowercase).
     func keepsValue(_ name: String) -> Bool {
-        // The usual case, no allow list: compared with each denied name in place, no copy.
+        // The usual case, no allow list: lowercased only when a denied name has its length.
         if headersAllow.isEmpty {
-            return !headersDeny.contains { Self.caselessEquals(name, $0) }
+            let n = name.utf8.count
+            return !headersDeny.contains { $0.utf8.count == n && $0 == name.lowercased() }
         }
         // Header names from the wire are usually lowercase already (HTTP/2 always): no copy then.
         let lower = name.utf8.contains(where: { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") }) ? name.lowercased() : name
         if headersDeny.contains(lower) { return false }
         return headersAllow.isEmpty || headersAllow.contains(lower)
-    }
-
-    /// ASCII case-insensitive equality with a lower-case name.
-    static func caselessEquals(_ name: String, _ lower: String) -> Bool {
-        guard name.utf8.count == lower.utf8.count else { return false }
-        for (a, b) in zip(name.utf8, lower.utf8) where a != b && !(a >= 0x41 && a <= 0x5a && a | 0x20 == b) { return false }
-        return true
     }
 
     public func url(_ url: String) -> String {
