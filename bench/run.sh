@@ -15,9 +15,10 @@
 # Loupe runs one event loop and every contender one worker, pinned to CPU 1; load tools and
 # servers' clients on CPU 0. Each row also gives the proxy's CPU time per request or query
 # (utime + stime of its process tree from /proc/PID/stat, around each run). Contenders are
-# installed up front; one that cannot be stops the run before anything is measured. Correctness of what is driven is checked (no errors, one flow per
-# request and per response during Loupe's runs, every contender in the path); a failed check is
-# printed and makes the exit status 1. No timing is asserted anywhere.
+# installed up front; one that cannot be stops the run before anything is measured.
+# Correctness of what is driven is checked (no errors, one flow per request and per response
+# during Loupe's runs, every contender in the path); a failed check is printed and makes the
+# exit status 1. No timing is asserted anywhere.
 # Usage: bench/run.sh [seconds-per-run] [rounds]     (defaults 5 s, 3 rounds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,7 +49,7 @@ check() { # check DESCRIPTION COMMAND…: prints the outcome; a failure makes th
   if "${@:2}"; then echo "check ok: $1" >&2; else echo "CHECK FAILED: $1" >&2; FAILED+=("$1"); fi
 }
 
-# --- Contenders: installed when missing; one that cannot be says why instead of disappearing.
+# --- Contenders: installed when missing; one that cannot be stops the run, saying why.
 declare -A WHY_NOT=()
 for p in haproxy dnsdist; do
   command -v "$p" >/dev/null ||
@@ -158,7 +159,7 @@ print("%.2f %d %.0f" % (e["bits_per_second"]/1e9, e["bytes"] >> 20, t*1000/int(s
 tree_ticks() {
   local root=$1
   [[ -n "$root" ]] || { echo 0; return; }
-  awk -v root="$root" 'FNR == 1 { sub(/^[^)]*\) /, ""); ppid[FILENAME] = $2; t[FILENAME] = $12 + $13; pid[FILENAME] = FILENAME }
+  awk -v root="$root" 'FNR == 1 { sub(/^[^)]*\) /, ""); ppid[FILENAME] = $2; t[FILENAME] = $12 + $13 }
     END { for (f in ppid) { split(f, a, "/"); p[a[3]] = ppid[f]; ticks[a[3]] = t[f] }
           for (q in p) { x = q; while (x != "" && x != root && x != 1 && x != 0) x = p[x]; if (x == root) s += ticks[q] }
           print s + 0 }' /proc/[0-9]*/stat 2>/dev/null
