@@ -79,6 +79,7 @@ let package = Package(
             dependencies: [
                 "LoupeBPF", "LoupeFlow", "LoupePolicy", "LoupeProtocols", "LoupeProxy", "LoupeProcess", "LoupeAPI", "LoupeNetlink",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "NIOCore", package: "swift-nio"),

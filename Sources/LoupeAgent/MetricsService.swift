@@ -80,22 +80,31 @@ public final class MetricsService: Service, Sendable {
         var rcode: UInt32 = 0, ips = 0
 
         init(_ f: Flow) {
-            if let dns = f.l7?.dns {
-                qtypes = dns.qtypes
-                rcode = dns.rcode
-                ips = dns.ips.count
+            // The L7 part read once (each `f.l7?.…` chain copied it).
+            var l7Kind: UInt32 = 0, isHTTP = false, isDNS = false
+            code = -1
+            method = ""
+            proto = ""
+            if let l7 = f.l7 {
+                l7Kind = switch l7.type { case .request: 1; case .response: 2; case .sample: 3 }
+                if let http = l7.http {
+                    isHTTP = true
+                    code = Int32(clamping: http.code ?? -1)
+                    method = http.method
+                    proto = http.protocol
+                } else if let dns = l7.dns {
+                    isDNS = true
+                    qtypes = dns.qtypes
+                    rcode = dns.rcode
+                    ips = dns.ips.count
+                }
             }
-            func key(_ e: Endpoint) -> UInt64 { UInt64(e.id ?? 0) << 32 | UInt64(e.identity) }
-            source = key(f.source)
-            destination = key(f.destination)
+            source = UInt64(f.source.id ?? 0) << 32 | UInt64(f.source.identity)
+            destination = UInt64(f.destination.id ?? 0) << 32 | UInt64(f.destination.identity)
             let verdict: UInt32 = switch f.verdict { case .forwarded: 0; case .dropped: 1; case .error: 2; case .audit: 3 }
-            let l7: UInt32 = switch f.l7?.type { case nil: 0; case .request: 1; case .response: 2; case .sample: 3 }
-            flags = verdict | l7 << 2 | (f.type == .l7 ? 1 << 4 : 0) | (f.trafficDirection == .egress ? 1 << 5 : 0)
-                | (f.l4.tcp != nil ? 1 << 6 : 0) | (f.l4.udp != nil ? 1 << 7 : 0) | (f.l7?.http != nil ? 1 << 8 : 0)
-                | (f.l7?.dns != nil ? 1 << 9 : 0) | (f.isReply ? 1 << 10 : 0)
-            code = Int32(clamping: f.l7?.http?.code ?? -1)
-            method = f.l7?.http?.method ?? ""
-            proto = f.l7?.http?.protocol ?? ""
+            flags = verdict | l7Kind << 2 | (f.type == .l7 ? 1 << 4 : 0) | (f.trafficDirection == .egress ? 1 << 5 : 0)
+                | (f.l4.tcp != nil ? 1 << 6 : 0) | (f.l4.udp != nil ? 1 << 7 : 0) | (isHTTP ? 1 << 8 : 0)
+                | (isDNS ? 1 << 9 : 0) | (f.isReply ? 1 << 10 : 0)
             dropReason = f.dropReasonDesc?.rawValue
         }
     }

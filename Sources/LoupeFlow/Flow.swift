@@ -272,15 +272,25 @@ public struct HTTP: Codable, Sendable, Equatable {
     }
 }
 
-/// One line of `hubble observe -o json`: `{"flow":{…},"node_name":"…","time":"…"}`.
+/// One line of `hubble observe -o json`: `{"flow":{…},"node_name":"…","time":"…"}`. The
+/// line's node name and time are the flow's own (as in Hubble): read from it, not kept twice.
 public struct FlowRecord: Codable, Sendable, Equatable {
     public var flow: Flow
-    public var nodeName: String
-    public var time: String
+    public var nodeName: String { flow.nodeName }
+    public var time: String { flow.time }
     enum CodingKeys: String, CodingKey { case flow, nodeName = "node_name", time }
-    public init(flow: Flow) {
+    public init(flow: consuming Flow) {
         self.flow = flow
-        self.nodeName = flow.nodeName
-        self.time = flow.time
+    }
+
+    public init(from decoder: Decoder) throws {
+        flow = try decoder.container(keyedBy: CodingKeys.self).decode(Flow.self, forKey: .flow)
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(flow, forKey: .flow)
+        try c.encode(nodeName, forKey: .nodeName)
+        try c.encode(time, forKey: .time)
     }
 }

@@ -11,7 +11,7 @@ public final class FlowStore: @unchecked Sendable {
     /// slots cost ~30 MB of RSS before the first flow.
     fileprivate final class Slot: Sendable {
         let record: FlowRecord
-        init(_ record: FlowRecord) { self.record = record }
+        init(_ record: consuming FlowRecord) { self.record = record }
     }
 
     /// Kept flows as references to the ring's slots, oldest first: taking one copies a pointer
@@ -58,10 +58,13 @@ public final class FlowStore: @unchecked Sendable {
         return body(&s)
     }
 
-    public func append(_ flow: Flow) {
-        let record = FlowRecord(flow: flow)
-        let subscribers = withState { s -> [Subscriber] in
-            s.ring[s.next] = Slot(record)
+    public func append(_ flow: consuming Flow) {
+        let slot = Slot(FlowRecord(flow: flow))
+        // The slot it replaces comes out of the lock and is freed outside it (freeing a flow
+        // is a good part of the work of appending one).
+        let (subscribers, _) = withState { s -> ([Subscriber], Slot?) in
+            let replaced = s.ring[s.next]
+            s.ring[s.next] = slot
             s.next = (s.next + 1) % capacity
             s.total += 1
             let second = time(nil)
@@ -71,9 +74,9 @@ public final class FlowStore: @unchecked Sendable {
                 s.perSecond[b] = 0
             }
             s.perSecond[b] += 1
-            return s.callbacks
+            return (s.callbacks, replaced)
         }
-        for sub in subscribers { sub(record) }
+        for sub in subscribers { sub(slot.record) }
     }
 
     /// The newest `n` flows that satisfy `matching`, oldest first.

@@ -29,7 +29,7 @@ import Testing
         let transport = InProcessTransport()
         let service = ObserverService(environment: env, node: node, followers: Followers(),
                                       peers: PeerDirectory(environment: env, selfNode: node, hubblePort: nil, probing: false, logger: Logger(label: "test")))
-        return try await withGRPCServer(transport: transport.server, services: [service]) { _ in
+        return try await withGRPCServer(transport: transport.server, services: [ObserverRoutes(service: service)]) { _ in
             try await withGRPCClient(transport: transport.client) { client in
                 try await body(env, Observer_Observer.Client(wrapping: client))
             }

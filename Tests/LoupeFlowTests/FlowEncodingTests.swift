@@ -148,4 +148,15 @@ func sampleFlow(reply: Bool = false, code: Int? = nil, verdict: Verdict = .forwa
         let t = Array(FlowTime.nowRFC3339())
         #expect(t.count == 30 && t[4] == "-" && t[10] == "T" && t[19] == "." && t[29] == "Z")
     }
+
+    @Test func nowIsTheClocksTimeToTheNanosecond() throws {
+        let before = FlowTime.now()
+        let text = FlowTime.nowRFC3339()
+        let after = FlowTime.now()
+        let t = try #require(FlowTime.parse(text))
+        #expect(FlowTime.rfc3339(seconds: t.seconds, nanoseconds: t.nanoseconds) == text)
+        let ns = { (s: Int, n: Int) in s * 1_000_000_000 + n }
+        #expect(ns(before.seconds, before.nanoseconds) <= ns(t.seconds, t.nanoseconds))
+        #expect(ns(t.seconds, t.nanoseconds) <= ns(after.seconds, after.nanoseconds))
+    }
 }

@@ -68,7 +68,7 @@ public final class HubbleServer: Service, Sendable {
         let directory = PeerDirectory(environment: environment, selfNode: node, hubblePort: c.listenAddress?.port,
                                       probing: !c.tls, logger: logger)
         let services: [any RegistrableRPCService] = [
-            ObserverService(environment: environment, node: node, followers: followers, peers: directory),
+            ObserverRoutes(service: ObserverService(environment: environment, node: node, followers: followers, peers: directory)),
             PeerService(directory: directory, followers: followers),
             HealthService(followers: followers),
             AgentStatusService(environment: environment, node: node, readings: readings),

@@ -1,5 +1,6 @@
 import Foundation
 import GRPCCore
+import GRPCProtobuf
 import LoupeAPI
 import LoupeFlow
 import LoupeProxy
@@ -34,8 +35,19 @@ struct ObserverService: Observer_Observer.SimpleServiceProtocol {
     /// The largest GetFlows request evaluated (filters are compiled per request).
     static let maxRequestBytes = 1 << 20
 
+    /// Served by `ObserverRoutes` with responses encoded by `FlowWire`; this is the same stream
+    /// decoded, for a caller of the generated protocol.
     func getFlows(request: Observer_GetFlowsRequest, response: RPCWriter<Observer_GetFlowsResponse>,
                   context: ServerContext) async throws {
+        try await streamFlows(request: request) { batch in
+            try await response.write(contentsOf: try batch.map { try Observer_GetFlowsResponse(serializedBytes: $0.bytes) })
+        }
+    }
+
+    /// GetFlows: stored flows as the request selects them, then (following) every new one, each
+    /// response already in protobuf's wire format.
+    func streamFlows(request: Observer_GetFlowsRequest,
+                     send: ([EncodedFlowsResponse]) async throws -> Void) async throws {
         let size = ((try? request.serializedBytes()) as [UInt8]?)?.count ?? 0
         if size > Self.maxRequestBytes {
             throw RPCError(code: .resourceExhausted,
@@ -61,20 +73,29 @@ struct ObserverService: Observer_Observer.SimpleServiceProtocol {
             throw RPCError(code: .invalidArgument, message: "GetFlowsRequest.field_mask: \(mask.paths.joined(separator: ",")) names no field of flow.Flow")
         }
         let nodeName = node.name
-        func message(_ record: FlowRecord) -> (Observer_GetFlowsResponse, Google_Protobuf_Timestamp)? {
-            var flow = Flow_Flow(record.flow)
-            guard filters.matches(flow) else { return nil }
-            let time = flow.time
-            if let mask { flow.trim(keeping: mask) }
-            var r = Observer_GetFlowsResponse()
-            r.flow = flow
-            r.nodeName = nodeName
-            r.time = time
-            return (r, time)
+        func message(_ record: FlowRecord) -> (EncodedFlowsResponse, Google_Protobuf_Timestamp)? {
+            let parsed = FlowTime.parse(record.flow.time)
+            let time = parsed.map { Google_Protobuf_Timestamp(seconds: Int64($0.seconds), nanos: Int32($0.nanoseconds)) }
+                ?? Google_Protobuf_Timestamp()
+            // Hubble's filters and field masks read the message; a flow they leave whole is
+            // written as it is stored.
+            if !filters.isEmpty || mask != nil {
+                var flow = Flow_Flow(record.flow)
+                guard filters.matches(flow) else { return nil }
+                if let mask {
+                    flow.trim(keeping: mask)
+                    var r = Observer_GetFlowsResponse()
+                    r.flow = flow
+                    r.nodeName = nodeName
+                    r.time = time
+                    return (EncodedFlowsResponse(r), time)
+                }
+            }
+            return (EncodedFlowsResponse(bytes: FlowWire.getFlowsResponse(record, time: parsed, nodeName: nodeName)), time)
         }
         let store = environment.flows
         guard request.follow else {
-            try await response.write(contentsOf: selection.select(store.records(), message))
+            try await send(selection.select(store.records(), message))
             return
         }
 
@@ -89,7 +110,7 @@ struct ObserverService: Observer_Observer.SimpleServiceProtocol {
             followers.remove(follower)
             queue.finish()
         }
-        try await response.write(contentsOf: selection.select(backlog, message))
+        try await send(selection.select(backlog, message))
         try await withRPCCancellationHandler {
             var signals = queue.signals.makeAsyncIterator()
             while true {
@@ -98,20 +119,20 @@ struct ObserverService: Observer_Observer.SimpleServiceProtocol {
                     guard await signals.next() != nil else { return }
                     continue
                 }
-                var batch: [Observer_GetFlowsResponse] = []
+                var batch: [EncodedFlowsResponse] = []
                 batch.reserveCapacity(records.count)
                 for record in records {
                     guard let (r, time) = message(record) else { continue }
                     if selection.pastUntil(time) {
-                        try await response.write(contentsOf: batch)
+                        try await send(batch)
                         return
                     }
                     if selection.inWindow(time) { batch.append(r) }
                 }
-                try await response.write(contentsOf: batch)
+                try await send(batch)
                 // Said in the stream where it happened: flows are dropped only while the queue
                 // is full, so every flow of this batch came before the loss.
-                if lost > 0 { try await response.write(lostEvents(lost)) }
+                if lost > 0 { try await send([EncodedFlowsResponse(lostEvents(lost))]) }
             }
         } onCancelRPC: {
             queue.finish()
@@ -258,6 +279,40 @@ extension Flow_AgentEvent {
                 $0.labels = ep.labels
                 $0.podName = ep.podName
                 $0.namespace = ep.namespace
+            }
+        }
+    }
+}
+
+/// A GetFlowsResponse already in protobuf's wire format, sent as it is.
+struct EncodedFlowsResponse: Sendable {
+    var bytes: [UInt8]
+    init(bytes: [UInt8]) { self.bytes = bytes }
+    /// A message SwiftProtobuf encodes (lost events, masked flows); it cannot fail for a
+    /// message built in memory, whose fields are all set.
+    init(_ message: Observer_GetFlowsResponse) {
+        bytes = (try? message.serializedBytes()) ?? []
+    }
+
+    struct Serializer: MessageSerializer {
+        func serialize<Bytes: GRPCContiguousBytes>(_ message: EncodedFlowsResponse) throws -> Bytes { Bytes(message.bytes) }
+    }
+}
+
+/// The Observer service as the server registers it: the generated routes, with GetFlows
+/// answering in `EncodedFlowsResponse`s (its stream is every flow the node records).
+struct ObserverRoutes: RegistrableRPCService {
+    let service: ObserverService
+
+    func registerMethods<Transport: ServerTransport>(with router: inout RPCRouter<Transport>) {
+        service.registerMethods(with: &router)
+        router.registerHandler(forMethod: Observer_Observer.Method.GetFlows.descriptor,
+                               deserializer: ProtobufDeserializer<Observer_GetFlowsRequest>(),
+                               serializer: EncodedFlowsResponse.Serializer()) { [service] request, _ in
+            let single = try await ServerRequest(stream: request)
+            return StreamingServerResponse(metadata: [:]) { writer in
+                try await service.streamFlows(request: single.message) { try await writer.write(contentsOf: $0) }
+                return [:]
             }
         }
     }

@@ -98,10 +98,9 @@ public final class ProxyEnvironment: Sendable {
     public var generation: UInt64 { current.withLock { $0.generation } }
 
     /// Every flow goes through here: redacted (Hubble's options), then recorded.
-    public func record(_ flow: Flow) {
-        var f = flow
-        configuration.redaction.apply(&f)
-        flows.append(f)
+    public func record(_ flow: consuming Flow) {
+        configuration.redaction.apply(&flow)
+        flows.append(flow)
     }
 
     /// Proxy-level counters (connections, upstream errors, parse errors, policy denials) for `loupe status`.
