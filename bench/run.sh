@@ -325,7 +325,8 @@ pipeline() {
   while [[ "$(stat -c %s "$out")" != "$size" ]]; do size=$(stat -c %s "$out"); sleep 0.5; done
   stop_pid "$CONSUMER_PID"; CONSUMER_PID=
   local rate lost_status
-  rate=$(tail -n +"$((from + 1))" "$LOG" | sed -n 's/.*synthetic flows: [0-9]* recorded in [0-9.]* s (\([0-9]*\) flows\/s).*/\1/p' | tail -1)
+  rate=$(tail -n +"$((from + 1))" "$LOG" | sed -n 's/.*synthetic flows: [0-9]* recorded in [0-9.]* s (\([0-9]*\) flows\/s.*/\1/p' | tail -1)
+  FLOW_CPU=$(tail -n +"$((from + 1))" "$LOG" | sed -n 's/.*flows\/s, \([0-9.]*\) µs CPU per flow.*/\1/p' | tail -1)
   lost_status=$(status_field lost_events.observer)
   read -r -a P < <(python3 - "$out" "${rate:-0}" "$lost_status" <<'EOF'
 import json, sys
@@ -341,8 +342,8 @@ EOF
   rm -f "$out"
 }
 pipeline max 0
-FP_RATE=${P[0]} FP_DELIVERED=${P[1]} FP_LOST=${P[2]} FP_LOST_STATUS=${P[3]}
-echo "flow pipeline, as fast as possible: $FP_RATE flows/s recorded, $FP_DELIVERED delivered, $FP_LOST lost (stream), $FP_LOST_STATUS lost (status)" >&2
+FP_RATE=${P[0]} FP_DELIVERED=${P[1]} FP_LOST=${P[2]} FP_LOST_STATUS=${P[3]} FP_CPU=${FLOW_CPU:-n/a}
+echo "flow pipeline, as fast as possible: $FP_RATE flows/s recorded ($FP_CPU µs of the recording thread's CPU per flow), $FP_DELIVERED delivered, $FP_LOST lost (stream), $FP_LOST_STATUS lost (status)" >&2
 check "flow pipeline: every synthetic flow delivered or counted lost ($FP_DELIVERED + $FP_LOST of $FLOW_N)" \
   test $(( FP_DELIVERED + FP_LOST )) -eq "$FLOW_N" -a "$FP_LOST" -eq "$FP_LOST_STATUS"
 pipeline target 200000
@@ -409,7 +410,7 @@ echo "agent CPU per GiB carried: spliced $(med bulk spliced 3) ms, userspace rel
 echo
 echo "Memory: agent RSS idle $RSS_IDLE KiB ($RSS_IDLE_ANON KiB of it heap, the rest mapped code); with the flow ring full $RSS_RING KiB;" \
      "+ $IDLE_OK idle keep-alive connections $RSS_HELD KiB ($(( (RSS_HELD - RSS_RING) * 1024 / (IDLE_OK > 0 ? IDLE_OK : 1) )) B per connection)"
-echo "Flow pipeline (JSON follower attached): as fast as possible $FP_RATE flows/s recorded, $FP_DELIVERED delivered, $FP_LOST lost (counted);" \
+echo "Flow pipeline (JSON follower attached): as fast as possible $FP_RATE flows/s recorded ($FP_CPU µs CPU per flow recorded), $FP_DELIVERED delivered, $FP_LOST lost (counted);" \
      "at 200,000/s: $FP2_RATE recorded, $FP2_DELIVERED delivered, $FP2_LOST lost (counted)"
 echo "Flows during Loupe's HTTP runs: $LOUPE_FLOWS for $((H1_DONE + H2_DONE + LAT_DONE)) completed requests; HTTPS: $TLS_FLOWS for $(sum tls loupe 2)"
 if ((${#FAILED[@]})); then

@@ -9,7 +9,7 @@ import SwiftProtobuf
 extension Flow_Flow {
     public init(_ f: LoupeFlow.Flow) {
         self.init()
-        if let t = FlowTime.parse(f.time) { time = .init(seconds: Int64(t.seconds), nanos: Int32(t.nanoseconds)) }
+        if let t = f.timestamp { time = .init(seconds: Int64(t.seconds), nanos: Int32(t.nanoseconds)) }
         uuid = f.uuid
         verdict = Flow_Verdict(f.verdict)
         ip = .with {

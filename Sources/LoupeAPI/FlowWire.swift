@@ -7,8 +7,8 @@ import LoupeFlow
 /// field by field, then every nested message sized once per level above it), which held the
 /// follower to a fifth of the flows the agent recorded.
 public enum FlowWire {
-    /// One GetFlowsResponse carrying `record`'s flow; `time` is the flow's time as
-    /// `FlowTime.parse` reads it (nil: unset in the flow, zero in the response).
+    /// One GetFlowsResponse carrying `record`'s flow; `time` is the flow's `timestamp`
+    /// (nil: unset in the flow, zero in the response).
     public static func getFlowsResponse(_ record: FlowRecord, time: (seconds: Int, nanoseconds: Int)?,
                                         nodeName: String) -> [UInt8] {
         var w = ProtoWriter()

@@ -63,6 +63,10 @@ public final class MetricsService: Service, Sendable {
         /// the first of each shape skip building and hashing label sets (which cost about half
         /// of the flow pipeline's CPU). Cleared when series are pruned, or when it is full.
         var memo: [FlowShape: [Series]] = [:]
+        /// The shape looked up last: consecutive flows mostly share one (a request's flow and
+        /// its answer's alternate between two), and comparing is cheaper than hashing.
+        var last: (shape: FlowShape, series: [Series])?
+        var beforeLast: (shape: FlowShape, series: [Series])?
     }
     private let series = Mutex(State())
     static let memoLimit = 16_384
@@ -111,7 +115,18 @@ public final class MetricsService: Service, Sendable {
 
     func apply(_ flow: Flow) {
         let shape = FlowShape(flow)
-        if let known = series.withLock({ $0.memo[shape] }) {
+        let known = series.withLock { state -> [Series]? in
+            if let l = state.last, l.shape == shape { return l.series }
+            if let b = state.beforeLast, b.shape == shape {
+                swap(&state.last, &state.beforeLast)
+                return b.series
+            }
+            guard let found = state.memo[shape] else { return nil }
+            state.beforeLast = state.last
+            state.last = (shape, found)
+            return found
+        }
+        if let known {
             // Same updates as the first flow of this shape; only a histogram's value differs.
             for s in known {
                 switch s {
@@ -170,6 +185,8 @@ public final class MetricsService: Service, Sendable {
             let dead = state.all.filter { !alive($0.key.labels, "source") || !alive($0.key.labels, "destination") }
             for k in dead.keys { state.all.removeValue(forKey: k) }
             state.memo.removeAll()
+            state.last = nil
+            state.beforeLast = nil
             return Array(dead.values)
         }
         for s in gone {

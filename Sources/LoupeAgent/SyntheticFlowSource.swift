@@ -42,6 +42,12 @@ public final class SyntheticFlowSource: Service, Sendable {
         self.logger = logger
     }
 
+    static func threadCPUNanoseconds() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+
     public func run() async throws {
         let store = environment.flows
         while store.subscriberCount < configuration.startWithSubscribers {
@@ -54,6 +60,7 @@ public final class SyntheticFlowSource: Service, Sendable {
         // A thread of its own, as the proxy's event loops are: the API's drain competes with it.
         let thread = Thread { [self] in
             let start = DispatchTime.now().uptimeNanoseconds
+            let cpuStart = Self.threadCPUNanoseconds()
             var recorded = 0
             for i in 0..<cfg.count {
                 // In batches of 1,000: stop on shutdown; when paced, sleep (never spin) while
@@ -67,13 +74,15 @@ public final class SyntheticFlowSource: Service, Sendable {
                     }
                 }
                 var f = templates[i % templates.count]
-                f.time = FlowTime.nowRFC3339()
-                f.uuid = FlowUUID.make()
+                f.renew()
                 env.record(f)
                 recorded += 1
             }
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-            log.info("synthetic flows: \(recorded) recorded in \(String(format: "%.3f", seconds)) s (\(Int(Double(recorded) / seconds)) flows/s); lost events so far: \(env.flows.lostEvents)")
+            // The recording thread's own CPU per flow: what recording costs, whatever share of
+            // the core the consumers took meanwhile.
+            let cpu = Double(Self.threadCPUNanoseconds() - cpuStart) / 1e3 / Double(max(recorded, 1))
+            log.info("synthetic flows: \(recorded) recorded in \(String(format: "%.3f", seconds)) s (\(Int(Double(recorded) / seconds)) flows/s, \(String(format: "%.2f", cpu)) µs CPU per flow); lost events so far: \(env.flows.lostEvents)")
         }
         thread.name = "loupe-synthetic-flows"
         thread.start()

@@ -15,8 +15,22 @@ public enum DropReason: String, Codable, Sendable, Equatable {
 /// One observed event, shaped like Hubble's `flow.Flow` so that its JSON is what
 /// `hubble observe -o json` prints. Field names follow Hubble's JSON exactly (they are a contract).
 public struct Flow: Codable, Sendable, Equatable {
-    public var time: String
-    public var uuid: String
+    /// RFC 3339 with nanoseconds (`2026-11-24T22:45:32.123456789Z`). A flow the agent records
+    /// keeps the clock's reading and writes this text only when something reads it (most
+    /// flows are only ever counted and kept in the ring); a flow read from text keeps its text.
+    public var time: String {
+        get { stamp.text }
+        set { stamp = .text(newValue) }
+    }
+    /// A version-4 UUID, written out (like `time`) only when read.
+    public var uuid: String {
+        get { id.text }
+        set { id = .text(newValue) }
+    }
+    /// The time as numbers (nil when the text is not RFC 3339), without writing the text.
+    public var timestamp: (seconds: Int, nanoseconds: Int)? { stamp.numbers }
+    private var stamp: Stamp
+    private var id: ID
     public var verdict: Verdict
     public var dropReasonDesc: DropReason?
     public var ip: IPInfo
@@ -50,8 +64,8 @@ public struct Flow: Codable, Sendable, Equatable {
     /// Absent fields take protojson's empty values (`is_reply` false, strings empty).
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        time = try c.decodeIfPresent(String.self, forKey: .time) ?? ""
-        uuid = try c.decodeIfPresent(String.self, forKey: .uuid) ?? ""
+        stamp = .text(try c.decodeIfPresent(String.self, forKey: .time) ?? "")
+        id = .text(try c.decodeIfPresent(String.self, forKey: .uuid) ?? "")
         verdict = try c.decodeIfPresent(Verdict.self, forKey: .verdict) ?? .forwarded
         dropReasonDesc = try c.decodeIfPresent(DropReason.self, forKey: .dropReasonDesc)
         ip = try c.decodeIfPresent(IPInfo.self, forKey: .ip) ?? IPInfo(source: "", destination: "")
@@ -68,12 +82,33 @@ public struct Flow: Codable, Sendable, Equatable {
         summary = try c.decodeIfPresent(String.self, forKey: .summary) ?? ""
     }
 
-    public init(time: String, uuid: String, verdict: Verdict, dropReasonDesc: DropReason? = nil, ip: IPInfo, l4: Layer4,
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(time, forKey: .time)
+        try c.encode(uuid, forKey: .uuid)
+        try c.encode(verdict, forKey: .verdict)
+        try c.encodeIfPresent(dropReasonDesc, forKey: .dropReasonDesc)
+        try c.encode(ip, forKey: .ip)
+        try c.encode(l4, forKey: .l4)
+        try c.encode(source, forKey: .source)
+        try c.encode(destination, forKey: .destination)
+        try c.encode(type, forKey: .type)
+        try c.encode(nodeName, forKey: .nodeName)
+        try c.encodeIfPresent(sourceNames, forKey: .sourceNames)
+        try c.encodeIfPresent(destinationNames, forKey: .destinationNames)
+        try c.encodeIfPresent(l7, forKey: .l7)
+        try c.encode(isReply, forKey: .isReply)
+        try c.encode(trafficDirection, forKey: .trafficDirection)
+        try c.encode(summary, forKey: .summary)
+    }
+
+    /// `time` and `uuid` nil: now, by the clock, and a fresh random id (what the agent records).
+    public init(time: String? = nil, uuid: String? = nil, verdict: Verdict, dropReasonDesc: DropReason? = nil, ip: IPInfo, l4: Layer4,
                 source: Endpoint, destination: Endpoint, type: FlowType, nodeName: String,
                 destinationNames: [String]? = nil, l7: Layer7? = nil, isReply: Bool,
                 trafficDirection: TrafficDirection, summary: String, sourceNames: [String]? = nil) {
-        self.time = time
-        self.uuid = uuid
+        self.stamp = time.map { .text($0) } ?? .now()
+        self.id = uuid.map { .text($0) } ?? .random()
         self.verdict = verdict
         self.dropReasonDesc = dropReasonDesc
         self.ip = ip
@@ -88,6 +123,67 @@ public struct Flow: Codable, Sendable, Equatable {
         self.isReply = isReply
         self.trafficDirection = trafficDirection
         self.summary = summary
+    }
+}
+
+extension Flow {
+    /// This flow happening again: now, under a fresh id (the flow-pipeline benchmark's copies).
+    public mutating func renew() {
+        stamp = .now()
+        id = .random()
+    }
+
+    /// A time as the clock gave it, or as text. Equal when the texts are.
+    enum Stamp: Sendable, Equatable {
+        case clock(seconds: Int, nanoseconds: Int)
+        case text(String)
+
+        static func now() -> Stamp {
+            let n = FlowTime.now()
+            return .clock(seconds: n.seconds, nanoseconds: n.nanoseconds)
+        }
+
+        var text: String {
+            switch self {
+            case .clock(let s, let ns): FlowTime.rfc3339(seconds: s, nanoseconds: ns)
+            case .text(let t): t
+            }
+        }
+
+        var numbers: (seconds: Int, nanoseconds: Int)? {
+            switch self {
+            case .clock(let s, let ns): (s, ns)
+            case .text(let t): FlowTime.parse(t)
+            }
+        }
+
+        static func == (a: Stamp, b: Stamp) -> Bool {
+            if case .clock(let s1, let n1) = a, case .clock(let s2, let n2) = b { return s1 == s2 && n1 == n2 }
+            return a.text == b.text
+        }
+    }
+
+    /// A version-4 UUID's 128 bits, or its text. Equal when the texts are.
+    enum ID: Sendable, Equatable {
+        case bits(UInt64, UInt64)
+        case text(String)
+
+        static func random() -> ID {
+            let (hi, lo) = FlowUUID.bits()
+            return .bits(hi, lo)
+        }
+
+        var text: String {
+            switch self {
+            case .bits(let hi, let lo): FlowUUID.text(hi, lo)
+            case .text(let t): t
+            }
+        }
+
+        static func == (a: ID, b: ID) -> Bool {
+            if case .bits(let h1, let l1) = a, case .bits(let h2, let l2) = b { return h1 == h2 && l1 == l2 }
+            return a.text == b.text
+        }
     }
 }
 

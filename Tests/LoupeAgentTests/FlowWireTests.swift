@@ -42,7 +42,7 @@ import Testing
     @Test func bytesDecodeToTheMessageTheGeneratedCodeBuilds() throws {
         for f in Self.flows {
             let record = FlowRecord(flow: f)
-            let time = try #require(FlowTime.parse(f.time))
+            let time = try #require(f.timestamp)
             let decoded = try Observer_GetFlowsResponse(serializedBytes: FlowWire.getFlowsResponse(record, time: time, nodeName: "node-1"))
             var expected = Observer_GetFlowsResponse()
             expected.flow = Flow_Flow(f)

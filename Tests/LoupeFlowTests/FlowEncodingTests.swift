@@ -160,3 +160,31 @@ func sampleFlow(reply: Bool = false, code: Int? = nil, verdict: Verdict = .forwa
         #expect(ns(t.seconds, t.nanoseconds) <= ns(after.seconds, after.nanoseconds))
     }
 }
+
+@Suite struct FlowStampTests {
+    static func recorded() -> Flow {
+        Flow(verdict: .forwarded, ip: IPInfo(source: "198.18.0.10", destination: "198.18.0.11"),
+             l4: Layer4(tcp: .init(sourcePort: 40_000, destinationPort: 80)),
+             source: Endpoint(id: 1, identity: 2, namespace: "a", labels: [], podName: "p"),
+             destination: Endpoint(id: 3, identity: 4, namespace: "b", labels: [], podName: "q"),
+             type: .l3l4, nodeName: "n", isReply: false, trafficDirection: .egress, summary: "s")
+    }
+
+    @Test func aRecordedFlowHasTheClocksTimeAndAFreshVersion4IDThatStayPut() throws {
+        let before = FlowTime.now()
+        let f = Self.recorded()
+        let t = try #require(FlowTime.parse(f.time))
+        #expect(f.timestamp! == t && f.time == f.time)
+        #expect((t.seconds, t.nanoseconds) >= (before.seconds, before.nanoseconds))
+        let id = Array(f.uuid)
+        #expect(id.count == 36 && id[8] == "-" && id[14] == "4" && "89ab".contains(id[19]) && f.uuid == f.uuid)
+        // The same flow as text (decoded, or set by hand) is the same flow.
+        var g = f
+        g.time = f.time
+        g.uuid = f.uuid
+        #expect(g == f)
+        var h = f
+        h.renew()
+        #expect(h.uuid != f.uuid && h != f)
+    }
+}

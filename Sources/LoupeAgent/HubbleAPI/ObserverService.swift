@@ -74,7 +74,7 @@ struct ObserverService: Observer_Observer.SimpleServiceProtocol {
         }
         let nodeName = node.name
         func message(_ record: FlowRecord) -> (EncodedFlowsResponse, Google_Protobuf_Timestamp)? {
-            let parsed = FlowTime.parse(record.flow.time)
+            let parsed = record.flow.timestamp
             let time = parsed.map { Google_Protobuf_Timestamp(seconds: Int64($0.seconds), nanos: Int32($0.nanoseconds)) }
                 ?? Google_Protobuf_Timestamp()
             // Hubble's filters and field masks read the message; a flow they leave whole is
@@ -237,7 +237,7 @@ struct ObserverService: Observer_Observer.SimpleServiceProtocol {
         let cutoff = Int(Date().timeIntervalSince1970) - 3600
         var names = Set<String>()
         for r in environment.flows.records() {
-            guard let t = FlowTime.parse(r.flow.time), t.seconds >= cutoff else { continue }
+            guard let t = r.flow.timestamp, t.seconds >= cutoff else { continue }
             for ns in [r.flow.source.namespace, r.flow.destination.namespace] { if let ns, !ns.isEmpty { names.insert(ns) } }
         }
         return .with { $0.namespaces = names.sorted().map { ns in .with { $0.namespace = ns } } }

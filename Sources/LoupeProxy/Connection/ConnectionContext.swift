@@ -43,7 +43,7 @@ public struct ConnectionContext: Sendable {
         let ip = reply ? IPInfo(source: serverIP, destination: clientIP) : IPInfo(source: clientIP, destination: serverIP)
         let ports = reply ? Layer4.Ports(sourcePort: serverPort, destinationPort: clientPort)
                           : Layer4.Ports(sourcePort: clientPort, destinationPort: serverPort)
-        return Flow(time: FlowTime.nowRFC3339(), uuid: FlowUUID.make(), verdict: verdict, dropReasonDesc: dropReason,
+        return Flow(verdict: verdict, dropReasonDesc: dropReason,
                     ip: ip, l4: udp ? Layer4(udp: ports) : Layer4(tcp: ports), source: reply ? destination : source,
                     destination: reply ? source : destination, type: type, nodeName: nodeName,
                     destinationNames: !reply && !serverNames.isEmpty ? serverNames : nil, l7: l7,
