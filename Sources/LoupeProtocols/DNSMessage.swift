@@ -28,7 +28,14 @@ public struct DNSMessage: Equatable, Sendable {
     /// The shortest TTL among the A/AAAA answers (how long the addresses may be used), nil
     /// when there are none.
     public var addressTTL: UInt32? {
-        answers.filter { $0.address != nil }.map(\.ttl).min()
+        var lowest: UInt32?
+        for r in answers {
+            switch r.data {
+            case .a, .aaaa: lowest = min(lowest ?? r.ttl, r.ttl)
+            default: break
+            }
+        }
+        return lowest
     }
 
     /// FORMERR for a malformed query, echoing its id when the first two bytes are there.
@@ -82,10 +89,23 @@ public struct DNSRecord: Equatable, Sendable {
     /// `198.19.0.20` / `2001:db8:19::14` for A and AAAA records.
     public var address: String? {
         switch data {
-        case .a(let b): return b.map(String.init).joined(separator: ".")
+        case .a(let b): return DNSRecord.ipv4String(b)
         case .aaaa(let b): return DNSRecord.ipv6String(b)
         default: return nil
         }
+    }
+
+    /// Dotted decimal, written in one go (a String per byte and a join before).
+    static func ipv4String(_ b: [UInt8]) -> String {
+        var text: [UInt8] = []
+        text.reserveCapacity(15)
+        for (i, byte) in b.enumerated() {
+            if i > 0 { text.append(UInt8(ascii: ".")) }
+            if byte >= 100 { text.append(UInt8(ascii: "0") + byte / 100) }
+            if byte >= 10 { text.append(UInt8(ascii: "0") + byte / 10 % 10) }
+            text.append(UInt8(ascii: "0") + byte % 10)
+        }
+        return String(decoding: text, as: UTF8.self)
     }
 
     static func ipv6String(_ b: [UInt8]) -> String {

@@ -79,6 +79,20 @@ let compressedResponse: [UInt8] = [
         #expect(DNSRecord(name: ".", type: .aaaa, ttl: 1, data: .aaaa([0x20, 0x01, 0x0d, 0xb8, 0, 0x19] + Array(repeating: 0, count: 9) + [0x14])).address == "2001:db8:19::14")
     }
 
+    @Test func addressesAreDottedDecimalAndTheirTTLIsTheShortest() {
+        for (bytes, text) in [([0, 0, 0, 0], "0.0.0.0"), ([255, 255, 255, 255], "255.255.255.255"), ([198, 19, 0, 9], "198.19.0.9"),
+                              ([10, 100, 99, 1], "10.100.99.1")] as [([UInt8], String)] {
+            #expect(DNSRecord(name: ".", type: .a, ttl: 1, data: .a(bytes)).address == text)
+        }
+        let r = DNSMessage(id: 1, flags: 0x8180, answers: [
+            DNSRecord(name: "a.", type: .cname, ttl: 5, data: .cname("b.")),
+            DNSRecord(name: "b.", type: .a, ttl: 300, data: .a([1, 2, 3, 4])),
+            DNSRecord(name: "b.", type: .aaaa, ttl: 60, data: .aaaa(Array(repeating: 0, count: 16))),
+        ])
+        #expect(r.addressTTL == 60)
+        #expect(DNSMessage(id: 1, flags: 0x8180, answers: [r.answers[0]]).addressTTL == nil)
+    }
+
     func randomName(_ g: inout SplitMix) -> String {
         let n = Int.random(in: 0...4, using: &g)
         if n == 0 { return "." }

@@ -124,7 +124,7 @@ public final class DNSProxy: @unchecked Sendable {
         var decision: PolicyEngine.ConnectionDecision
     }
     private struct PeerKey: Hashable {
-        var client: String
+        var client: SocketAddress.AddressKey
         var resolver: SocketAddress
     }
     private var peers: [PeerKey: Peer] = [:]
@@ -137,12 +137,12 @@ public final class DNSProxy: @unchecked Sendable {
             peers.removeAll()
             peersGeneration = generation
         }
-        let clientIP = client.ip
-        let key = PeerKey(client: clientIP, resolver: resolver)
+        let key = PeerKey(client: client.addressKey, resolver: resolver)
         var p: Peer
         if let known = peers[key] {
             p = known
         } else {
+            let clientIP = client.ip
             let snap = environment.snapshot
             let resolverIP = resolver.ip
             p = Peer(context: ConnectionContext(clientIP: clientIP, clientPort: Int(client.udpPort), serverIP: resolverIP,
@@ -293,8 +293,10 @@ public final class DNSProxy: @unchecked Sendable {
         switch parsed {
         case .success(var r):
             r.id = p.query.id
-            environment.record(DNSFlows.response(r, query: p.query, latencyNanos: latency, context: p.context))
-            learn(r, query: p.query, client: p.client.ip)
+            let flow = DNSFlows.response(r, query: p.query, latencyNanos: latency, context: p.context)
+            // The flow's addresses are the answer's, already written as text.
+            learn(r, query: p.query, addresses: flow.l7?.dns?.ips ?? [], client: p.context.clientIP)
+            environment.record(flow)
         case .failure(let e):
             environment.count(.dnsMalformedAnswers)
             environment.record(p.context.flow(verdict: .error, type: .l7,
@@ -304,10 +306,8 @@ public final class DNSProxy: @unchecked Sendable {
     }
 
     /// Addresses in the answer, remembered with the names that led to them (query, CNAMEs).
-    private func learn(_ r: DNSMessage, query: DNSMessage, client: String) {
-        guard r.rcode == .noError, let q = query.questions.first?.name else { return }
-        let addresses = r.answers.compactMap(\.address)
-        guard !addresses.isEmpty else { return }
+    private func learn(_ r: DNSMessage, query: DNSMessage, addresses: [String], client: String) {
+        guard r.rcode == .noError, !addresses.isEmpty, let q = query.questions.first?.name else { return }
         var names = [Self.trimDot(q)]
         for rec in r.answers { if case .cname(let t) = rec.data { names.append(Self.trimDot(t)) } }
         let ttl = r.addressTTL ?? 0
@@ -315,7 +315,7 @@ public final class DNSProxy: @unchecked Sendable {
     }
 
     /// Hubble's destination_names carry no trailing dot.
-    static func trimDot(_ n: String) -> String { n.hasSuffix(".") && n.count > 1 ? String(n.dropLast()) : n }
+    static func trimDot(_ n: String) -> String { n.utf8.count > 1 && n.utf8.last == UInt8(ascii: ".") ? String(n.dropLast()) : n }
 
     private func expire(now: UInt64) {
         while deadlineHead < deadlines.count, deadlines[deadlineHead].deadline <= now {

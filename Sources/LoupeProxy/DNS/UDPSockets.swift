@@ -139,6 +139,25 @@ extension SocketAddress {
     /// `ip:port`, `[ip]:port` for IPv6, as in flows and logs.
     var endpoint: String { family == AF_INET6 ? "[\(ip)]:\(udpPort)" : "\(ip):\(udpPort)" }
 
+    /// The address without its port, as numbers: a key that costs no text per packet.
+    struct AddressKey: Hashable {
+        var high: UInt64
+        var low: UInt64
+        var family: Int32
+    }
+
+    var addressKey: AddressKey {
+        switch self {
+        case .v4(let a): AddressKey(high: 0, low: UInt64(a.address.sin_addr.s_addr), family: AF_INET)
+        case .v6(let a):
+            withUnsafeBytes(of: a.address.sin6_addr) { raw in
+                AddressKey(high: raw.loadUnaligned(as: UInt64.self), low: raw.loadUnaligned(fromByteOffset: 8, as: UInt64.self),
+                           family: AF_INET6)
+            }
+        default: AddressKey(high: 0, low: 0, family: 0)
+        }
+    }
+
     /// A sender address from recvmsg (IPv4 or IPv6; nil for anything else).
     init?(storage: sockaddr_storage) {
         var s = storage
