@@ -37,10 +37,6 @@ public struct HTTP1RequestParser: Sendable {
         /// say, not as its bytes came. False for the usual single well-formed header.
         public var framingRewritten: Bool = false
 
-        /// The first field of that name (given in lower case), compared without case.
-        public func first(_ lowerCaseName: String) -> String? {
-            fields.first { $0.name.caselessEquals(lowerCaseName) }?.value
-        }
 
         /// The client keeps the connection after this exchange: HTTP/1.1 unless `Connection:
         /// close`, HTTP/1.0 only with `Connection: keep-alive` (RFC 9112 §9.3).
@@ -49,7 +45,8 @@ public struct HTTP1RequestParser: Sendable {
             for f in fields where f.name.caselessEquals("connection") {
                 for token in f.value.split(separator: ",") {
                     let t = token.trimmingOWS
-                    if t.lowercased() == "close" { close = true } else if t.lowercased() == "keep-alive" { keepAlive = true }
+                    let token = String(t)
+                    if token.caselessEquals("close") { close = true } else if token.caselessEquals("keep-alive") { keepAlive = true }
                 }
             }
             return minor >= 1 ? !close : keepAlive && !close
@@ -79,30 +76,11 @@ public struct HTTP1RequestParser: Sendable {
         public var description: String { reason }
     }
 
-    public enum Step: Sendable, Equatable {
-        /// Not enough bytes for the next step (nothing consumed).
-        case needMore
-        /// Framing bytes consumed (a chunk-size line, a chunk's CRLF, an empty line before a
-        /// request); nothing to deliver.
-        case skip
-        case head(Head)
-        /// The next `n` bytes of the input are body bytes: the caller takes them as they are.
-        case body(Int)
-        /// The message is complete (with its trailer fields, if it had any).
-        case end(trailers: [Field]?)
-        /// After an upgrade or CONNECT: the rest of the input is not HTTP/1 (nothing consumed).
-        case stopped
-    }
+    /// `skip` also consumes an empty line before a request line; `stopped` comes after an
+    /// upgrade or CONNECT.
+    public typealias Step = HTTP1Step<Head>
 
-    enum State: Sendable {
-        case head
-        case fixedBody(remaining: Int, leavesHTTP: Bool)
-        case chunkSize(leavesHTTP: Bool)
-        case chunkData(remaining: Int, leavesHTTP: Bool)
-        case chunkEnd(leavesHTTP: Bool)
-        case trailers(leavesHTTP: Bool)
-        case stopped
-    }
+    typealias State = HTTP1MessageState
 
     public let maxHeaderBytes: Int
     private var state = State.head
@@ -125,35 +103,8 @@ public struct HTTP1RequestParser: Sendable {
             let head = try Self.parseHead(UnsafeRawBufferPointer(rebasing: input[0..<end]))
             state = Self.bodyState(of: head)
             return (.head(head.head), end)
-        case .fixedBody(let remaining, let leaves):
-            if remaining == 0 {
-                state = leaves ? .stopped : .head
-                return (.end(trailers: nil), 0)
-            }
-            guard !input.isEmpty else { return (.needMore, 0) }
-            let n = min(remaining, input.count)
-            state = .fixedBody(remaining: remaining - n, leavesHTTP: leaves)
-            return (.body(n), n)
-        case .chunkSize(let leaves):
-            guard let lineEnd = try Self.scanLine(input, limit: 4096, what: "chunk size line") else { return (.needMore, 0) }
-            let size = try Self.chunkSize(UnsafeRawBufferPointer(rebasing: input[0..<(lineEnd - 2)]))
-            state = size == 0 ? .trailers(leavesHTTP: leaves) : .chunkData(remaining: size, leavesHTTP: leaves)
-            return (.skip, lineEnd)
-        case .chunkData(let remaining, let leaves):
-            guard !input.isEmpty else { return (.needMore, 0) }
-            let n = min(remaining, input.count)
-            state = remaining == n ? .chunkEnd(leavesHTTP: leaves) : .chunkData(remaining: remaining - n, leavesHTTP: leaves)
-            return (.body(n), n)
-        case .chunkEnd(let leaves):
-            guard input.count >= 2 else { return (.needMore, 0) }
-            guard input[0] == Self.cr, input[1] == Self.lf else { throw Failure("malformed chunk: no CRLF after its data") }
-            state = .chunkSize(leavesHTTP: leaves)
-            return (.skip, 2)
-        case .trailers(let leaves):
-            guard let end = try scanBlock(input, what: "trailer section") else { return (.needMore, 0) }
-            let fields = end == 2 ? nil : try Self.parseFields(UnsafeRawBufferPointer(rebasing: input[0..<(end - 2)]), from: 0)
-            state = leaves ? .stopped : .head
-            return (.end(trailers: fields), end)
+        case .body:
+            return try state.stepBody(input, scanned: &scanned, maxHeaderBytes: maxHeaderBytes)
         case .stopped:
             return (.stopped, 0)
         }
@@ -344,10 +295,8 @@ public struct HTTP1RequestParser: Sendable {
     }
 
     static func bodyState(of h: ParsedHead) -> State {
-        let leaves = h.head.leavesHTTP
-        if h.head.method == "CONNECT" { return .fixedBody(remaining: 0, leavesHTTP: true) } // no content (RFC 9110 §9.3.6)
-        if h.chunked { return .chunkSize(leavesHTTP: leaves) }
-        return .fixedBody(remaining: h.contentLength, leavesHTTP: leaves)
+        if h.head.method == "CONNECT" { return .body(HTTP1BodyFramer(.length(0)), leavesHTTP: true) } // no content (RFC 9110 §9.3.6)
+        return .body(HTTP1BodyFramer(h.chunked ? .chunked : .length(h.contentLength)), leavesHTTP: h.head.leavesHTTP)
     }
 
     /// chunk-size [ chunk-ext ] (the line without its CRLF).
@@ -381,6 +330,14 @@ extension HTTP1RequestParser {
     /// `step` over an array (tests, fuzzing).
     public mutating func step(_ bytes: [UInt8]) throws -> (step: Step, consumed: Int) {
         try bytes.withUnsafeBytes { try step($0) }
+    }
+}
+
+extension Array where Element == HTTP1RequestParser.Field {
+    /// The value of the first field of that name (given in lower case), compared without case:
+    /// a request's or a response's head.
+    public func first(_ lowerCaseName: String) -> String? {
+        first { $0.name.caselessEquals(lowerCaseName) }?.value
     }
 }
 

@@ -14,10 +14,6 @@ public struct HTTP1ResponseParser: Sendable {
         public var major: Int
         public var minor: Int
         public var fields: [Field]
-
-        public func first(_ lowerCaseName: String) -> String? {
-            fields.first { $0.name.caselessEquals(lowerCaseName) }?.value
-        }
     }
 
     /// What the response answers, as far as its framing cares.
@@ -25,34 +21,11 @@ public struct HTTP1ResponseParser: Sendable {
         case head, connect, other
     }
 
-    public enum Step: Sendable, Equatable {
-        /// Not enough bytes for the next step (nothing consumed).
-        case needMore
-        /// Framing bytes consumed (a chunk-size line, a chunk's CRLF).
-        case skip
-        /// A response head; after a 1xx other than 101 the final response is still to come.
-        case head(Head)
-        /// The next `n` bytes of the input are body bytes.
-        case body(Int)
-        /// The response is complete (its trailer section consumed, if it had one).
-        case end
-        /// After a 101, or a 2xx to CONNECT: the rest is not HTTP/1 (nothing consumed).
-        case stopped
-    }
+    /// A `head` after a 1xx other than 101 is followed by the final response's; `stopped`
+    /// comes after a 101, or a 2xx to CONNECT.
+    public typealias Step = HTTP1Step<Head>
 
-    enum State: Sendable {
-        case head
-        case fixedBody(remaining: Int, then: After)
-        case chunkSize
-        case chunkData(remaining: Int)
-        case chunkEnd
-        case trailers
-        /// No length: the body ends when the server closes.
-        case untilClose
-        case stopped
-    }
-
-    enum After: Sendable { case head, stopped }
+    typealias State = HTTP1MessageState
 
     public let maxHeaderBytes: Int
     private var state = State.head
@@ -80,39 +53,8 @@ public struct HTTP1ResponseParser: Sendable {
             let head = try Self.parseHead(UnsafeRawBufferPointer(rebasing: input[0..<end]))
             state = try Self.bodyState(of: head, answering: answering)
             return (.head(head), end)
-        case .fixedBody(let remaining, let then):
-            if remaining == 0 {
-                state = then == .stopped ? .stopped : .head
-                return (.end, 0)
-            }
-            guard !input.isEmpty else { return (.needMore, 0) }
-            let n = min(remaining, input.count)
-            state = .fixedBody(remaining: remaining - n, then: then)
-            return (.body(n), n)
-        case .chunkSize:
-            guard let lineEnd = try P.scanLine(input, limit: 4096, what: "chunk size line") else { return (.needMore, 0) }
-            let size = try P.chunkSize(UnsafeRawBufferPointer(rebasing: input[0..<(lineEnd - 2)]))
-            state = size == 0 ? .trailers : .chunkData(remaining: size)
-            return (.skip, lineEnd)
-        case .chunkData(let remaining):
-            guard !input.isEmpty else { return (.needMore, 0) }
-            let n = min(remaining, input.count)
-            state = remaining == n ? .chunkEnd : .chunkData(remaining: remaining - n)
-            return (.body(n), n)
-        case .chunkEnd:
-            guard input.count >= 2 else { return (.needMore, 0) }
-            guard input[0] == P.cr, input[1] == P.lf else { throw Failure("malformed chunk: no CRLF after its data") }
-            state = .chunkSize
-            return (.skip, 2)
-        case .trailers:
-            guard let end = try P.scanBlock(input, scanned: &scanned, limit: maxHeaderBytes, what: "trailer section") else {
-                return (.needMore, 0)
-            }
-            if end > 2 { _ = try P.parseFields(UnsafeRawBufferPointer(rebasing: input[0..<(end - 2)]), from: 0) }
-            state = .head
-            return (.end, end)
-        case .untilClose:
-            return input.isEmpty ? (.needMore, 0) : (.body(input.count), input.count)
+        case .body:
+            return try state.stepBody(input, scanned: &scanned, maxHeaderBytes: maxHeaderBytes)
         case .stopped:
             return (.stopped, 0)
         }
@@ -148,10 +90,10 @@ public struct HTTP1ResponseParser: Sendable {
     /// `Content-Length`, or until the close without one.
     static func bodyState(of h: Head, answering: Request) throws -> State {
         if h.code == 101 || (answering == .connect && (200..<300).contains(h.code)) {
-            return .fixedBody(remaining: 0, then: .stopped)
+            return .body(HTTP1BodyFramer(.length(0)), leavesHTTP: true)
         }
         if (100..<200).contains(h.code) { return .head } // informational: the final response follows
-        if answering == .head || h.code == 204 || h.code == 304 { return .fixedBody(remaining: 0, then: .head) }
+        if answering == .head || h.code == 204 || h.code == 304 { return .body(HTTP1BodyFramer(.length(0)), leavesHTTP: false) }
         var codings: [Substring] = []
         var lengths: [Substring] = []
         for f in h.fields {
@@ -165,14 +107,14 @@ public struct HTTP1ResponseParser: Sendable {
             // Both: a sign of response splitting (RFC 9112 §6.3); a proxy that forwards the
             // bytes unchanged cannot drop the Content-Length, so it refuses the response.
             guard lengths.isEmpty else { throw Failure("Transfer-Encoding with Content-Length in a response") }
-            return String(last).caselessEquals("chunked") ? .chunkSize : .untilClose
+            return .body(HTTP1BodyFramer(String(last).caselessEquals("chunked") ? .chunked : .untilClose), leavesHTTP: false)
         }
-        guard let first = lengths.first else { return .untilClose }
+        guard let first = lengths.first else { return .body(HTTP1BodyFramer(.untilClose), leavesHTTP: false) }
         guard lengths.allSatisfy({ $0 == first }), !first.isEmpty, first.count <= 18,
               first.utf8.allSatisfy(HTTP1RequestParser.isDigit), let n = Int(first) else {
             throw Failure("malformed Content-Length in a response")
         }
-        return .fixedBody(remaining: n, then: .head)
+        return .body(HTTP1BodyFramer(.length(n)), leavesHTTP: false)
     }
 }
 

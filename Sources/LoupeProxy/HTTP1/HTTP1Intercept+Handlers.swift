@@ -129,7 +129,7 @@ extension HTTP1Intercept {
         /// Policy, the exchange and its REQUEST flow; true when the head goes on.
         private func requestHead(_ head: HTTP1RequestParser.Head) -> Bool {
             let c = connection.context
-            let host = head.first("host")
+            let host = head.fields.first("host")
             let decision = connection.currentDecision()
             // Facts are built only when a policy applies: the unenforced path stays lean.
             let denied = decision.isEnforced && !decision.allows(HTTPRequestFacts(
@@ -345,7 +345,7 @@ extension HTTP1Intercept {
             case .forwardThenTunnel(let e, let latency, _):
                 record(e, head: head, latency: latency, context: c)
                 tunnelAfterEnd = true
-                tunnel = head.code == 101 ? "Upgrade: \(head.first("upgrade") ?? "?")" : e.method
+                tunnel = head.code == 101 ? "Upgrade: \(head.fields.first("upgrade") ?? "?")" : e.method
             case .informational:
                 break
             case .unsolicited:
