@@ -172,12 +172,6 @@ struct DNSReader {
 /// escaped with a backslash, every other byte as `\\DDD`. Lossless both ways, so a label with
 /// any bytes survives parse → serialize unchanged.
 public enum DNSName {
-    public static func presentation<C: Collection>(_ label: C) -> String where C.Element == UInt8 {
-        var text: [UInt8] = []
-        appendPresentation(label, to: &text)
-        return String(decoding: text, as: UTF8.self)
-    }
-
     /// One label in presentation format, appended as ASCII bytes.
     public static func appendPresentation<C: Collection>(_ label: C, to text: inout [UInt8]) where C.Element == UInt8 {
         for b in label {
