@@ -43,9 +43,7 @@ public struct HTTP1RequestParser: Sendable {
         public var isKeepAlive: Bool {
             var close = false, keepAlive = false
             for f in fields where f.name.caselessEquals("connection") {
-                for token in f.value.split(separator: ",") {
-                    let t = token.trimmingOWS
-                    let token = String(t)
+                f.value.forEachListMember { token in
                     if token.caselessEquals("close") { close = true } else if token.caselessEquals("keep-alive") { keepAlive = true }
                 }
             }
@@ -201,14 +199,22 @@ public struct HTTP1RequestParser: Sendable {
         return try framing(method: method, target: target, major: major, minor: minor, fields: fields)
     }
 
-    static let httpSlash = Array("HTTP/".utf8)
-
-    /// HTTP-version = "HTTP/" DIGIT "." DIGIT (RFC 9112 §2.3): exactly these 8 bytes.
+    /// HTTP-version = "HTTP/" DIGIT "." DIGIT (RFC 9112 §2.3): exactly these 8 bytes. (Walked in
+    /// place: it is checked on every request and response line.)
     static func isHTTPVersion<C: Collection>(_ v: C) -> Bool where C.Element == UInt8 {
         guard v.count == 8 else { return false }
-        let b = Array(v)
-        return b[0..<5].elementsEqual(httpSlash) && isDigit(b[5]) && b[6] == UInt8(ascii: ".") && isDigit(b[7])
+        for (i, byte) in v.enumerated() {
+            let ok = switch i {
+            case 0..<5: byte == httpSlash[i]
+            case 6: byte == UInt8(ascii: ".")
+            default: isDigit(byte)
+            }
+            if !ok { return false }
+        }
+        return true
     }
+
+    private static let httpSlash = Array("HTTP/".utf8)
 
     @inline(__always) static func isDigit(_ b: UInt8) -> Bool { b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9") }
 
@@ -246,44 +252,47 @@ public struct HTTP1RequestParser: Sendable {
     /// The one framing decision of a request (RFC 9112 §6.3), with its framing headers
     /// normalised so that what is forwarded says exactly what was decided.
     static func framing(method: String, target: String, major: Int, minor: Int, fields: [Field]) throws -> ParsedHead {
-        var codings: [String] = []
+        var codings = 0, onlyChunked = true
         var sawTransferEncoding = false
         var framingLines: [String] = []
-        var lengths: [Substring] = []
+        var lengths = ContentLengthLines()
         var hosts = 0
         var upgrade = false
-        var kept: [Field] = []
-        kept.reserveCapacity(fields.count)
         for f in fields {
             if f.name.caselessEquals("transfer-encoding") {
                 sawTransferEncoding = true
                 framingLines.append(f.value)
-                codings += f.value.split(separator: ",").map { $0.trimmingOWS.lowercased() }.filter { !$0.isEmpty }
-                continue
-            }
-            if f.name.caselessEquals("content-length") {
+                f.value.forEachListMember { coding in
+                    guard !coding.isEmpty else { return }
+                    codings += 1
+                    onlyChunked = onlyChunked && coding.caselessEquals("chunked")
+                }
+            } else if f.name.caselessEquals("content-length") {
                 framingLines.append(f.value)
-                lengths += f.value.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingOWS }
-                continue
+                lengths.add(f.value)
+            } else if f.name.caselessEquals("host") {
+                hosts += 1
+            } else if f.name.caselessEquals("upgrade") {
+                upgrade = true
             }
-            if f.name.caselessEquals("host") { hosts += 1 }
-            if f.name.caselessEquals("upgrade") { upgrade = true }
-            kept.append(f)
         }
         if hosts > 1 { throw Failure("more than one Host header") }
+        // Without framing headers the fields go on as they came (no copy).
+        var kept = framingLines.isEmpty ? fields : fields.filter {
+            !$0.name.caselessEquals("transfer-encoding") && !$0.name.caselessEquals("content-length")
+        }
         var length = 0
         if sawTransferEncoding {
-            guard lengths.isEmpty else { throw Failure("invalid message framing: Transfer-Encoding with Content-Length") }
+            guard !lengths.seen else { throw Failure("invalid message framing: Transfer-Encoding with Content-Length") }
             guard minor >= 1 else { throw Failure("invalid message framing: Transfer-Encoding in an HTTP/1.0 request") }
-            guard codings == ["chunked"] else {
-                throw Failure("transfer coding not understood (Transfer-Encoding: \(codings.joined(separator: ", ")))", status: 501)
+            guard codings == 1 && onlyChunked else {
+                var named: [String] = []
+                for line in framingLines { line.forEachListMember { if !$0.isEmpty { named.append($0.lowercased()) } } }
+                throw Failure("transfer coding not understood (Transfer-Encoding: \(named.joined(separator: ", ")))", status: 501)
             }
             kept.append(Field(name: "transfer-encoding", value: "chunked"))
-        } else if !lengths.isEmpty {
-            guard let first = lengths.first, lengths.allSatisfy({ $0 == first }),
-                  !first.isEmpty, first.count <= 18, first.utf8.allSatisfy(isDigit), let n = Int(first) else {
-                throw Failure("malformed Content-Length")
-            }
+        } else if lengths.seen {
+            guard let n = lengths.length else { throw Failure("malformed Content-Length") }
             length = n
             kept.append(Field(name: "content-length", value: String(n)))
         }
@@ -341,12 +350,49 @@ extension Array where Element == HTTP1RequestParser.Field {
     }
 }
 
-extension String {
-    /// ASCII case-insensitive equality with a lower-case literal (header names).
+extension StringProtocol {
+    /// ASCII case-insensitive equality with a lower-case literal (header names, tokens).
     func caselessEquals(_ lower: String) -> Bool {
         guard utf8.count == lower.utf8.count else { return false }
         for (a, b) in zip(utf8, lower.utf8) where a != b && !(a >= 0x41 && a <= 0x5a && a | 0x20 == b) { return false }
         return true
+    }
+}
+
+extension String {
+    /// Each member of a comma-separated field value (RFC 9110 §5.6.1) without its OWS, empty
+    /// ones included, walked in place (the framing headers of every message: no array each).
+    func forEachListMember(_ body: (Substring) throws -> Void) rethrows {
+        var rest = self[...]
+        while true {
+            let comma = rest.utf8.firstIndex(of: UInt8(ascii: ","))
+            try body(rest[..<(comma ?? rest.endIndex)].trimmingOWS)
+            guard let comma else { return }
+            rest = rest[rest.utf8.index(after: comma)...]
+        }
+    }
+}
+
+/// The Content-Length lines of one message as its one length (RFC 9112 §6.3, RFC 9110 §8.6):
+/// every comma-separated value of every line must be the same decimal number.
+struct ContentLengthLines {
+    private(set) var seen = false
+    private var first: Substring?
+    private var agree = true
+
+    mutating func add(_ value: String) {
+        seen = true
+        value.forEachListMember { piece in
+            if let first { agree = agree && piece == first } else { first = piece }
+        }
+    }
+
+    /// The length the lines say; nil when they disagree or a value is not a decimal number
+    /// (of at most 18 digits).
+    var length: Int? {
+        guard agree, let first, !first.isEmpty, first.utf8.count <= 18,
+              first.utf8.allSatisfy(HTTP1RequestParser.isDigit) else { return nil }
+        return Int(first)
     }
 }
 

@@ -94,26 +94,23 @@ public struct HTTP1ResponseParser: Sendable {
         }
         if (100..<200).contains(h.code) { return .head } // informational: the final response follows
         if answering == .head || h.code == 204 || h.code == 304 { return .body(HTTP1BodyFramer(.length(0)), leavesHTTP: false) }
-        var codings: [Substring] = []
-        var lengths: [Substring] = []
+        var lastCoding: Substring?
+        var lengths = ContentLengthLines()
         for f in h.fields {
             if f.name.caselessEquals("transfer-encoding") {
-                codings += f.value.split(separator: ",").map { $0.trimmingOWS }.filter { !$0.isEmpty }
+                f.value.forEachListMember { if !$0.isEmpty { lastCoding = $0 } }
             } else if f.name.caselessEquals("content-length") {
-                lengths += f.value.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingOWS }
+                lengths.add(f.value)
             }
         }
-        if let last = codings.last {
+        if let lastCoding {
             // Both: a sign of response splitting (RFC 9112 §6.3); a proxy that forwards the
             // bytes unchanged cannot drop the Content-Length, so it refuses the response.
-            guard lengths.isEmpty else { throw Failure("Transfer-Encoding with Content-Length in a response") }
-            return .body(HTTP1BodyFramer(String(last).caselessEquals("chunked") ? .chunked : .untilClose), leavesHTTP: false)
+            guard !lengths.seen else { throw Failure("Transfer-Encoding with Content-Length in a response") }
+            return .body(HTTP1BodyFramer(lastCoding.caselessEquals("chunked") ? .chunked : .untilClose), leavesHTTP: false)
         }
-        guard let first = lengths.first else { return .body(HTTP1BodyFramer(.untilClose), leavesHTTP: false) }
-        guard lengths.allSatisfy({ $0 == first }), !first.isEmpty, first.count <= 18,
-              first.utf8.allSatisfy(HTTP1RequestParser.isDigit), let n = Int(first) else {
-            throw Failure("malformed Content-Length in a response")
-        }
+        guard lengths.seen else { return .body(HTTP1BodyFramer(.untilClose), leavesHTTP: false) }
+        guard let n = lengths.length else { throw Failure("malformed Content-Length in a response") }
         return .body(HTTP1BodyFramer(.length(n)), leavesHTTP: false)
     }
 }
