@@ -44,7 +44,32 @@ public struct Flow: Codable, Sendable, Equatable {
     public var l7: Layer7?
     public var isReply: Bool
     public var trafficDirection: TrafficDirection
-    public var summary: String
+    /// The summary given; empty: said from the L7 HTTP record when read (`summary`).
+    private var givenSummary: String
+    /// One line on what happened. An HTTP flow recorded without one says it the way Cilium's
+    /// proxy does — `HTTP/1.1 GET http://…`, `HTTP/1.1 200 3ms (GET http://…)` — written only
+    /// when read (most recorded flows never are).
+    public var summary: String {
+        get { givenSummary.isEmpty ? l7.map(Self.httpSummary) ?? "" : givenSummary }
+        set { givenSummary = newValue }
+    }
+
+    /// Equal when they say the same: a summary said from the HTTP record equals the same text
+    /// given (a flow read back from JSON). Every stored property but `givenSummary`, compared.
+    public static func == (a: Flow, b: Flow) -> Bool {
+        a.stamp == b.stamp && a.id == b.id && a.verdict == b.verdict && a.dropReasonDesc == b.dropReasonDesc
+            && a.ip == b.ip && a.l4 == b.l4 && a.source == b.source && a.destination == b.destination
+            && a.type == b.type && a.nodeName == b.nodeName && a.sourceNames == b.sourceNames
+            && a.destinationNames == b.destinationNames && a.l7 == b.l7 && a.isReply == b.isReply
+            && a.trafficDirection == b.trafficDirection && a.summary == b.summary
+    }
+
+    private static func httpSummary(_ l7: Layer7) -> String {
+        guard let http = l7.http else { return "" }
+        guard l7.type == .response, let code = http.code else { return "\(http.protocol) \(http.method) \(http.url)" }
+        let ms = (l7.latencyNs.flatMap { UInt64($0) } ?? 0) / 1_000_000
+        return "\(http.protocol) \(code) \(ms)ms (\(http.method) \(http.url))"
+    }
 
     enum CodingKeys: String, CodingKey {
         case time, uuid, verdict
@@ -79,7 +104,7 @@ public struct Flow: Codable, Sendable, Equatable {
         l7 = try c.decodeIfPresent(Layer7.self, forKey: .l7)
         isReply = try c.decodeIfPresent(Bool.self, forKey: .isReply) ?? false
         trafficDirection = try c.decodeIfPresent(TrafficDirection.self, forKey: .trafficDirection) ?? .egress
-        summary = try c.decodeIfPresent(String.self, forKey: .summary) ?? ""
+        givenSummary = try c.decodeIfPresent(String.self, forKey: .summary) ?? ""
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -106,7 +131,7 @@ public struct Flow: Codable, Sendable, Equatable {
     public init(time: String? = nil, uuid: String? = nil, verdict: Verdict, dropReasonDesc: DropReason? = nil, ip: IPInfo, l4: Layer4,
                 source: Endpoint, destination: Endpoint, type: FlowType, nodeName: String,
                 destinationNames: [String]? = nil, l7: Layer7? = nil, isReply: Bool,
-                trafficDirection: TrafficDirection, summary: String, sourceNames: [String]? = nil) {
+                trafficDirection: TrafficDirection, summary: String = "", sourceNames: [String]? = nil) {
         self.stamp = time.map { .text($0) } ?? .now()
         self.id = uuid.map { .text($0) } ?? .random()
         self.verdict = verdict
@@ -122,7 +147,7 @@ public struct Flow: Codable, Sendable, Equatable {
         self.l7 = l7
         self.isReply = isReply
         self.trafficDirection = trafficDirection
-        self.summary = summary
+        self.givenSummary = summary
     }
 }
 

@@ -60,6 +60,32 @@ func sampleFlow(reply: Bool = false, code: Int? = nil, verdict: Verdict = .forwa
         }
     }
 
+    /// HTTP flows are recorded without a summary: it is said from the HTTP record when read,
+    /// as Cilium's proxy says it, redacted with the URL, and a round trip keeps it derived.
+    @Test func httpFlowsWithoutASummarySayItFromTheirRecord() throws {
+        var request = sampleFlow(), response = sampleFlow(reply: true, code: 404)
+        let explicit = (request.summary, response.summary)
+        request.summary = ""
+        response.summary = ""
+        #expect((request.summary, response.summary) == explicit)
+        #expect(request.summary == "HTTP/1.1 POST http://deathstar/v1/request-landing")
+        #expect(response.summary == "HTTP/1.1 404 3ms (POST http://deathstar/v1/request-landing)")
+        for f in [request, response] {
+            let line = FlowEncoding.jsonLine(FlowRecord(flow: f))
+            #expect(line.contains("\"Summary\":\"\(f.summary)\""))
+            #expect(try FlowEncoding.decode(jsonLine: line).flow == f)
+        }
+        var secret = sampleFlow(path: "/v1?x=1")
+        secret.summary = ""
+        secret.l7?.http?.url = "http://luke:pw@deathstar/v1?x=1"
+        Redaction().apply(&secret)
+        #expect(secret.summary == "HTTP/1.1 POST http://deathstar/v1?x=1")
+        var dns = sampleFlow()
+        dns.l7 = nil
+        dns.summary = ""
+        #expect(dns.summary == "")
+    }
+
     @Test func stringsAreEscaped() throws {
         var f = sampleFlow()
         f.summary = "quote \" backslash \\ newline \n tab \t bell \u{07}"

@@ -38,7 +38,7 @@ public struct ConnectionContext: Sendable {
     public let authorityFallback: String
 
     /// A flow of this connection; `reply` flows go server → client.
-    public func flow(verdict: Verdict, type: FlowType, l7: Layer7?, reply: Bool, summary: String,
+    public func flow(verdict: Verdict, type: FlowType, l7: Layer7?, reply: Bool, summary: String = "",
                      dropReason: DropReason? = nil, udp: Bool = false) -> Flow {
         let ip = reply ? IPInfo(source: serverIP, destination: clientIP) : IPInfo(source: clientIP, destination: serverIP)
         let ports = reply ? Layer4.Ports(sourcePort: serverPort, destinationPort: clientPort)

@@ -162,8 +162,7 @@ extension HTTP1Intercept {
                 l7: Layer7(type: .request, latencyNs: 0, http: HTTP(
                     method: e.method, url: url, protocol: e.version,
                     headers: fields.map { HTTP.Header(key: $0.name, value: $0.value) })),
-                reply: false, summary: "\(e.version) \(e.method) \(url)",
-                dropReason: verdict == .dropped ? .policyDenied : nil))
+                reply: false, dropReason: verdict == .dropped ? .policyDenied : nil)) // summary: said from the HTTP record
         }
 
         /// The policy's answer to a denied request: 403 `Access denied`, as Cilium's proxy
@@ -177,8 +176,7 @@ extension HTTP1Intercept {
                 verdict: .dropped, type: .l7,
                 l7: Layer7(type: .response, latencyNs: latency,
                            http: HTTP(code: 403, method: e.method, url: url, protocol: e.version, headers: [])),
-                reply: true, summary: "\(e.version) 403 \(latency / 1_000_000)ms (\(e.method) \(url))",
-                dropReason: .policyDenied))
+                reply: true, dropReason: .policyDenied)) // summary: said from the HTTP record
             let close = !e.keepAlive || e.wantsTunnel
             let done = context.writeAndFlush(wrapOutboundOut(HTTP1Intercept.response(
                 .forbidden, body: Self.accessDenied, close: close, allocator: context.channel.allocator)))
@@ -354,13 +352,12 @@ extension HTTP1Intercept {
         }
 
         private func record(_ e: Exchange, head: HTTP1ResponseParser.Head, latency: UInt64, context c: ConnectionContext) {
-            let ms = latency / 1_000_000
             connection.environment.record(c.flow(
                 verdict: .forwarded, type: .l7,
                 l7: Layer7(type: .response, latencyNs: latency, http: HTTP(
                     code: head.code, method: e.method, url: e.url, protocol: e.version,
                     headers: head.fields.map { HTTP.Header(key: $0.name, value: $0.value) })),
-                reply: true, summary: "\(e.version) \(head.code) \(ms)ms (\(e.method) \(e.url))"))
+                reply: true)) // summary: said from the HTTP record
         }
 
         func channelReadComplete(context: ChannelHandlerContext) {

@@ -24,7 +24,22 @@ extension HTTP2Intercept {
             var grpcMessage: String?
             /// The stream ended (reset, aborted) before its response was complete.
             var incomplete: Bool
-            var summary: String
+            /// gRPC (the summary names the outcome).
+            var grpc: Bool
+
+            /// The flow's summary: a plain response's is what its HTTP record says, a gRPC
+            /// response's names its status, a response that never came says so.
+            var summary: String {
+                guard code != 0 else { return "HTTP/2 stream ended before a response (\(request.method) \(request.url))" }
+                let plain = "HTTP/2 \(code) \(latencyNanos / 1_000_000)ms (\(request.method) \(request.url))"
+                guard grpc else { return plain }
+                guard let grpcStatus else { return plain + (incomplete ? " (stream ended without grpc-status)" : "") }
+                let name = Int(grpcStatus).flatMap(GRPCStatus.name(of:)).map { " \($0)" } ?? ""
+                return plain + " grpc-status=\(grpcStatus)" + name
+            }
+
+            /// The summary says more than the flow's HTTP record (the flow then carries it).
+            var summarySaysMore: Bool { code == 0 || grpc }
         }
 
         enum State: Equatable {
@@ -105,21 +120,13 @@ extension HTTP2Intercept {
         private static func response(_ req: Request, code: Int, latency: UInt64, headers: [HTTP.Header], grpcStatus: String?,
                                      grpcMessage: String?, grpc: Bool, incomplete: Bool) -> Response {
             var headers = headers
-            var summary = code == 0 ? "HTTP/2 stream ended before a response (\(req.method) \(req.url))"
-                                    : "HTTP/2 \(code) \(latency / 1_000_000)ms (\(req.method) \(req.url))"
-            if grpc {
-                if let grpcStatus {
-                    headers.removeAll { $0.key == "grpc-status" || $0.key == "grpc-message" }
-                    headers.append(.init(key: "grpc-status", value: grpcStatus))
-                    if let grpcMessage { headers.append(.init(key: "grpc-message", value: grpcMessage)) }
-                    summary += " grpc-status=\(grpcStatus)"
-                    if let n = Int(grpcStatus), let name = GRPCStatus.name(of: n) { summary += " \(name)" }
-                } else if code != 0 {
-                    summary += incomplete ? " (stream ended without grpc-status)" : ""
-                }
+            if grpc, let grpcStatus {
+                headers.removeAll { $0.key == "grpc-status" || $0.key == "grpc-message" }
+                headers.append(.init(key: "grpc-status", value: grpcStatus))
+                if let grpcMessage { headers.append(.init(key: "grpc-message", value: grpcMessage)) }
             }
             return Response(request: req, code: code, latencyNanos: latency, headers: headers, grpcStatus: grpcStatus,
-                            grpcMessage: grpcMessage, incomplete: incomplete, summary: summary)
+                            grpcMessage: grpcMessage, incomplete: incomplete, grpc: grpc)
         }
     }
 }

@@ -209,7 +209,7 @@ extension HTTP2Intercept.Session {
             verdict: denied ? .dropped : .forwarded, type: .l7,
             l7: Layer7(type: .request, latencyNs: 0, http: HTTP(method: req.method, url: req.url, protocol: "HTTP/2",
                                                                 headers: f.flowHeaders)),
-            reply: false, summary: "HTTP/2 \(req.method) \(req.url)", dropReason: denied ? .policyDenied : nil))
+            reply: false, dropReason: denied ? .policyDenied : nil)) // summary: said from the HTTP record
         if denied { return respondDenied(pair) }
         guard !upstreamGoingAway, let server else { return refuse(pair) }
         let up = streams.pairUpstream(pair)
@@ -290,6 +290,6 @@ extension HTTP2Intercept.Session {
             l7: Layer7(type: .response, latencyNs: r.latencyNanos,
                        http: HTTP(code: r.code == 0 ? nil : r.code, method: r.request.method, url: r.request.url,
                                   protocol: "HTTP/2", headers: r.headers)),
-            reply: true, summary: r.summary, dropReason: dropReason))
+            reply: true, summary: r.summarySaysMore ? r.summary : "", dropReason: dropReason))
     }
 }
