@@ -14,6 +14,7 @@ from test_policy import apply, policies  # noqa: F401 (fixture)
 from test_spine import UPGRADE
 
 WEB = "198.18.0.11"
+FILES = "198.18.0.12"             # backend/files: servers/bodies.py, h2_responses.py on 8001
 H2 = f"http://{WEB}:8080"        # backend/web: nginx `listen 8080 http2`
 DRAIN_PORT = 8081                # nginx h2c with keepalive_requests 20: GOAWAY after 20 streams
 GREETER = "198.18.0.19:50051"    # backend/greeter: python grpcio
@@ -196,6 +197,32 @@ def test_an_hpack_table_resized_past_the_limit_ends_in_goaway_compression_error(
     named = breach_flows("HPACK misuse (e.g. its table resized past 4096 bytes)")
     assert named and named[-1]["Summary"].startswith("HTTP/2 protocol error from client: a frame or header block could not be decoded")
     assert h2("hpacktable", "4096")["responses"] == 1  # within the limit: answered
+    assert_good_clients_still_work()
+
+
+def test_malformed_response_header_blocks_are_refused_with_an_error_flow_naming_them(running_agent):
+    """backend/files answers h2c on 8001 with header blocks no HTTP/2 server may send
+    (servers/h2_responses.py, python `h2` with its checks off). The proxy validates the
+    destination's header blocks once, as they go to the client: none of these is relayed, the
+    client's stream is reset with PROTOCOL_ERROR and an ERROR flow (with the request's method and
+    URL) names what was wrong; a well-formed stream on the same connection is answered."""
+    before = proxy_counters().get("http2_protocol_errors", 0)
+    bad = ["/h2/upper", "/h2/connection", "/h2/no-status"]
+    out = json.loads(in_pod("shop/client", "python3", "tests/e2e/h2_client.py", FILES, "8001", "concurrent",
+                            *bad, "/h2/fine", timeout=60).stdout)
+    by_path = {s["path"]: s for s in out["streams"]}
+    for path in bad:
+        assert by_path[path]["status"] is None and by_path[path]["body"] == "", by_path[path]
+        assert by_path[path]["reset"] == "PROTOCOL_ERROR", by_path[path]
+    assert by_path["/h2/fine"]["status"] == 200 and by_path["/h2/fine"]["body"] == "ok", by_path["/h2/fine"]
+    assert proxy_counters().get("http2_protocol_errors", 0) == before + len(bad)
+    refused = {f["l7"]["http"].get("url", "").rsplit("/", 1)[-1]: f
+               for f in breach_flows("HTTP/2 protocol error from server") if f["l7"]["http"].get("url", "").startswith(f"http://{FILES}:8001/")}
+    assert set(refused) >= {"upper", "connection"}, refused
+    for f in refused.values():
+        assert f["verdict"] == "ERROR" and f["l7"]["type"] == "RESPONSE" and f["l7"]["http"]["method"] == "GET"
+        assert f["Summary"].endswith("; stream reset"), f["Summary"]
+    assert running_agent.proc.poll() is None
     assert_good_clients_still_work()
 
 

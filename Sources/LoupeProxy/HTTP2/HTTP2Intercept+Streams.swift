@@ -24,7 +24,9 @@ extension HTTP2Intercept {
     }
 
     /// One pass over a header block: the fields the proxy reads, and the regular (non-pseudo)
-    /// fields for flows and policy. HTTP/2 field names are lower case (NIO validates them).
+    /// fields for flows and policy. HTTP/2 field names are lower case: NIO validates the
+    /// client's blocks as they arrive, the destination's as they go on to the client (one with
+    /// an upper-case name is refused then, and its facts are never recorded).
     struct HeaderFacts {
         var method, scheme, authority, path, status, contentType, grpcStatus, grpcMessage: String?
         var regular: [(name: String, value: String)] = []
@@ -136,8 +138,24 @@ extension HTTP2Intercept.Session {
         case .headers(let h):
             guard let pair = streams.byUpstream[id] else { return }
             if h.endStream { pair.upstreamEnded = true }
-            observeResponse(pair, h)
-            if pair.clientOpen { client?.write(HTTP2Frame(streamID: pair.clientID, payload: frame.payload)) }
+            let response = observeResponse(pair, h)
+            guard pair.clientOpen, let client else {
+                if let response { recordResponse(response, verdict: .forwarded) }
+                return
+            }
+            // The destination's header block is validated once, on its way to the client (the
+            // upstream stack does not validate what it receives): its flow is recorded once it
+            // went out, and a malformed one ends the stream instead.
+            // (The callback is in place before the write: a refusal fails the promise at once,
+            // before the client's stack reports the same error.)
+            let written = connection.downstream.eventLoop.makePromise(of: Void.self)
+            written.futureResult.assumeIsolated().whenComplete { result in
+                switch result {
+                case .success: if let response { self.recordResponse(response, verdict: .forwarded) }
+                case .failure(let error): self.malformedResponse(pair, error, response)
+                }
+            }
+            client.write(HTTP2Frame(streamID: pair.clientID, payload: frame.payload), promise: written)
         case .data(let d):
             let n = Self.flowControlledLength(d)
             server?.connectionCredit += n
@@ -240,14 +258,38 @@ extension HTTP2Intercept.Session {
         client?.write(HTTP2Frame(streamID: pair.clientID, payload: .rstStream(.refusedStream)))
     }
 
-    /// Step 3: the destination's HEADERS (response head or trailers).
-    private func observeResponse(_ pair: HTTP2Intercept.StreamPair, _ h: HTTP2Frame.FramePayload.Headers) {
+    /// Step 3: the destination's HEADERS (response head or trailers): the response to record,
+    /// once they reached the client, if they complete one.
+    private func observeResponse(_ pair: HTTP2Intercept.StreamPair, _ h: HTTP2Frame.FramePayload.Headers) -> HTTP2Intercept.Exchange.Response? {
         let f = HTTP2Intercept.HeaderFacts(h.headers)
-        if let r = pair.exchange.response(
+        return pair.exchange.response(
             status: f.status, headers: f.flowHeaders, grpcStatus: f.grpcStatus, grpcMessage: f.grpcMessage,
-            contentType: f.contentType, endStream: h.endStream, now: monotonicNanos()
-        ) {
-            recordResponse(r, verdict: .forwarded)
+            contentType: f.contentType, endStream: h.endStream, now: monotonicNanos())
+    }
+
+    /// The destination's HEADERS could not go to the client. Malformed (RFC 9113 §8.2–8.3: a
+    /// connection-specific field, an upper-case name, a missing or misplaced pseudo-header):
+    /// refused as a malformed block received is — PROTOCOL_ERROR on the destination's stream
+    /// and then the client's — with an ERROR flow naming what was wrong. Otherwise the client's
+    /// stream or connection went meanwhile: the response is recorded as it was relayed.
+    private func malformedResponse(_ pair: HTTP2Intercept.StreamPair, _ error: Error, _ response: HTTP2Intercept.Exchange.Response?) {
+        guard Self.isProtocolError(error), let up = pair.upstreamID else {
+            if let response { recordResponse(response, verdict: .forwarded) }
+            return
+        }
+        connection.environment.count(.http2ProtocolErrors)
+        refusedResponseStream = pair.clientID
+        // NIO reports the destination's stream closed (reset) as this is written: the client's
+        // stream is reset from there; if the destination's had already ended, it is reset here.
+        if pair.upstreamOpen { server?.write(HTTP2Frame(streamID: up, payload: .rstStream(.protocolError))) }
+        if pair.clientOpen { client?.write(HTTP2Frame(streamID: pair.clientID, payload: .rstStream(.protocolError))) }
+        server?.flush()
+        client?.flush()
+        let summary = "HTTP/2 protocol error from server: \(describe(NIOHTTP2Errors.streamError(streamID: up, baseError: error))); stream reset"
+        if let r = response {
+            recordResponse(r, verdict: .error, summary: summary)
+        } else {
+            recordError(summary: summary, client: false)
         }
     }
 
@@ -284,12 +326,13 @@ extension HTTP2Intercept.Session {
         if let r = pair.exchange.closed(now: monotonicNanos()) { recordResponse(r, verdict: .forwarded) }
     }
 
-    private func recordResponse(_ r: HTTP2Intercept.Exchange.Response, verdict: Verdict, dropReason: DropReason? = nil) {
+    private func recordResponse(_ r: HTTP2Intercept.Exchange.Response, verdict: Verdict, dropReason: DropReason? = nil,
+                                summary: String? = nil) {
         connection.environment.record(connection.context.flow(
             verdict: r.incomplete ? .error : verdict, type: .l7,
             l7: Layer7(type: .response, latencyNs: r.latencyNanos,
                        http: HTTP(code: r.code == 0 ? nil : r.code, method: r.request.method, url: r.request.url,
                                   protocol: "HTTP/2", headers: r.headers)),
-            reply: true, summary: r.summarySaysMore ? r.summary : "", dropReason: dropReason))
+            reply: true, summary: summary ?? (r.summarySaysMore ? r.summary : ""), dropReason: dropReason))
     }
 }

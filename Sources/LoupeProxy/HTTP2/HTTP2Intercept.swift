@@ -32,9 +32,9 @@ enum HTTP2Intercept {
         let server = FrameRelay(session: session, client: false)
         session.client = client
         session.server = server
-        let upstreamHTTP2 = NIOHTTP2Handler(mode: .client, connectionConfiguration: limits.connection,
+        let upstreamHTTP2 = NIOHTTP2Handler(mode: .client, connectionConfiguration: limits.connection(validatingHeaders: false),
                                             streamConfiguration: limits.stream)
-        let downstreamHTTP2 = NIOHTTP2Handler(mode: .server, connectionConfiguration: limits.connection,
+        let downstreamHTTP2 = NIOHTTP2Handler(mode: .server, connectionConfiguration: limits.connection(validatingHeaders: true),
                                               streamConfiguration: limits.stream)
         try us.addHandler(upstreamHTTP2, position: .after(gate))
         try us.addHandler(server, position: .after(upstreamHTTP2))
@@ -58,6 +58,10 @@ enum HTTP2Intercept {
         private(set) var upstreamLastStreamID: HTTP2StreamID?
         private var upstreamGone = false
         private var goAwaySent = false
+        /// The client stream whose response header block the client's stack just refused to send
+        /// (malformed, see `malformedResponse`): its error, reported once more by that stack, is
+        /// the destination's and already recorded.
+        var refusedResponseStream: HTTP2StreamID?
         /// ERROR flows recorded for stream-level errors on this connection: past a few, only counted.
         private var errorFlows = 0
         static let maxErrorFlowsPerConnection = 16
@@ -113,6 +117,10 @@ enum HTTP2Intercept {
         /// connection error, the end of the connection.
         func stackError(_ error: Error, client: Bool, context: ChannelHandlerContext) {
             let streamLevel = error is NIOHTTP2Errors.StreamError
+            if client, let refused = refusedResponseStream, (error as? NIOHTTP2Errors.StreamError)?.streamID == refused {
+                refusedResponseStream = nil
+                return
+            }
             let limits = connection.environment.configuration.http2
             let side = client ? "client" : "server"
             let summary: String
@@ -129,17 +137,27 @@ enum HTTP2Intercept {
                 if !streamLevel { context.close(promise: nil) }
                 return
             }
-            if streamLevel && errorFlows >= Self.maxErrorFlowsPerConnection {
-                connection.environment.count(.http2ErrorFlowsNotRecorded)
+            if streamLevel {
+                recordError(summary: summary, client: client)
             } else {
-                errorFlows += 1
-                connection.environment.record(connection.context.flow(
-                    verdict: .error, type: .l7,
-                    l7: Layer7(type: client ? .request : .response, latencyNs: 0,
-                               http: HTTP(method: "", url: "", protocol: "HTTP/2", headers: [])),
-                    reply: !client, summary: summary))
+                recordError(summary: summary, client: client, capped: false)
+                context.close(promise: nil)
             }
-            if !streamLevel { context.close(promise: nil) }
+        }
+
+        /// An ERROR flow for a protocol error or a breached limit; past a few per connection,
+        /// stream-level ones are only counted.
+        func recordError(summary: String, client: Bool, capped: Bool = true) {
+            if capped && errorFlows >= Self.maxErrorFlowsPerConnection {
+                connection.environment.count(.http2ErrorFlowsNotRecorded)
+                return
+            }
+            errorFlows += 1
+            connection.environment.record(connection.context.flow(
+                verdict: .error, type: .l7,
+                l7: Layer7(type: client ? .request : .response, latencyNs: 0,
+                           http: HTTP(method: "", url: "", protocol: "HTTP/2", headers: [])),
+                reply: !client, summary: summary))
         }
 
         /// A peer's protocol violation, as opposed to our own writes racing a close.

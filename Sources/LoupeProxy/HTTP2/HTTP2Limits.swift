@@ -26,8 +26,12 @@ public struct HTTP2Limits: Sendable, Equatable {
 
     public init() {}
 
-    var connection: NIOHTTP2Handler.ConnectionConfiguration {
+    /// The HTTP/2 stack of either side. Header blocks are validated once on their way through:
+    /// the client's as received (downstream), the destination's as sent on to the client — so
+    /// the upstream stack, which would validate both again, does not (`validatingHeaders`).
+    func connection(validatingHeaders: Bool) -> NIOHTTP2Handler.ConnectionConfiguration {
         var c = NIOHTTP2Handler.ConnectionConfiguration()
+        c.headerBlockValidation = validatingHeaders ? .enabled : .disabled
         c.initialSettings = [
             HTTP2Setting(parameter: .maxConcurrentStreams, value: maxConcurrentStreams),
             HTTP2Setting(parameter: .maxHeaderListSize, value: maxHeaderListBytes),

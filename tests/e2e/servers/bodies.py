@@ -7,9 +7,11 @@ GET  /raw-response -> RAW_RESPONSE below, byte for byte (odd spellings a re-enco
 GET  /bad-response -> a response framed two ways (Content-Length and chunked): a proxy must not relay it
 GET  /big-head/N  -> 200 with an X-Big header of N bytes (a head larger than one read) echoing the
                      length of the request's X-Big header as the body
+On port+1: h2_responses.py (HTTP/2 responses with malformed header blocks).
 """
 import hashlib
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 CHUNK = 1 << 20
@@ -106,4 +108,6 @@ class Handler(BaseHTTPRequestHandler):
 
 
 if __name__ == "__main__":
+    import h2_responses
+    threading.Thread(target=h2_responses.serve, args=(int(sys.argv[1]) + 1,), daemon=True).start()
     ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), Handler).serve_forever()
