@@ -67,8 +67,8 @@ public struct Flow: Codable, Sendable, Equatable {
     private static func httpSummary(_ l7: Layer7) -> String {
         guard let http = l7.http else { return "" }
         guard l7.type == .response, let code = http.code else { return "\(http.protocol) \(http.method) \(http.url)" }
-        let ms = (l7.latencyNs.flatMap { UInt64($0) } ?? 0) / 1_000_000
-        return "\(http.protocol) \(code) \(ms)ms (\(http.method) \(http.url))"
+        return HTTP.responseSummary(protocol: http.protocol, code: code, latencyNanos: l7.latencyNs.flatMap { UInt64($0) } ?? 0,
+                                    method: http.method, url: http.url)
     }
 
     enum CodingKeys: String, CodingKey {
@@ -358,6 +358,11 @@ public struct DNS: Codable, Sendable, Equatable {
 }
 
 public struct HTTP: Codable, Sendable, Equatable {
+    /// A response as Cilium's proxy summarizes it: `HTTP/1.1 200 3ms (GET http://…)`.
+    public static func responseSummary(protocol: String, code: Int, latencyNanos: UInt64, method: String, url: String) -> String {
+        "\(`protocol`) \(code) \(latencyNanos / 1_000_000)ms (\(method) \(url))"
+    }
+
     public struct Header: Codable, Sendable, Equatable {
         public var key: String
         public var value: String

@@ -31,7 +31,8 @@ extension HTTP2Intercept {
             /// response's names its status, a response that never came says so.
             var summary: String {
                 guard code != 0 else { return "HTTP/2 stream ended before a response (\(request.method) \(request.url))" }
-                let plain = "HTTP/2 \(code) \(latencyNanos / 1_000_000)ms (\(request.method) \(request.url))"
+                let plain = HTTP.responseSummary(protocol: "HTTP/2", code: code, latencyNanos: latencyNanos,
+                                                 method: request.method, url: request.url)
                 guard grpc else { return plain }
                 guard let grpcStatus else { return plain + (incomplete ? " (stream ended without grpc-status)" : "") }
                 let name = Int(grpcStatus).flatMap(GRPCStatus.name(of:)).map { " \($0)" } ?? ""
