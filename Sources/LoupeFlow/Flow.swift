@@ -33,19 +33,66 @@ public struct Flow: Codable, Sendable, Equatable {
     private var id: ID
     public var verdict: Verdict
     public var dropReasonDesc: DropReason?
-    public var ip: IPInfo
     public var l4: Layer4
-    public var source: Endpoint
-    public var destination: Endpoint
     public var type: FlowType
-    public var nodeName: String
-    public var sourceNames: [String]?
-    public var destinationNames: [String]?
-    public var l7: Layer7?
     public var isReply: Bool
     public var trafficDirection: TrafficDirection
-    /// The summary given; empty: said from the L7 HTTP record when read (`summary`).
-    private var givenSummary: String
+    /// What holds references (addresses, endpoints, names, the L7 record, the summary), in one
+    /// shared, immutable box: a flow is copied once per subscriber on its way through the store
+    /// (metrics, export, each follower) and freed in each; a copy is one retain, not one per
+    /// string and array, and a read borrows in place. A change (rare: redaction, decoding
+    /// tests) puts the changed fields in a new box, so a `Flow` stays a value.
+    private var body: Body
+
+    struct Fields {
+        var ip: IPInfo
+        var source: Endpoint
+        var destination: Endpoint
+        var nodeName: String
+        var sourceNames: [String]?
+        var destinationNames: [String]?
+        var l7: Layer7?
+        /// The summary given; empty: said from the L7 HTTP record when read (`summary`).
+        var givenSummary: String
+    }
+
+    final class Body: Sendable {
+        let fields: Fields
+        init(_ fields: Fields) { self.fields = fields }
+    }
+
+    public var ip: IPInfo {
+        _read { yield body.fields.ip }
+        _modify { var f = body.fields; yield &f.ip; body = Body(f) }
+    }
+    public var source: Endpoint {
+        _read { yield body.fields.source }
+        _modify { var f = body.fields; yield &f.source; body = Body(f) }
+    }
+    public var destination: Endpoint {
+        _read { yield body.fields.destination }
+        _modify { var f = body.fields; yield &f.destination; body = Body(f) }
+    }
+    public var nodeName: String {
+        _read { yield body.fields.nodeName }
+        _modify { var f = body.fields; yield &f.nodeName; body = Body(f) }
+    }
+    public var sourceNames: [String]? {
+        _read { yield body.fields.sourceNames }
+        _modify { var f = body.fields; yield &f.sourceNames; body = Body(f) }
+    }
+    public var destinationNames: [String]? {
+        _read { yield body.fields.destinationNames }
+        _modify { var f = body.fields; yield &f.destinationNames; body = Body(f) }
+    }
+    public var l7: Layer7? {
+        _read { yield body.fields.l7 }
+        _modify { var f = body.fields; yield &f.l7; body = Body(f) }
+    }
+    private var givenSummary: String {
+        _read { yield body.fields.givenSummary }
+        _modify { var f = body.fields; yield &f.givenSummary; body = Body(f) }
+    }
     /// One line on what happened. An HTTP flow recorded without one says it the way Cilium's
     /// proxy does — `HTTP/1.1 GET http://…`, `HTTP/1.1 200 3ms (GET http://…)` — written only
     /// when read (most recorded flows never are).
@@ -55,13 +102,15 @@ public struct Flow: Codable, Sendable, Equatable {
     }
 
     /// Equal when they say the same: a summary said from the HTTP record equals the same text
-    /// given (a flow read back from JSON). Every stored property but `givenSummary`, compared.
+    /// given (a flow read back from JSON). Every stored property but `givenSummary`, compared
+    /// (a shared box's contents are equal to themselves).
     public static func == (a: Flow, b: Flow) -> Bool {
         a.stamp == b.stamp && a.id == b.id && a.verdict == b.verdict && a.dropReasonDesc == b.dropReasonDesc
-            && a.ip == b.ip && a.l4 == b.l4 && a.source == b.source && a.destination == b.destination
-            && a.type == b.type && a.nodeName == b.nodeName && a.sourceNames == b.sourceNames
-            && a.destinationNames == b.destinationNames && a.l7 == b.l7 && a.isReply == b.isReply
-            && a.trafficDirection == b.trafficDirection && a.summary == b.summary
+            && a.l4 == b.l4 && a.type == b.type && a.isReply == b.isReply && a.trafficDirection == b.trafficDirection
+            && (a.body === b.body
+                || (a.ip == b.ip && a.source == b.source && a.destination == b.destination && a.nodeName == b.nodeName
+                    && a.sourceNames == b.sourceNames && a.destinationNames == b.destinationNames && a.l7 == b.l7
+                    && a.summary == b.summary))
     }
 
     private static func httpSummary(_ l7: Layer7) -> String {
@@ -93,18 +142,19 @@ public struct Flow: Codable, Sendable, Equatable {
         id = .text(try c.decodeIfPresent(String.self, forKey: .uuid) ?? "")
         verdict = try c.decodeIfPresent(Verdict.self, forKey: .verdict) ?? .forwarded
         dropReasonDesc = try c.decodeIfPresent(DropReason.self, forKey: .dropReasonDesc)
-        ip = try c.decodeIfPresent(IPInfo.self, forKey: .ip) ?? IPInfo(source: "", destination: "")
         l4 = try c.decodeIfPresent(Layer4.self, forKey: .l4) ?? Layer4()
-        source = try c.decodeIfPresent(Endpoint.self, forKey: .source) ?? Endpoint(id: nil, identity: 0, namespace: nil, labels: [], podName: nil)
-        destination = try c.decodeIfPresent(Endpoint.self, forKey: .destination) ?? Endpoint(id: nil, identity: 0, namespace: nil, labels: [], podName: nil)
         type = try c.decodeIfPresent(FlowType.self, forKey: .type) ?? .l3l4
-        nodeName = try c.decodeIfPresent(String.self, forKey: .nodeName) ?? ""
-        sourceNames = try c.decodeIfPresent([String].self, forKey: .sourceNames)
-        destinationNames = try c.decodeIfPresent([String].self, forKey: .destinationNames)
-        l7 = try c.decodeIfPresent(Layer7.self, forKey: .l7)
         isReply = try c.decodeIfPresent(Bool.self, forKey: .isReply) ?? false
         trafficDirection = try c.decodeIfPresent(TrafficDirection.self, forKey: .trafficDirection) ?? .egress
-        givenSummary = try c.decodeIfPresent(String.self, forKey: .summary) ?? ""
+        let none = Endpoint(id: nil, identity: 0, namespace: nil, labels: [], podName: nil)
+        body = Body(Fields(ip: try c.decodeIfPresent(IPInfo.self, forKey: .ip) ?? IPInfo(source: "", destination: ""),
+                    source: try c.decodeIfPresent(Endpoint.self, forKey: .source) ?? none,
+                    destination: try c.decodeIfPresent(Endpoint.self, forKey: .destination) ?? none,
+                    nodeName: try c.decodeIfPresent(String.self, forKey: .nodeName) ?? "",
+                    sourceNames: try c.decodeIfPresent([String].self, forKey: .sourceNames),
+                    destinationNames: try c.decodeIfPresent([String].self, forKey: .destinationNames),
+                    l7: try c.decodeIfPresent(Layer7.self, forKey: .l7),
+                    givenSummary: try c.decodeIfPresent(String.self, forKey: .summary) ?? ""))
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -136,18 +186,12 @@ public struct Flow: Codable, Sendable, Equatable {
         self.id = uuid.map { .text($0) } ?? .random()
         self.verdict = verdict
         self.dropReasonDesc = dropReasonDesc
-        self.ip = ip
         self.l4 = l4
-        self.source = source
-        self.destination = destination
         self.type = type
-        self.nodeName = nodeName
-        self.destinationNames = destinationNames
-        self.sourceNames = sourceNames
-        self.l7 = l7
         self.isReply = isReply
         self.trafficDirection = trafficDirection
-        self.givenSummary = summary
+        self.body = Body(Fields(ip: ip, source: source, destination: destination, nodeName: nodeName, sourceNames: sourceNames,
+                                destinationNames: destinationNames, l7: l7, givenSummary: summary))
     }
 }
 
