@@ -141,7 +141,7 @@ public enum FlowMetrics {
                 labels[0].value = "Policy denied"
                 inc("hubble_dns_responses_total", labels)
             } else if flow.isReply {
-                labels[0].value = DNSRCode(rawValue: UInt8(clamping: dns.rcode)).description
+                labels[0].value = DNS.rcodeDescription(dns.rcode)
                 inc("hubble_dns_responses_total", labels)
             } else {
                 inc("hubble_dns_queries_total", labels)

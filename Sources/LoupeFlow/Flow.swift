@@ -93,11 +93,12 @@ public struct Flow: Codable, Sendable, Equatable {
         _read { yield body.fields.givenSummary }
         _modify { var f = body.fields; yield &f.givenSummary; body = Body(f) }
     }
-    /// One line on what happened. An HTTP flow recorded without one says it the way Cilium's
-    /// proxy does — `HTTP/1.1 GET http://…`, `HTTP/1.1 200 3ms (GET http://…)` — written only
-    /// when read (most recorded flows never are).
+    /// One line on what happened. An HTTP or DNS flow recorded without one says it the way
+    /// Cilium's proxy does — `HTTP/1.1 GET http://…`, `HTTP/1.1 200 3ms (GET http://…)`,
+    /// `DNS Query api.example.test. A`, `DNS Answer "198.19.0.20" TTL: 300 (Proxy
+    /// api.example.test. A)` — written only when read (most recorded flows never are).
     public var summary: String {
-        get { givenSummary.isEmpty ? l7.map(Self.httpSummary) ?? "" : givenSummary }
+        get { givenSummary.isEmpty ? l7.map(Self.derivedSummary) ?? "" : givenSummary }
         set { givenSummary = newValue }
     }
 
@@ -113,7 +114,8 @@ public struct Flow: Codable, Sendable, Equatable {
                     && a.summary == b.summary))
     }
 
-    private static func httpSummary(_ l7: Layer7) -> String {
+    private static func derivedSummary(_ l7: Layer7) -> String {
+        if let dns = l7.dns { return l7.type == .response ? dns.answerSummary : dns.querySummary }
         guard let http = l7.http else { return "" }
         guard l7.type == .response, let code = http.code else { return "\(http.protocol) \(http.method) \(http.url)" }
         return HTTP.responseSummary(protocol: http.protocol, code: code, latencyNanos: l7.latencyNs.flatMap { UInt64($0) } ?? 0,
@@ -361,6 +363,34 @@ public struct Layer7: Codable, Sendable, Equatable {
 
 /// Hubble's `l7.dns`.
 public struct DNS: Codable, Sendable, Equatable {
+    /// Hubble's wording of a response code (`DNS Answer RCode: Non-Existent Domain`, and the
+    /// `rcode` label of `hubble_dns_responses_total`).
+    public static func rcodeDescription(_ rcode: UInt32) -> String {
+        switch rcode {
+        case 0: "No Error"
+        case 1: "Format Error"
+        case 2: "Server Failure"
+        case 3: "Non-Existent Domain"
+        case 4: "Not Implemented"
+        case 5: "Query Refused"
+        default: "RCode \(rcode)"
+        }
+    }
+
+    /// `DNS Query api.example.test. A`.
+    public var querySummary: String { "DNS Query \(query) \(qtypes.joined(separator: ","))" }
+
+    /// `DNS Answer "198.19.0.20" TTL: 300 (Proxy api.example.test. A)`; without addresses the
+    /// TTL is 4294967295 (none), and an error says its code: `DNS Answer RCode: Non-Existent
+    /// Domain TTL: 4294967295 (Proxy nx.example.test. A)`.
+    public var answerSummary: String { answerSummary(ttl: ips.isEmpty ? UInt32.max : ttl) }
+
+    /// The answer's summary with the TTL given (the record keeps none of 4294967295 on addresses).
+    public func answerSummary(ttl: UInt32) -> String {
+        let what = rcode == 0 ? ips.map { "\"\($0)\"" }.joined(separator: ",") : "RCode: \(Self.rcodeDescription(rcode))"
+        return "DNS Answer \(what) TTL: \(ttl) (Proxy \(query) \(qtypes.joined(separator: ",")))"
+    }
+
     /// With the trailing dot: `api.example.test.`
     public var query: String
     public var ips: [String]

@@ -142,25 +142,12 @@ public struct DNSType: RawRepresentable, Hashable, Sendable, CustomStringConvert
     public var description: String { Self.names[rawValue] ?? "TYPE\(rawValue)" }
 }
 
-public struct DNSRCode: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+public struct DNSRCode: RawRepresentable, Hashable, Sendable {
     public var rawValue: UInt8
     public init(rawValue: UInt8) { self.rawValue = rawValue }
 
     public static let noError = DNSRCode(rawValue: 0), formErr = DNSRCode(rawValue: 1), servFail = DNSRCode(rawValue: 2)
     public static let nxDomain = DNSRCode(rawValue: 3), notImp = DNSRCode(rawValue: 4), refused = DNSRCode(rawValue: 5)
-
-    /// Hubble's wording (`DNS Answer RCode: Non-Existent Domain`).
-    public var description: String {
-        switch rawValue {
-        case 0: "No Error"
-        case 1: "Format Error"
-        case 2: "Server Failure"
-        case 3: "Non-Existent Domain"
-        case 4: "Not Implemented"
-        case 5: "Query Refused"
-        default: "RCode \(rawValue)"
-        }
-    }
 }
 
 /// Why a packet is not a DNS message, and where.

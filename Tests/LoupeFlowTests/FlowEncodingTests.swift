@@ -86,6 +86,28 @@ func sampleFlow(reply: Bool = false, code: Int? = nil, verdict: Verdict = .forwa
         #expect(dns.summary == "")
     }
 
+    @Test func dnsFlowsWithoutASummarySayItFromTheirRecord() throws {
+        var query = sampleFlow(), answer = sampleFlow(reply: true), nx = sampleFlow(reply: true)
+        query.summary = ""
+        answer.summary = ""
+        nx.summary = ""
+        query.l7 = Layer7(type: .request, dns: DNS(query: "api.example.test.", qtypes: ["A", "AAAA"]))
+        answer.l7 = Layer7(type: .response, latencyNs: 1_000, dns: DNS(query: "api.example.test.", ips: ["198.19.0.11", "198.19.0.12"],
+                                                                      ttl: 300, rcode: 0, qtypes: ["A"], rrtypes: ["A", "A"]))
+        nx.l7 = Layer7(type: .response, latencyNs: 1_000, dns: DNS(query: "nx.example.test.", rcode: 3, qtypes: ["A"]))
+        #expect(query.summary == "DNS Query api.example.test. A,AAAA")
+        #expect(answer.summary == #"DNS Answer "198.19.0.11","198.19.0.12" TTL: 300 (Proxy api.example.test. A)"#)
+        #expect(nx.summary == "DNS Answer RCode: Non-Existent Domain TTL: 4294967295 (Proxy nx.example.test. A)")
+        for f in [query, answer, nx] {
+            let line = FlowEncoding.jsonLine(FlowRecord(flow: f))
+            #expect(line.contains("\"Summary\":\"\(f.summary.replacingOccurrences(of: "\"", with: "\\\""))\""))
+            #expect(try FlowEncoding.decode(jsonLine: line).flow == f)
+        }
+        nx.summary = "DNS Answer RCode: Server Failure TTL: 4294967295 (Proxy nx.example.test. A) (upstream did not answer)"
+        #expect(nx.summary.hasSuffix("(upstream did not answer)"))
+        #expect(DNS.rcodeDescription(5) == "Query Refused" && DNS.rcodeDescription(9) == "RCode 9")
+    }
+
     @Test func stringsAreEscaped() throws {
         var f = sampleFlow()
         f.summary = "quote \" backslash \\ newline \n tab \t bell \u{07}"

@@ -1,7 +1,9 @@
 import LoupeFlow
 import LoupeProtocols
 
-/// Hubble's DNS flows for one query and its answer (pure: messages in, flows out).
+/// Hubble's DNS flows for one query and its answer (pure: messages in, flows out). Their
+/// summaries are said from the DNS record when read (`DNS.querySummary`, `answerSummary`),
+/// unless they say more than it: a note, or an address TTL the record cannot tell from none.
 enum DNSFlows {
     static func request(_ q: DNSMessage, context c: ConnectionContext, verdict: Verdict = .forwarded, dropReason: DropReason? = nil,
                         udp: Bool = true) -> Flow {
@@ -9,8 +11,7 @@ enum DNSFlows {
         let qtypes = q.questions.map { $0.type.description }
         return c.flow(verdict: verdict, type: .l7,
                       l7: Layer7(type: .request, latencyNs: 0, dns: DNS(query: query, qtypes: qtypes)),
-                      reply: false, summary: "DNS Query \(query) \(qtypes.joined(separator: ","))",
-                      dropReason: dropReason, udp: udp)
+                      reply: false, dropReason: dropReason, udp: udp)
     }
 
     /// `DNS Answer "198.19.0.20" TTL: 300 (Proxy api.example.test. A)` /
@@ -25,8 +26,10 @@ enum DNSFlows {
         let rrtypes = r.answers.map { $0.type.description }
         let dns = DNS(query: query, ips: addresses, ttl: ttl == UInt32.max ? 0 : ttl, cnames: cnames,
                       rcode: UInt32(r.rcode.rawValue), qtypes: qtypes, rrtypes: rrtypes)
-        let what = r.rcode == .noError ? addresses.map { "\"\($0)\"" }.joined(separator: ",") : "RCode: \(r.rcode)"
-        let summary = "DNS Answer \(what) TTL: \(ttl) (Proxy \(query) \(qtypes.joined(separator: ",")))" + (note.map { " \($0)" } ?? "")
+        // Said here when it says more than the record: a note, or addresses with a TTL of
+        // 4294967295 (kept as 0, which Hubble's JSON omits).
+        let summary = note == nil && (addresses.isEmpty || ttl != UInt32.max) ? ""
+            : dns.answerSummary(ttl: ttl) + (note.map { " \($0)" } ?? "")
         return c.flow(verdict: verdict, type: .l7, l7: Layer7(type: .response, latencyNs: latencyNanos, dns: dns),
                       reply: true, summary: summary, dropReason: dropReason, udp: udp)
     }
