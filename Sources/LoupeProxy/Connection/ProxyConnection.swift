@@ -37,9 +37,10 @@ final class ProxyConnection {
     var context: ConnectionContext
     var machine = ConnectionStateMachine()
     private var decision: DecisionCache<PolicyEngine.ConnectionDecision>
-    /// The last write queued toward each side: a peer's close waits for it, so no tail is lost.
-    private(set) var lastWriteToClient: EventLoopFuture<Void>?
-    private(set) var lastWriteToServer: EventLoopFuture<Void>?
+    /// Bytes were queued toward each side by this connection's handlers: a peer's close waits
+    /// for them (`lastWrite`), so no tail is lost.
+    private var wroteToClient = false
+    private var wroteToServer = false
 
     init(downstream: Channel, environment: ProxyEnvironment) {
         self.downstream = downstream
@@ -306,13 +307,22 @@ final class ProxyConnection {
         if machine.splice != nil { environment.count(.spliceBytesRelayedAfterSplice, n) }
     }
 
-    /// A write was queued toward `side`: a close of its peer waits for it.
-    func wrote(_ future: EventLoopFuture<Void>, to side: Side) {
-        if side == .client { lastWriteToClient = future } else { lastWriteToServer = future }
+    /// Bytes were queued toward `side`: a close of its peer waits for them.
+    func wrote(to side: Side) {
+        if side == .client { wroteToClient = true } else { wroteToServer = true }
     }
 
+    /// Completes once every byte queued toward `side` so far is written (or can no longer be):
+    /// an empty write, flushed from the pipeline's tail behind them. NIO completes a socket's
+    /// writes in order, and the byte pipelines' handlers (HTTP/1, relay, TLS) pass writes on in
+    /// order. Only for sides written as bytes: an HTTP/2 pipeline takes frames, not bytes.
     func lastWrite(to side: Side) -> EventLoopFuture<Void> {
-        (side == .client ? lastWriteToClient : lastWriteToServer) ?? downstream.eventLoop.makeSucceededVoidFuture()
+        guard side == .client ? wroteToClient : wroteToServer, let channel = channel(side), channel.isActive else {
+            return downstream.eventLoop.makeSucceededVoidFuture()
+        }
+        let promise = channel.eventLoop.makePromise(of: Void.self)
+        channel.pipeline.syncOperations.writeAndFlush(NIOAny(ByteBuffer()), promise: promise)
+        return promise.futureResult
     }
 
     func channel(_ side: Side) -> Channel? { side == .client ? downstream : upstream }

@@ -54,8 +54,26 @@ public final class TransparentListener {
         }
         return b.childChannelInitializer { channel in
             channel.eventLoop.makeCompletedFuture {
-                ProxyConnection(downstream: channel, environment: env).start()
+                try channel.pipeline.syncOperations.addHandler(StartWhenActive(environment: env))
             }
         }
+    }
+}
+
+/// Starts the accepted connection's `ProxyConnection` once its channel is active. The child
+/// initializer runs before the channel is registered — with several event loops, a few hops
+/// before — and a destination that speaks first could otherwise be relayed to, and the
+/// connection be spliced or closed, while the pod's channel is not active yet (the splice then
+/// saw an inactive socket and left the connection with its reads stopped).
+final class StartWhenActive: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+    private let environment: ProxyEnvironment
+
+    init(environment: ProxyEnvironment) { self.environment = environment }
+
+    func channelActive(context: ChannelHandlerContext) {
+        context.fireChannelActive()
+        ProxyConnection(downstream: context.channel, environment: environment).start()
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
     }
 }

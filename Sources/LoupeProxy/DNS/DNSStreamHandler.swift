@@ -93,6 +93,7 @@ final class DNSStreamHandler: ChannelInboundHandler, RemovableChannelHandler {
         var out = context.channel.allocator.buffer(capacity: bytes.count + 2)
         out.writeInteger(UInt16(bytes.count))
         out.writeBytes(bytes)
-        connection.wrote(context.writeAndFlush(wrapOutboundOut(out)), to: .client)
+        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+        connection.wrote(to: .client)
     }
 }

@@ -84,7 +84,7 @@ extension HTTP1Intercept {
 
         /// Writes bytes toward the destination.
         private func forward(_ bytes: ByteBuffer) {
-            if let written = glue.write(NIOAny(bytes), to: .server) { connection.wrote(written, to: .server) }
+            if glue.write(NIOAny(bytes), to: .server) { connection.wrote(to: .server) }
         }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -180,7 +180,7 @@ extension HTTP1Intercept {
             let close = !e.keepAlive || e.wantsTunnel
             let done = context.writeAndFlush(wrapOutboundOut(HTTP1Intercept.response(
                 .forbidden, body: Self.accessDenied, close: close, allocator: context.channel.allocator)))
-            connection.wrote(done, to: .client)
+            connection.wrote(to: .client)
             if close {
                 let conn = connection
                 done.assumeIsolated().whenComplete { _ in conn.close() }
@@ -195,8 +195,8 @@ extension HTTP1Intercept {
 
         /// Writes response bytes toward the client (from the upstream side).
         func write(_ bytes: ByteBuffer) {
-            guard !rejected, let written = glue.write(wrapOutboundOut(bytes), to: .client) else { return }
-            connection.wrote(written, to: .client)
+            guard !rejected, glue.write(wrapOutboundOut(bytes), to: .client) else { return }
+            connection.wrote(to: .client)
         }
 
         /// Removed when the connection becomes a tunnel: what the client sent after its request

@@ -27,7 +27,7 @@ final class RelayHandler: Glued {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         connection.relayed(UInt64(unwrapInboundIn(data).readableBytes), from: side)
-        if let written = glue.write(data, to: side.peer) { connection.wrote(written, to: side.peer) }
+        if glue.write(data, to: side.peer) { connection.wrote(to: side.peer) }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {

@@ -45,8 +45,7 @@ extension ProxyConnection {
         machine.drainReadsAbandoned()
         downstream.flush()
         upstream.flush()
-        let queued = [lastWriteToServer, lastWriteToClient].compactMap { $0 }
-        EventLoopFuture.andAllComplete(queued, on: downstream.eventLoop).assumeIsolated().whenComplete { _ in self.spliceNow() }
+        EventLoopFuture.andAllComplete([lastWrite(to: .server), lastWrite(to: .client)], on: downstream.eventLoop).assumeIsolated().whenComplete { _ in self.spliceNow() }
     }
 
     /// A read with this buffer cannot fill it: larger than any receive queue (tcp_rmem's max).
