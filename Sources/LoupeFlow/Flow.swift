@@ -42,55 +42,57 @@ public struct Flow: Codable, Sendable, Equatable {
     /// (metrics, export, each follower) and freed in each; a copy is one retain, not one per
     /// string and array, and a read borrows in place. A change (rare: redaction, decoding
     /// tests) puts the changed fields in a new box, so a `Flow` stays a value.
-    private var body: Body
+    /// (Reads are inlinable getters, so a read of one field loads that field: a `_read`
+    /// coroutine, not inlined, allocated its frame on the heap at every read.)
+    @usableFromInline var body: Body
 
-    struct Fields {
-        var ip: IPInfo
-        var source: Endpoint
-        var destination: Endpoint
-        var nodeName: String
-        var sourceNames: [String]?
-        var destinationNames: [String]?
-        var l7: Layer7?
+    @usableFromInline struct Fields: Sendable {
+        @usableFromInline var ip: IPInfo
+        @usableFromInline var source: Endpoint
+        @usableFromInline var destination: Endpoint
+        @usableFromInline var nodeName: String
+        @usableFromInline var sourceNames: [String]?
+        @usableFromInline var destinationNames: [String]?
+        @usableFromInline var l7: Layer7?
         /// The summary given; empty: said from the L7 HTTP record when read (`summary`).
-        var givenSummary: String
+        @usableFromInline var givenSummary: String
     }
 
-    final class Body: Sendable {
-        let fields: Fields
+    @usableFromInline final class Body: Sendable {
+        @usableFromInline let fields: Fields
         init(_ fields: Fields) { self.fields = fields }
     }
 
     public var ip: IPInfo {
-        _read { yield body.fields.ip }
+        @inlinable get { body.fields.ip }
         _modify { var f = body.fields; yield &f.ip; body = Body(f) }
     }
     public var source: Endpoint {
-        _read { yield body.fields.source }
+        @inlinable get { body.fields.source }
         _modify { var f = body.fields; yield &f.source; body = Body(f) }
     }
     public var destination: Endpoint {
-        _read { yield body.fields.destination }
+        @inlinable get { body.fields.destination }
         _modify { var f = body.fields; yield &f.destination; body = Body(f) }
     }
     public var nodeName: String {
-        _read { yield body.fields.nodeName }
+        @inlinable get { body.fields.nodeName }
         _modify { var f = body.fields; yield &f.nodeName; body = Body(f) }
     }
     public var sourceNames: [String]? {
-        _read { yield body.fields.sourceNames }
+        @inlinable get { body.fields.sourceNames }
         _modify { var f = body.fields; yield &f.sourceNames; body = Body(f) }
     }
     public var destinationNames: [String]? {
-        _read { yield body.fields.destinationNames }
+        @inlinable get { body.fields.destinationNames }
         _modify { var f = body.fields; yield &f.destinationNames; body = Body(f) }
     }
     public var l7: Layer7? {
-        _read { yield body.fields.l7 }
+        @inlinable get { body.fields.l7 }
         _modify { var f = body.fields; yield &f.l7; body = Body(f) }
     }
     private var givenSummary: String {
-        _read { yield body.fields.givenSummary }
+        get { body.fields.givenSummary }
         _modify { var f = body.fields; yield &f.givenSummary; body = Body(f) }
     }
     /// One line on what happened. An HTTP or DNS flow recorded without one says it the way
