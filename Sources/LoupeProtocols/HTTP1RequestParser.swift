@@ -220,7 +220,12 @@ public struct HTTP1RequestParser: Sendable {
 
     /// Field lines (`name: value` CRLF …) from `start` to the end of `b`.
     static func parseFields(_ b: UnsafeRawBufferPointer, from start: Int) throws -> [Field] {
+        // One allocation for the array: room for a field per line (growing it line by line
+        // reallocated it four or five times for a usual response's head).
+        var lines = 0
+        for i in start..<b.count where b[i] == lf { lines += 1 }
         var fields: [Field] = []
+        fields.reserveCapacity(lines)
         var p = start
         while p < b.count {
             if b[p] == sp || b[p] == htab { throw Failure("obsolete line folding in a header") }
