@@ -23,22 +23,30 @@ public final class FQDNCache: Sendable {
         guard !addresses.isEmpty, !names.isEmpty else { return }
         let expires = now + max(UInt64(ttl), Self.minimumTTL)
         state.withLock { s in
-            var pod = s.pods[client, default: [:]]
-            for a in addresses {
-                s.counter += 1
-                // The latest answer's names first, then names learned earlier for the address.
-                var merged = names
-                for n in pod[a]?.names ?? [] where !merged.contains(n) { merged.append(n) }
-                pod[a] = Entry(names: merged, expires: expires, inserted: s.counter)
+            var counter = s.counter
+            // The pod's entries are changed in place: a copy taken out of `pods` and written
+            // back was copied whole (up to `maxEntriesPerPod` entries) at every answer.
+            Self.learn(into: &s.pods[client, default: [:]], names: names, addresses: addresses, expires: expires, now: now,
+                       counter: &counter)
+            s.counter = counter
+        }
+    }
+
+    private static func learn(into pod: inout [String: Entry], names: [String], addresses: [String], expires: UInt64,
+                              now: UInt64, counter: inout UInt64) {
+        for a in addresses {
+            counter += 1
+            // The latest answer's names first, then names learned earlier for the address.
+            var merged = names
+            for n in pod[a]?.names ?? [] where !merged.contains(n) { merged.append(n) }
+            pod[a] = Entry(names: merged, expires: expires, inserted: counter)
+        }
+        if pod.count > maxEntriesPerPod {
+            let expired = pod.filter { $0.value.expires <= now }.map(\.key)
+            for k in expired { pod.removeValue(forKey: k) }
+            while pod.count > maxEntriesPerPod, let oldest = pod.min(by: { $0.value.inserted < $1.value.inserted })?.key {
+                pod.removeValue(forKey: oldest)
             }
-            if pod.count > Self.maxEntriesPerPod {
-                let expired = pod.filter { $0.value.expires <= now }.map(\.key)
-                for k in expired { pod.removeValue(forKey: k) }
-                while pod.count > Self.maxEntriesPerPod, let oldest = pod.min(by: { $0.value.inserted < $1.value.inserted })?.key {
-                    pod.removeValue(forKey: oldest)
-                }
-            }
-            s.pods[client] = pod
         }
     }
 
