@@ -40,10 +40,10 @@ public struct Flow: Codable, Sendable, Equatable {
     /// What holds references (addresses, endpoints, names, the L7 record, the summary), in one
     /// shared, immutable box: a flow is copied once per subscriber on its way through the store
     /// (metrics, export, each follower) and freed in each; a copy is one retain, not one per
-    /// string and array, and a read borrows in place. A change (rare: redaction, decoding
-    /// tests) puts the changed fields in a new box, so a `Flow` stays a value.
-    /// (Reads are inlinable getters, so a read of one field loads that field: a `_read`
-    /// coroutine, not inlined, allocated its frame on the heap at every read.)
+    /// string and array. A change (rare: redaction, decoding tests) puts the changed fields in
+    /// a new box, so a `Flow` stays a value. Reads are inlinable getters, so reading one field
+    /// (`flow.source.id`) loads that field only; `_read` coroutines were not inlined and
+    /// allocated a frame on the heap at every read.
     @usableFromInline var body: Body
 
     @usableFromInline struct Fields: Sendable {
