@@ -63,37 +63,47 @@ public struct Flow: Codable, Sendable, Equatable {
         init(_ fields: Fields) { self.fields = fields }
     }
 
+    /// A change to one of the box's fields: the fields, changed, in a new box.
+    private subscript<T>(field path: WritableKeyPath<Fields, T>) -> T {
+        get { body.fields[keyPath: path] }
+        _modify {
+            var f = body.fields
+            yield &f[keyPath: path]
+            body = Body(f)
+        }
+    }
+
     public var ip: IPInfo {
         @inlinable get { body.fields.ip }
-        _modify { var f = body.fields; yield &f.ip; body = Body(f) }
+        _modify { yield &self[field: \.ip] }
     }
     public var source: Endpoint {
         @inlinable get { body.fields.source }
-        _modify { var f = body.fields; yield &f.source; body = Body(f) }
+        _modify { yield &self[field: \.source] }
     }
     public var destination: Endpoint {
         @inlinable get { body.fields.destination }
-        _modify { var f = body.fields; yield &f.destination; body = Body(f) }
+        _modify { yield &self[field: \.destination] }
     }
     public var nodeName: String {
         @inlinable get { body.fields.nodeName }
-        _modify { var f = body.fields; yield &f.nodeName; body = Body(f) }
+        _modify { yield &self[field: \.nodeName] }
     }
     public var sourceNames: [String]? {
         @inlinable get { body.fields.sourceNames }
-        _modify { var f = body.fields; yield &f.sourceNames; body = Body(f) }
+        _modify { yield &self[field: \.sourceNames] }
     }
     public var destinationNames: [String]? {
         @inlinable get { body.fields.destinationNames }
-        _modify { var f = body.fields; yield &f.destinationNames; body = Body(f) }
+        _modify { yield &self[field: \.destinationNames] }
     }
     public var l7: Layer7? {
         @inlinable get { body.fields.l7 }
-        _modify { var f = body.fields; yield &f.l7; body = Body(f) }
+        _modify { yield &self[field: \.l7] }
     }
     private var givenSummary: String {
         get { body.fields.givenSummary }
-        _modify { var f = body.fields; yield &f.givenSummary; body = Body(f) }
+        _modify { yield &self[field: \.givenSummary] }
     }
     /// One line on what happened. An HTTP or DNS flow recorded without one says it the way
     /// Cilium's proxy does — `HTTP/1.1 GET http://…`, `HTTP/1.1 200 3ms (GET http://…)`,

@@ -23,12 +23,10 @@ public final class FQDNCache: Sendable {
         guard !addresses.isEmpty, !names.isEmpty else { return }
         let expires = now + max(UInt64(ttl), Self.minimumTTL)
         state.withLock { s in
-            var counter = s.counter
             // The pod's entries are changed in place: a copy taken out of `pods` and written
             // back was copied whole (up to `maxEntriesPerPod` entries) at every answer.
             Self.learn(into: &s.pods[client, default: [:]], names: names, addresses: addresses, expires: expires, now: now,
-                       counter: &counter)
-            s.counter = counter
+                       counter: &s.counter)
         }
     }
 
