@@ -28,10 +28,9 @@ public final class DNSProxy: @unchecked Sendable {
 
     /// One query waiting for its answer (touched only by the proxy thread).
     struct Pending {
+        var peer: Peer
         var client: SocketAddress
-        var resolver: SocketAddress
         var query: DNSMessage
-        var context: ConnectionContext
         var started: UInt64
         var deadline: UInt64
     }
@@ -48,6 +47,8 @@ public final class DNSProxy: @unchecked Sendable {
     private var upstreams: [SocketAddress: Int32] = [:]
     private var resolverOf: [Int32: SocketAddress] = [:]
     private var nextID: [Int32: UInt16] = [:]
+    /// Set when a resolver's socket is opened or closed: the poll set is built again.
+    private var pollSetChanged = true
     /// Queries in flight at once; beyond this a query gets SERVFAIL at once (counted).
     static let maxInFlight = 8192
     private var replySockets: [SocketAddress: Int32] = [:]
@@ -94,22 +95,25 @@ public final class DNSProxy: @unchecked Sendable {
     }
 
     private func loop() {
-        var buffer = [UInt8](repeating: 0, count: 65_535)
+        let receiver = UDPSockets.Receiver()
+        var fds: [pollfd] = []
         while true {
-            var fds = [pollfd(fd: wake[0], events: Int16(POLLIN), revents: 0)]
-            fds += listeners.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-            fds += upstreams.values.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+            if pollSetChanged {
+                fds = ([wake[0]] + listeners + Array(upstreams.values)).map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+                pollSetChanged = false
+            }
+            for i in fds.indices { fds[i].revents = 0 }
             let now = monotonicNanos()
             let nextDeadline = deadlineHead < deadlines.count ? deadlines[deadlineHead].deadline : nil
             let timeout = nextDeadline.map { Int32(clamping: ($0 > now ? $0 - now : 0) / 1_000_000 + 1) } ?? -1
             let n = poll(&fds, nfds_t(fds.count), timeout)
             if n < 0 && errno != EINTR { logger.error("dns poll: \(String(cString: strerror(errno)))") }
             if fds[0].revents != 0 { return }
-            for p in fds.dropFirst() where p.revents != 0 {
-                if listeners.contains(p.fd) {
-                    while let d = UDPSockets.receive(p.fd, buffer: &buffer) { query(d.bytes, from: d.from, to: d.to) }
+            for i in fds.indices.dropFirst() where fds[i].revents != 0 {
+                if i <= listeners.count {
+                    while let d = receiver.receive(fds[i].fd) { query(d.bytes, from: d.from, to: d.to) }
                 } else {
-                    answers(p.fd, buffer: &buffer)
+                    answers(fds[i].fd, receiver: receiver)
                 }
             }
             expire(now: monotonicNanos())
@@ -118,10 +122,26 @@ public final class DNSProxy: @unchecked Sendable {
 
     /// What a query needs of its (client, resolver) pair: the flow context and the policy
     /// decision. Kept per pair for one inventory/policy generation (a pod asks the same resolver
-    /// over and over; both cost lookups and selector matching otherwise, per query).
-    private struct Peer {
-        var context: ConnectionContext
-        var decision: PolicyEngine.ConnectionDecision
+    /// over and over; both cost lookups and selector matching otherwise, per query). A class:
+    /// a query in flight holds it by reference, not a copy of its context.
+    final class Peer {
+        let resolver: SocketAddress
+        /// The flow context with the client's port 0: `context(for:)` gives a query's.
+        private let context: ConnectionContext
+        let decision: PolicyEngine.ConnectionDecision
+
+        init(resolver: SocketAddress, context: ConnectionContext, decision: PolicyEngine.ConnectionDecision) {
+            self.resolver = resolver
+            self.context = context
+            self.decision = decision
+        }
+
+        /// The flow context of a query from CLIENT (its port is the query's own).
+        func context(for client: SocketAddress) -> ConnectionContext {
+            var c = context
+            c.clientPort = Int(client.udpPort)
+            return c
+        }
     }
     private struct PeerKey: Hashable {
         var client: SocketAddress.AddressKey
@@ -138,22 +158,18 @@ public final class DNSProxy: @unchecked Sendable {
             peersGeneration = generation
         }
         let key = PeerKey(client: client.addressKey, resolver: resolver)
-        var p: Peer
-        if let known = peers[key] {
-            p = known
-        } else {
-            let clientIP = client.ip
-            let snap = environment.snapshot
-            let resolverIP = resolver.ip
-            p = Peer(context: ConnectionContext(clientIP: clientIP, clientPort: Int(client.udpPort), serverIP: resolverIP,
+        if let known = peers[key] { return known }
+        let clientIP = client.ip
+        let snap = environment.snapshot
+        let resolverIP = resolver.ip
+        let p = Peer(resolver: resolver,
+                     context: ConnectionContext(clientIP: clientIP, clientPort: 0, serverIP: resolverIP,
                                                 serverPort: Int(resolver.udpPort), snapshot: snap,
                                                 nodeName: environment.configuration.nodeName, udp: true),
                      decision: snap.policy.decide(client: snap.pod(withIP: clientIP), server: snap.pod(withIP: resolverIP),
                                                   port: resolver.udpPort, tcp: false))
-            if peers.count >= Self.maxPeers { peers.removeAll() }
-            peers[key] = p
-        }
-        p.context.clientPort = Int(client.udpPort)
+        if peers.count >= Self.maxPeers { peers.removeAll() }
+        peers[key] = p
         return p
     }
 
@@ -164,7 +180,7 @@ public final class DNSProxy: @unchecked Sendable {
             return
         }
         let peer = peer(client: client, resolver: resolver)
-        let c = peer.context
+        let c = peer.context(for: client)
         let q: DNSMessage
         switch DNSMessage.parse(bytes) {
         case .success(let m) where !m.isResponse && !m.questions.isEmpty:
@@ -198,10 +214,7 @@ public final class DNSProxy: @unchecked Sendable {
         do {
             let fd = try upstream(for: resolver)
             let id = freshID(on: fd)
-            var out = bytes
-            out[0] = UInt8(id >> 8)
-            out[1] = UInt8(id & 0xff)
-            if out.withUnsafeBytes({ Glibc.send(fd, $0.baseAddress, $0.count, 0) }) != out.count {
+            if !UDPSockets.send(fd, id: id, bytes) {
                 let code = errno
                 dropUpstream(fd) // e.g. ECONNREFUSED left by an earlier ICMP error: start afresh next time
                 throw UDPSockets.Failure(what: "send to \(resolver.endpoint)", code: code)
@@ -209,7 +222,7 @@ public final class DNSProxy: @unchecked Sendable {
             let now = monotonicNanos()
             let key = Key(fd: fd, id: id)
             let deadline = now + UInt64(environment.configuration.dnsTimeoutMilliseconds) * 1_000_000
-            pending[key] = Pending(client: client, resolver: resolver, query: q, context: c, started: now, deadline: deadline)
+            pending[key] = Pending(peer: peer, client: client, query: q, started: now, deadline: deadline)
             deadlines.append((deadline, key))
         } catch {
             environment.count(.dnsUpstreamErrors)
@@ -236,6 +249,7 @@ public final class DNSProxy: @unchecked Sendable {
         let fd = try UDPSockets.upstream(to: resolver, mark: environment.configuration.upstreamMark)
         upstreams[resolver] = fd
         resolverOf[fd] = resolver
+        pollSetChanged = true
         nextID[fd] = UInt16.random(in: 0...UInt16.max)
         return fd
     }
@@ -243,6 +257,7 @@ public final class DNSProxy: @unchecked Sendable {
     private func dropUpstream(_ fd: Int32) {
         if let r = resolverOf.removeValue(forKey: fd) { upstreams.removeValue(forKey: r) }
         nextID.removeValue(forKey: fd)
+        pollSetChanged = true
         close(fd)
         // Queries still pending on it time out into SERVFAIL.
     }
@@ -256,11 +271,11 @@ public final class DNSProxy: @unchecked Sendable {
     }
 
     /// Every answer queued on a resolver's socket.
-    private func answers(_ fd: Int32, buffer: inout [UInt8]) {
+    private func answers(_ fd: Int32, receiver: UDPSockets.Receiver) {
         while true {
-            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+            let n = receiver.receive(connected: fd)
             if n < 0 {
-                if errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR { return }
+                if -n == EAGAIN || -n == EWOULDBLOCK || -n == EINTR { return }
                 environment.count(.dnsUpstreamErrors) // ECONNREFUSED and the like: waiting queries time out
                 return
             }
@@ -268,38 +283,36 @@ public final class DNSProxy: @unchecked Sendable {
                 environment.count(.dnsMalformedAnswers)
                 continue
             }
-            answer(Array(buffer[0..<n]), fd: fd)
+            answer(Array(UnsafeRawBufferPointer(rebasing: receiver.buffer[0..<n])), fd: fd)
         }
     }
 
     private func answer(_ raw: [UInt8], fd: Int32) {
         let key = Key(fd: fd, id: UInt16(raw[0]) << 8 | UInt16(raw[1]))
-        guard let p = pending[key] else {
+        guard let p = pending.removeValue(forKey: key) else {
             environment.count(.dnsUnmatchedAnswers) // late (after SERVFAIL) or unsolicited
             return
         }
         let parsed = DNSMessage.parse(raw)
         if case .success(let r) = parsed, r.questions != p.query.questions {
             environment.count(.dnsMismatchedAnswers)
+            pending[key] = p // still waiting for its own answer
             return
         }
-        pending.removeValue(forKey: key)
-        var bytes = raw
-        bytes[0] = UInt8(p.query.id >> 8)
-        bytes[1] = UInt8(p.query.id & 0xff)
         // The answer goes back as the resolver sent it, with the pod's id (truncated answers included).
-        reply(bytes, to: p.client, from: p.resolver)
+        reply(raw, id: p.query.id, to: p.client, from: p.peer.resolver)
         let latency = monotonicNanos() &- p.started
+        let context = p.peer.context(for: p.client)
         switch parsed {
         case .success(var r):
             r.id = p.query.id
-            let flow = DNSFlows.response(r, query: p.query, latencyNanos: latency, context: p.context)
+            let flow = DNSFlows.response(r, query: p.query, latencyNanos: latency, context: context)
             // The flow's addresses are the answer's, already written as text.
-            learn(r, query: p.query, addresses: flow.l7?.dns?.ips ?? [], client: p.context.clientIP)
+            learn(r, query: p.query, addresses: flow.l7?.dns?.ips ?? [], client: context.clientIP)
             environment.record(flow)
         case .failure(let e):
             environment.count(.dnsMalformedAnswers)
-            environment.record(p.context.flow(verdict: .error, type: .l7,
+            environment.record(context.flow(verdict: .error, type: .l7,
                                               l7: Layer7(type: .response, latencyNs: latency, dns: DNS(query: p.query.questions.first?.name ?? ".", qtypes: [])),
                                               reply: true, summary: "DNS malformed answer relayed unchanged: \(e)", udp: true))
         }
@@ -323,8 +336,8 @@ public final class DNSProxy: @unchecked Sendable {
             deadlineHead += 1
             guard let p = pending.removeValue(forKey: key) else { continue } // answered already
             environment.count(.dnsUpstreamTimeouts)
-            fail(p.query, client: p.client, resolver: p.resolver, context: p.context, started: p.started,
-                 note: "(upstream \(p.resolver) did not answer within \(environment.configuration.dnsTimeoutMilliseconds) ms)")
+            fail(p.query, client: p.client, resolver: p.peer.resolver, context: p.peer.context(for: p.client), started: p.started,
+                 note: "(upstream \(p.peer.resolver) did not answer within \(environment.configuration.dnsTimeoutMilliseconds) ms)")
         }
         if deadlineHead > 4096 && deadlineHead * 2 > deadlines.count {
             deadlines.removeFirst(deadlineHead)
@@ -340,7 +353,8 @@ public final class DNSProxy: @unchecked Sendable {
                                              verdict: .error, note: note))
     }
 
-    private func reply(_ bytes: [UInt8], to client: SocketAddress, from resolver: SocketAddress) {
+    /// BYTES to CLIENT from RESOLVER's address (with ID as the message's id when given).
+    private func reply(_ bytes: [UInt8], id: UInt16? = nil, to client: SocketAddress, from resolver: SocketAddress) {
         var fd = replySockets[resolver] ?? -1
         if fd < 0 {
             if replySockets.count >= 256 {
@@ -356,6 +370,7 @@ public final class DNSProxy: @unchecked Sendable {
                 return
             }
         }
-        if !UDPSockets.send(fd, bytes, to: client) { environment.count(.dnsReplyErrors) }
+        let sent = id.map { UDPSockets.send(fd, id: $0, bytes, to: client) } ?? UDPSockets.send(fd, bytes, to: client)
+        if !sent { environment.count(.dnsReplyErrors) }
     }
 }

@@ -79,50 +79,126 @@ enum UDPSockets {
         if rc != 0 { throw Failure(what: "bind \(address.endpoint)", code: errno) }
     }
 
-    /// One datagram with its sender and original destination; nil when nothing is queued.
-    static func receive(_ fd: Int32, buffer: inout [UInt8]) -> (bytes: [UInt8], from: SocketAddress, to: SocketAddress?)? {
-        let from = UnsafeMutablePointer<sockaddr_storage>.allocate(capacity: 1)
-        let control = UnsafeMutableRawBufferPointer.allocate(byteCount: 256, alignment: 8)
-        let iov = UnsafeMutablePointer<iovec>.allocate(capacity: 1)
-        defer { from.deallocate(); control.deallocate(); iov.deallocate() }
-        from.initialize(to: sockaddr_storage())
-        control.initializeMemory(as: UInt8.self, repeating: 0)
-        return buffer.withUnsafeMutableBytes { buf -> (bytes: [UInt8], from: SocketAddress, to: SocketAddress?)? in
-            iov.initialize(to: iovec(iov_base: buf.baseAddress, iov_len: buf.count))
+    /// Receives datagrams into buffers allocated once (the proxy thread owns one): a datagram
+    /// costs its bytes' array and nothing else — its sender and original destination come from
+    /// a cache of the addresses seen (a `SocketAddress` is a heap box, two per query otherwise).
+    final class Receiver {
+        private let name = UnsafeMutablePointer<sockaddr_storage>.allocate(capacity: 1)
+        private let control = UnsafeMutableRawBufferPointer.allocate(byteCount: 256, alignment: 8)
+        private let iov = UnsafeMutablePointer<iovec>.allocate(capacity: 1)
+        /// Room for the largest datagram.
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65_535, alignment: 8)
+        private var addresses: [RawAddress: SocketAddress] = [:]
+        static let maxAddresses = 4096
+
+        init() { iov.initialize(to: iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)) }
+
+        deinit {
+            name.deallocate()
+            control.deallocate()
+            iov.deallocate()
+            buffer.deallocate()
+        }
+
+        /// One datagram with its sender and original destination; nil when nothing is queued.
+        func receive(_ fd: Int32) -> (bytes: [UInt8], from: SocketAddress, to: SocketAddress?)? {
             var msg = msghdr()
-            msg.msg_name = UnsafeMutableRawPointer(from)
+            msg.msg_name = UnsafeMutableRawPointer(name)
             msg.msg_namelen = socklen_t(MemoryLayout<sockaddr_storage>.size)
             msg.msg_iov = iov
             msg.msg_iovlen = 1
             msg.msg_control = control.baseAddress
             msg.msg_controllen = control.count
             let n = recvmsg(fd, &msg, 0)
-            guard n >= 0, let sender = SocketAddress(storage: from.pointee) else { return nil }
-            let ctl = Array(UnsafeRawBufferPointer(rebasing: control[0..<min(Int(msg.msg_controllen), control.count)]))
-            return (Array(buf[0..<n]), sender, originalDestination(ctl, length: ctl.count))
+            guard n >= 0, let sender = address(UnsafeRawPointer(name), length: Int(msg.msg_namelen)) else { return nil }
+            let ctl = UnsafeRawBufferPointer(rebasing: control[0..<min(Int(msg.msg_controllen), control.count)])
+            let to = UDPSockets.originalDestination(ctl).flatMap { address($0, length: MemoryLayout<sockaddr_in6>.size) }
+            return (Array(UnsafeRawBufferPointer(rebasing: buffer[0..<n])), sender, to)
+        }
+
+        /// Up to `buffer.count` bytes from a connected socket into `buffer`; nil when nothing is
+        /// queued, -errno on an error.
+        func receive(connected fd: Int32) -> Int {
+            let n = recv(fd, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT))
+            return n >= 0 ? n : -Int(errno)
+        }
+
+        /// The `SocketAddress` of a sockaddr_in or sockaddr_in6 at POINTER, made once per address.
+        private func address(_ pointer: UnsafeRawPointer, length: Int) -> SocketAddress? {
+            guard let key = RawAddress(pointer, length: length) else { return nil }
+            if let known = addresses[key] { return known }
+            let made: SocketAddress = switch Int32(pointer.load(as: sa_family_t.self)) {
+            case AF_INET: SocketAddress(pointer.loadUnaligned(as: sockaddr_in.self), host: "")
+            default: SocketAddress(pointer.loadUnaligned(as: sockaddr_in6.self), host: "")
+            }
+            if addresses.count >= Self.maxAddresses { addresses.removeAll(keepingCapacity: true) }
+            addresses[key] = made
+            return made
         }
     }
 
-    /// Walks the control messages for IP_ORIGDSTADDR / IPV6_ORIGDSTADDR.
-    static func originalDestination(_ control: [UInt8], length: Int) -> SocketAddress? {
+    /// A socket address's bytes as a key: family, port, address (and an IPv6 address's scope).
+    struct RawAddress: Hashable {
+        var high: UInt64, low: UInt64
+        var port: UInt16, family: UInt16
+        var scope: UInt32
+
+        init?(_ p: UnsafeRawPointer, length: Int) {
+            switch Int32(p.load(as: sa_family_t.self)) {
+            case AF_INET where length >= MemoryLayout<sockaddr_in>.size:
+                let a = p.loadUnaligned(as: sockaddr_in.self)
+                (high, low, port, family, scope) = (0, UInt64(a.sin_addr.s_addr), a.sin_port, UInt16(AF_INET), 0)
+            case AF_INET6 where length >= MemoryLayout<sockaddr_in6>.size:
+                let a = p.loadUnaligned(as: sockaddr_in6.self)
+                let (h, l) = withUnsafeBytes(of: a.sin6_addr) { ($0.loadUnaligned(as: UInt64.self), $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self)) }
+                (high, low, port, family, scope) = (h, l, a.sin6_port, UInt16(AF_INET6), a.sin6_scope_id)
+            default:
+                return nil
+            }
+        }
+    }
+
+    /// Walks the control messages for IP_ORIGDSTADDR / IPV6_ORIGDSTADDR: a pointer to the
+    /// sockaddr_in / sockaddr_in6 inside CONTROL.
+    static func originalDestination(_ control: UnsafeRawBufferPointer) -> UnsafeRawPointer? {
         let header = MemoryLayout<cmsghdr>.size
         var offset = 0
-        while offset + header <= min(length, control.count) {
-            let (len, level, type): (Int, Int32, Int32) = control.withUnsafeBytes { raw in
-                let h = raw.loadUnaligned(fromByteOffset: offset, as: cmsghdr.self)
-                return (Int(h.cmsg_len), h.cmsg_level, h.cmsg_type)
-            }
+        while offset + header <= control.count {
+            let h = control.loadUnaligned(fromByteOffset: offset, as: cmsghdr.self)
+            let len = Int(h.cmsg_len)
             guard len >= header, offset + len <= control.count else { return nil }
             let dataOffset = offset + ((header + 7) & ~7)
-            if level == solIP && type == ipRecvOrigDstAddr && dataOffset + MemoryLayout<sockaddr_in>.size <= control.count {
-                return SocketAddress(control.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: dataOffset, as: sockaddr_in.self) }, host: "")
-            }
-            if level == solIPv6 && type == ipv6RecvOrigDstAddr && dataOffset + MemoryLayout<sockaddr_in6>.size <= control.count {
-                return SocketAddress(control.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: dataOffset, as: sockaddr_in6.self) }, host: "")
+            if h.cmsg_level == solIP && h.cmsg_type == ipRecvOrigDstAddr && dataOffset + MemoryLayout<sockaddr_in>.size <= control.count
+                || h.cmsg_level == solIPv6 && h.cmsg_type == ipv6RecvOrigDstAddr && dataOffset + MemoryLayout<sockaddr_in6>.size <= control.count {
+                return control.baseAddress! + dataOffset
             }
             offset += (len + 7) & ~7
         }
         return nil
+    }
+
+    /// BYTES with their first two (a DNS message's id) replaced by ID, sent on FD — connected,
+    /// or to ADDRESS. The id goes in its own iovec: the message is not copied to change it.
+    static func send(_ fd: Int32, id: UInt16, _ bytes: [UInt8], to address: SocketAddress? = nil) -> Bool {
+        guard bytes.count >= 2 else { return false }
+        var idBytes = (UInt8(id >> 8), UInt8(id & 0xff))
+        return withUnsafeMutableBytes(of: &idBytes) { idBuffer in
+            bytes.withUnsafeBytes { b in
+                var iovs = (iovec(iov_base: idBuffer.baseAddress, iov_len: 2),
+                            iovec(iov_base: UnsafeMutableRawPointer(mutating: b.baseAddress! + 2), iov_len: b.count - 2))
+                return withUnsafeMutableBytes(of: &iovs) { iovBuffer in
+                    var msg = msghdr()
+                    msg.msg_iov = iovBuffer.baseAddress!.assumingMemoryBound(to: iovec.self)
+                    msg.msg_iovlen = 2
+                    guard let address else { return sendmsg(fd, &msg, 0) }
+                    return address.withSockAddr { sa, length in
+                        msg.msg_name = UnsafeMutableRawPointer(mutating: sa)
+                        msg.msg_namelen = socklen_t(length)
+                        return sendmsg(fd, &msg, 0)
+                    }
+                }
+            }
+        } == bytes.count
     }
 
     static func send(_ fd: Int32, _ bytes: [UInt8], to address: SocketAddress) -> Bool {
@@ -155,16 +231,6 @@ extension SocketAddress {
                            family: AF_INET6)
             }
         default: AddressKey(high: 0, low: 0, family: 0)
-        }
-    }
-
-    /// A sender address from recvmsg (IPv4 or IPv6; nil for anything else).
-    init?(storage: sockaddr_storage) {
-        var s = storage
-        switch Int32(s.ss_family) {
-        case AF_INET: self.init(withUnsafeBytes(of: &s) { $0.loadUnaligned(as: sockaddr_in.self) }, host: "")
-        case AF_INET6: self.init(withUnsafeBytes(of: &s) { $0.loadUnaligned(as: sockaddr_in6.self) }, host: "")
-        default: return nil
         }
     }
 }
