@@ -42,10 +42,6 @@ public final class TransparentListener {
         var b = ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: 4096)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(ChannelOptions.autoRead, value: false)
-            .childChannelOption(ChannelOptions.recvAllocator, value: ProxyConnection.reads)
-            .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
-            .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
         if v6 {
             b = b.serverChannelOption(ChannelOptions.Types.SocketOption(level: 41, name: 26), value: 1) // IPV6_V6ONLY
                 .serverChannelOption(ChannelOptions.Types.SocketOption(level: 41, name: 75), value: 1) // IPV6_TRANSPARENT
@@ -54,6 +50,9 @@ public final class TransparentListener {
         }
         return b.childChannelInitializer { channel in
             channel.eventLoop.makeCompletedFuture {
+                // Before the channel is registered: no read starts until the upstream is connected.
+                try ProxyConnection.configure(channel)
+                try channel.syncOptions?.setOption(ChannelOptions.autoRead, value: false)
                 try channel.pipeline.syncOperations.addHandler(StartWhenActive(environment: env))
             }
         }
