@@ -76,7 +76,7 @@ public struct TLSClientHello: Equatable, Sendable {
                 let total = 4 + (Int(handshake[1]) << 16 | Int(handshake[2]) << 8 | Int(handshake[3]))
                 guard total <= maxHelloBytes else { return .malformed("ClientHello length \(total - 4) exceeds \(maxHelloBytes)") }
                 if handshake.count >= total {
-                    return parseBody(Array(handshake[4..<total]), recordBytes: consumed)
+                    return parseBody(handshake[4..<total], recordBytes: consumed)
                 }
             }
         }
@@ -92,7 +92,7 @@ public struct TLSClientHello: Equatable, Sendable {
         return .needMore
     }
 
-    private static func parseBody(_ body: [UInt8], recordBytes: Int) -> Result {
+    private static func parseBody(_ body: ArraySlice<UInt8>, recordBytes: Int) -> Result {
         var r = ByteReader(body)
         func bad(_ what: String) -> Result { .malformed("ClientHello \(what) (offset \(r.offset) of the hello)") }
         guard let version = r.u16(), r.bytes(32) != nil else { return bad("ends inside version/random") }
@@ -107,7 +107,9 @@ public struct TLSClientHello: Equatable, Sendable {
                                    cipherSuiteCount: Int(csLength) / 2, extensionTypes: [], recordBytes: recordBytes)
         if r.remaining == 0 { return .hello(hello) } // no extensions (TLS 1.2 and older may omit them)
         guard let extLength = r.u16(), Int(extLength) == r.remaining else { return bad("extensions length does not match the hello") }
-        var seen = Set<UInt16>()
+        // Sized once for a browser's ~20 extensions (grown step by step: ~12 allocations).
+        var seen = Set<UInt16>(minimumCapacity: 32)
+        hello.extensionTypes.reserveCapacity(32)
         while r.remaining > 0 {
             guard let type = r.u16(), let length = r.u16(), let data = r.bytes(Int(length)) else { return bad("extension is truncated") }
             guard seen.insert(type).inserted else { return bad("repeats extension \(type)") }
@@ -144,7 +146,7 @@ public struct TLSClientHello: Equatable, Sendable {
 
     /// A DNS host name as SNI carries it (RFC 6066: ASCII, no trailing dot), lower-cased; nil
     /// for anything else (control bytes, spaces, empty labels, IP literals are not host names).
-    static func hostName(_ bytes: [UInt8]) -> String? {
+    static func hostName<C: Collection>(_ bytes: C) -> String? where C.Element == UInt8 {
         guard !bytes.isEmpty, bytes.count <= 253 else { return nil }
         var label = 0
         for b in bytes {
@@ -183,31 +185,38 @@ public struct TLSClientHello: Equatable, Sendable {
 }
 
 /// Bounds-checked big-endian reads over a byte array.
+/// Reads big-endian fields off a slice; the parts it hands out are slices of the same storage
+/// (a ClientHello's ~20 extensions copied out one by one cost an allocation each).
 struct ByteReader {
-    private let bytes: [UInt8]
+    private let bytes: ArraySlice<UInt8>
+    /// Bytes read so far.
     private(set) var offset = 0
 
-    init(_ bytes: [UInt8]) { self.bytes = bytes }
+    init(_ bytes: ArraySlice<UInt8>) { self.bytes = bytes }
+    init(_ bytes: [UInt8]) { self.bytes = bytes[...] }
 
     var remaining: Int { bytes.count - offset }
 
-    func peek(_ i: Int) -> UInt8? { offset + i < bytes.count ? bytes[offset + i] : nil }
+    private func at(_ i: Int) -> UInt8 { bytes[bytes.startIndex + offset + i] }
+
+    func peek(_ i: Int) -> UInt8? { offset + i < bytes.count ? at(i) : nil }
 
     mutating func u8() -> UInt8? {
         guard remaining >= 1 else { return nil }
         defer { offset += 1 }
-        return bytes[offset]
+        return at(0)
     }
 
     mutating func u16() -> UInt16? {
         guard remaining >= 2 else { return nil }
         defer { offset += 2 }
-        return UInt16(bytes[offset]) << 8 | UInt16(bytes[offset + 1])
+        return UInt16(at(0)) << 8 | UInt16(at(1))
     }
 
-    mutating func bytes(_ n: Int) -> [UInt8]? {
+    mutating func bytes(_ n: Int) -> ArraySlice<UInt8>? {
         guard n >= 0, remaining >= n else { return nil }
         defer { offset += n }
-        return Array(bytes[offset..<offset + n])
+        let start = bytes.startIndex + offset
+        return bytes[start..<start + n]
     }
 }
