@@ -41,6 +41,8 @@ let package = Package(
         // rtnetlink: link/route/neighbour/FDB dumps, the proxy's routing rule, change notifications.
         .target(name: "CLoupeNetlink", path: "Sources/CLoupeNetlink"),
         .target(name: "LoupeNetlink", dependencies: ["CLoupeNetlink"]),
+        // recvmmsg/sendmmsg for the DNS proxy's datagram batches.
+        .target(name: "CLoupeSocket", path: "Sources/CLoupeSocket"),
         .target(name: "LoupeFlow"),
         .target(name: "LoupePolicy", dependencies: [.product(name: "Yams", package: "Yams")]),
         .target(name: "LoupeProtocols"),
@@ -58,7 +60,7 @@ let package = Package(
         .target(
             name: "LoupeProxy",
             dependencies: [
-                "LoupeFlow", "LoupePolicy", "LoupeProtocols", "LoupeBPF", "LoupeNetlink",
+                "LoupeFlow", "LoupePolicy", "LoupeProtocols", "LoupeBPF", "LoupeNetlink", "CLoupeSocket",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
