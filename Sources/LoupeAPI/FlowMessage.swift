@@ -78,7 +78,7 @@ extension Flow_Layer7 {
         case .response: type = .response
         case .sample: type = .sample
         }
-        latencyNs = l7.latencyNs.flatMap { UInt64($0) } ?? 0
+        latencyNs = l7.latencyNanos
         if let h = l7.http {
             record = .http(.with {
                 $0.code = UInt32(h.code ?? 0)

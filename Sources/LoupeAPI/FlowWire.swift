@@ -87,7 +87,7 @@ public enum FlowWire {
         case .sample: .sample
         }
         w.uint(1, UInt64(type.rawValue))
-        w.uint(2, l7.latencyNs.flatMap { UInt64($0) } ?? 0)
+        w.uint(2, l7.latencyNanos)
         if let h = l7.http {
             w.message(101) { w in
                 w.uint(1, UInt64(UInt32(truncatingIfNeeded: h.code ?? 0)))

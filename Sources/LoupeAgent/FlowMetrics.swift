@@ -83,9 +83,7 @@ public enum FlowMetrics {
 
     /// An L7 flow's latency in seconds (0 when it has none).
     static func durationSeconds(_ flow: Flow) -> Double {
-        // Nanoseconds as an integer's digits: read as one (parsing a Double cost more).
-        guard let text = flow.l7?.latencyNs, let ns = UInt64(text) else { return 0 }
-        return Double(ns) / 1e9
+        Double(flow.l7?.latencyNanos ?? 0) / 1e9
     }
 
     public static func updates(for flow: Flow, context: MetricsContext) -> [MetricUpdate] {

@@ -130,7 +130,7 @@ public struct Flow: Codable, Sendable, Equatable {
         if let dns = l7.dns { return l7.type == .response ? dns.answerSummary : dns.querySummary }
         guard let http = l7.http else { return "" }
         guard l7.type == .response, let code = http.code else { return "\(http.protocol) \(http.method) \(http.url)" }
-        return HTTP.responseSummary(protocol: http.protocol, code: code, latencyNanos: l7.latencyNs.flatMap { UInt64($0) } ?? 0,
+        return HTTP.responseSummary(protocol: http.protocol, code: code, latencyNanos: l7.latencyNanos,
                                     method: http.method, url: http.url)
     }
 
@@ -357,19 +357,43 @@ public struct Endpoint: Codable, Sendable, Equatable {
 public struct Layer7: Codable, Sendable, Equatable {
     public enum Kind: String, Codable, Sendable { case request = "REQUEST", response = "RESPONSE", sample = "SAMPLE" }
     public var type: Kind
-    /// Nanoseconds, as a string: Hubble's JSON prints uint64 as a string; absent when 0 (a
-    /// request), as protojson omits proto3 zero values.
-    public var latencyNs: String?
+    /// Nanoseconds; 0 when none (a request). Kept as a number: metrics, the gRPC API and the
+    /// summaries read it as one, and only JSON writes it out.
+    public var latencyNanos: UInt64
     public var http: HTTP?
     public var dns: DNS?
+
+    /// `latency_ns` as Hubble's JSON has it: a uint64 as a string, absent when 0 (protojson
+    /// omits proto3 zero values).
+    public var latencyNs: String? {
+        get { latencyNanos == 0 ? nil : String(latencyNanos) }
+        set { latencyNanos = newValue.flatMap { UInt64($0) } ?? 0 }
+    }
 
     enum CodingKeys: String, CodingKey { case type, latencyNs = "latency_ns", http, dns }
 
     public init(type: Kind, latencyNs: UInt64? = nil, http: HTTP? = nil, dns: DNS? = nil) {
         self.type = type
-        self.latencyNs = latencyNs.flatMap { $0 == 0 ? nil : String($0) }
+        self.latencyNanos = latencyNs ?? 0
         self.http = http
         self.dns = dns
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        type = try c.decode(Kind.self, forKey: .type)
+        latencyNanos = 0
+        http = try c.decodeIfPresent(HTTP.self, forKey: .http)
+        dns = try c.decodeIfPresent(DNS.self, forKey: .dns)
+        latencyNs = try c.decodeIfPresent(String.self, forKey: .latencyNs)
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(type, forKey: .type)
+        try c.encodeIfPresent(latencyNs, forKey: .latencyNs)
+        try c.encodeIfPresent(http, forKey: .http)
+        try c.encodeIfPresent(dns, forKey: .dns)
     }
 }
 

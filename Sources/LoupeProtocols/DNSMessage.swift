@@ -137,9 +137,26 @@ public struct DNSType: RawRepresentable, Hashable, Sendable, CustomStringConvert
     public static let txt = DNSType(rawValue: 16), aaaa = DNSType(rawValue: 28), srv = DNSType(rawValue: 33)
     public static let opt = DNSType(rawValue: 41), https = DNSType(rawValue: 65), any = DNSType(rawValue: 255)
 
-    static let names: [UInt16: String] = [1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT",
-                                          28: "AAAA", 33: "SRV", 41: "OPT", 64: "SVCB", 65: "HTTPS", 255: "ANY"]
-    public var description: String { Self.names[rawValue] ?? "TYPE\(rawValue)" }
+    /// The mnemonic (`A`, `AAAA`, …), `TYPE<n>` for a type without one. A switch: it is said
+    /// for every question and record of every recorded query.
+    public var description: String {
+        switch rawValue {
+        case 1: "A"
+        case 2: "NS"
+        case 5: "CNAME"
+        case 6: "SOA"
+        case 12: "PTR"
+        case 15: "MX"
+        case 16: "TXT"
+        case 28: "AAAA"
+        case 33: "SRV"
+        case 41: "OPT"
+        case 64: "SVCB"
+        case 65: "HTTPS"
+        case 255: "ANY"
+        default: "TYPE\(rawValue)"
+        }
+    }
 }
 
 public struct DNSRCode: RawRepresentable, Hashable, Sendable {
