@@ -337,11 +337,22 @@ public final class DNSProxy: @unchecked Sendable {
     /// Addresses in the answer, remembered with the names that led to them (query, CNAMEs).
     private func learn(_ r: DNSMessage, query: DNSMessage, addresses: [String], client: String) {
         guard r.rcode == .noError, !addresses.isEmpty, let q = query.questions.first?.name else { return }
-        var names = [Self.trimDot(q)]
+        var names: [String]
+        if let known = learnedNames[q] {
+            names = known
+        } else {
+            names = [Self.trimDot(q)]
+            if learnedNames.count >= 1024 { learnedNames.removeAll() }
+            learnedNames[q] = names
+        }
         for rec in r.answers { if case .cname(let t) = rec.data { names.append(Self.trimDot(t)) } }
         let ttl = r.addressTTL ?? 0
         environment.fqdn.learn(client: client, names: names, addresses: addresses, ttl: ttl)
     }
+
+    /// Query names as the FQDN cache keeps them (no trailing dot), per name asked: a pod asks
+    /// the same names over and over, and trimming made a String and an array per answer.
+    private var learnedNames: [String: [String]] = [:]
 
     /// Hubble's destination_names carry no trailing dot.
     static func trimDot(_ n: String) -> String { n.utf8.count > 1 && n.utf8.last == UInt8(ascii: ".") ? String(n.dropLast()) : n }
