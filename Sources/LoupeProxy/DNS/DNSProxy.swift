@@ -230,12 +230,12 @@ public final class DNSProxy: @unchecked Sendable {
         do {
             let fd = try upstream(for: resolver)
             let id = freshID(on: fd)
-            send(fd, bytes, id: id, tag: Int(id)) // a failure comes back to `flush`
             let now = monotonicNanos()
             let key = Key(fd: fd, id: id)
             let deadline = now + UInt64(environment.configuration.dnsTimeoutMilliseconds) * 1_000_000
             pending[key] = Pending(peer: peer, client: client, query: q, started: now, deadline: deadline)
             deadlines.append((deadline, key))
+            send(fd, bytes, id: id, tag: Int(id)) // in flight first: a failed send finds it (`sendFailed`)
         } catch {
             environment.count(.dnsUpstreamErrors)
             fail(q, client: client, resolver: resolver, context: c, started: monotonicNanos(), note: "(upstream \(resolver.endpoint): \(error))")
