@@ -184,9 +184,8 @@ public struct TLSClientHello: Equatable, Sendable {
     }
 }
 
-/// Bounds-checked big-endian reads over a byte array.
-/// Reads big-endian fields off a slice; the parts it hands out are slices of the same storage
-/// (a ClientHello's ~20 extensions copied out one by one cost an allocation each).
+/// Bounds-checked big-endian reads off a slice; the parts it hands out are slices of the same
+/// storage (a ClientHello's ~20 extensions copied out one by one cost an allocation each).
 struct ByteReader {
     private let bytes: ArraySlice<UInt8>
     /// Bytes read so far.

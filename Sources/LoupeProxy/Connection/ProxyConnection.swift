@@ -126,8 +126,8 @@ final class ProxyConnection {
         ClientBootstrap(group: downstream.eventLoop)
             .connectTimeout(.milliseconds(cfg.connectTimeoutMilliseconds))
             .channelInitializer { ch in
-                // Runs before the channel is registered and connects; binds it first when the
-                // source is the pod's (its transparent options before the bind).
+                // Runs before the channel is registered and connects; when the source is the
+                // pod's, the socket is bound here (its transparent options set before the bind).
                 do {
                     try Self.configure(ch, mark: mark)
                     try ch.pipeline.syncOperations.addHandlers([FirstBytesHandler(connection: bound.value, side: .server),
