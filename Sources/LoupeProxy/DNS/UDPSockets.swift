@@ -205,6 +205,7 @@ enum UDPSockets {
         /// Queues BYTES for FD — connected, or to ADDRESS — with ID as their first two bytes when
         /// given. TAG comes back if the send fails. False: no room; `flush` first.
         func add(_ fd: Int32, _ bytes: [UInt8], id: UInt16?, to address: SocketAddress?, tag: Int) -> Bool {
+            guard !bytes.isEmpty else { return true } // nothing to send (never a DNS message)
             guard items.count < Self.capacity, used + bytes.count <= Self.arenaSize else { return false }
             let k = items.count
             let start = arena.baseAddress! + used
