@@ -66,17 +66,42 @@ public final class FlowStore: @unchecked Sendable {
             let replaced = s.ring[s.next]
             s.ring[s.next] = slot
             s.next = (s.next + 1) % capacity
-            s.total += 1
-            let second = time(nil)
-            let b = second % 61
-            if s.bucketSecond[b] != second {
-                s.bucketSecond[b] = second
-                s.perSecond[b] = 0
-            }
-            s.perSecond[b] += 1
+            Self.counted(1, in: &s)
             return (s.callbacks, replaced)
         }
         for sub in subscribers { sub(slot.record) }
+    }
+
+    /// Appends flows in their order, under one lock; subscribers see them in that order.
+    public func append(contentsOf flows: [Flow]) {
+        guard !flows.isEmpty else { return }
+        var slots: [Slot?] = flows.map { Slot(FlowRecord(flow: $0)) }
+        let subscribers = withState { s -> [Subscriber] in
+            // Each new slot takes its place in the ring; `slots` is left holding the slots they
+            // replaced, freed outside the lock.
+            for i in slots.indices {
+                swap(&s.ring[s.next], &slots[i])
+                s.next = (s.next + 1) % capacity
+            }
+            Self.counted(flows.count, in: &s)
+            return s.callbacks
+        }
+        guard !subscribers.isEmpty else { return }
+        for flow in flows {
+            let record = FlowRecord(flow: flow)
+            for sub in subscribers { sub(record) }
+        }
+    }
+
+    private static func counted(_ n: Int, in s: inout State) {
+        s.total += UInt64(n)
+        let second = time(nil)
+        let b = second % 61
+        if s.bucketSecond[b] != second {
+            s.bucketSecond[b] = second
+            s.perSecond[b] = 0
+        }
+        s.perSecond[b] += UInt64(n)
     }
 
     /// The newest `n` flows that satisfy `matching`, oldest first.

@@ -97,10 +97,15 @@ public final class ProxyEnvironment: Sendable {
     public var snapshot: Snapshot { current.withLock { $0 } }
     public var generation: UInt64 { current.withLock { $0.generation } }
 
-    /// Every flow goes through here: redacted (Hubble's options), then recorded.
+    /// Every flow goes through here: redacted (Hubble's options), then recorded — on an event
+    /// loop, once the loop's current round of I/O is done (`PendingFlows`).
     public func record(_ flow: consuming Flow) {
         configuration.redaction.apply(&flow)
-        flows.append(flow)
+        if let pending = PendingFlows.onThisThread {
+            pending.add(flow, to: flows)
+        } else {
+            flows.append(flow)
+        }
     }
 
     /// Proxy-level counters (connections, upstream errors, parse errors, policy denials) for `loupe status`.

@@ -56,6 +56,8 @@ public final class DNSProxy: @unchecked Sendable {
     private var replySockets: [SocketAddress: Int32] = [:]
     /// What the batch being handled sends (touched only by the proxy thread, made there).
     private var outbox: UDPSockets.Outbox!
+    /// The batch's flows, recorded once it is sent (the proxy thread's, made there).
+    private var pendingFlows: PendingFlows?
 
     public init(environment: ProxyEnvironment, logger: Logger) {
         self.environment = environment
@@ -101,6 +103,9 @@ public final class DNSProxy: @unchecked Sendable {
     private func loop() {
         let receiver = UDPSockets.Receiver()
         outbox = UDPSockets.Outbox()
+        // A batch's flows go to the store once its datagrams are sent (`flush`).
+        pendingFlows = PendingFlows.installOnThisThread()
+        defer { pendingFlows?.drain() }
         var fds: [pollfd] = []
         while true {
             if pollSetChanged {
@@ -420,6 +425,7 @@ public final class DNSProxy: @unchecked Sendable {
                 if f.tag < 0 { environment.count(.dnsReplyErrors) } else { sendFailed(fd: f.fd, id: UInt16(f.tag), code: f.code) }
             }
         }
+        pendingFlows?.drain()
     }
 
     private func sendFailed(fd: Int32, id: UInt16, code: Int32) {
