@@ -10,7 +10,7 @@ import NIOPosix
 /// they were recorded. The DNS proxy's thread, which batches its datagrams, hands its flows
 /// over after each batch is sent (`installOnThisThread`, `drain`). Elsewhere (tests on an
 /// embedded channel) a flow goes to the store at once.
-/// `@unchecked Sendable`: each instance is used only on its own event loop's thread.
+/// `@unchecked Sendable`: each instance is used only on its own thread.
 final class PendingFlows: @unchecked Sendable {
     private static let perThread = ThreadSpecificVariable<PendingFlows>()
 
@@ -23,7 +23,8 @@ final class PendingFlows: @unchecked Sendable {
 
     private init(loop: (any EventLoop)?) { self.loop = loop }
 
-    /// This event loop's pending flows; nil off an event loop.
+    /// This thread's pending flows: an event loop's (made on first use), or the ones installed
+    /// (`installOnThisThread`); nil elsewhere.
     static var onThisThread: PendingFlows? {
         if let pending = perThread.currentValue { return pending }
         guard let loop = MultiThreadedEventLoopGroup.currentEventLoop else { return nil }
