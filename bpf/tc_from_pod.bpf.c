@@ -38,8 +38,25 @@ static __always_inline struct loupe_redirect_value *loupe_find_rule(struct __sk_
     return bpf_map_lookup_elem(&loupe_redirects, &key);
 }
 
-static __always_inline int loupe_assign(struct __sk_buff *skb, struct loupe_endpoint *ep, struct bpf_sock *sk, __u32 counter)
+/* Hands the packet to the proxy socket `sk` (`proxy_port`: the listener's port when `sk` is a
+ * listener, else 0). On a bridge port the socket is not assigned here: a socket assigned at a
+ * bridge port does not survive the way to the node's IP layer on every kernel (6.18.44 loses
+ * it on a redirect to the bridge's ingress and on the bridge's own path up), so the packet is
+ * re-addressed to the bridge's MAC, marked with the proxy port, and redirected to the bridge's
+ * receive path, where loupe_from_bridge finds the socket again and assigns it. */
+static __always_inline int loupe_assign(struct __sk_buff *skb, struct loupe_endpoint *ep, struct bpf_sock *sk,
+                                        __u16 proxy_port, __u32 counter)
 {
+    if (ep->flags & LOUPE_ENDPOINT_BRIDGED) {
+        bpf_sk_release(sk);
+        if (bpf_skb_store_bytes(skb, 0, ep->gateway_mac, 6, 0)) {
+            loupe_count(LOUPE_CNT_ASSIGN_FAILED);
+            return TC_ACT_SHOT;
+        }
+        skb->mark = LOUPE_MARK_TO_PROXY | ((__u32)proxy_port << LOUPE_MARK_PORT_SHIFT);
+        loupe_count(counter);
+        return bpf_redirect(ep->bridge_ifindex, BPF_F_INGRESS);
+    }
     long err = bpf_sk_assign(skb, sk, 0);
     bpf_sk_release(sk);
     if (err) {
@@ -47,30 +64,22 @@ static __always_inline int loupe_assign(struct __sk_buff *skb, struct loupe_endp
         return TC_ACT_SHOT;
     }
     skb->mark = (skb->mark & ~LOUPE_MARK_MASK) | LOUPE_MARK_TO_PROXY;
-    if (ep->flags & LOUPE_ENDPOINT_BRIDGED) {
-        if (bpf_skb_store_bytes(skb, 0, ep->gateway_mac, 6, 0)) {
-            loupe_count(LOUPE_CNT_ASSIGN_FAILED);
-            return TC_ACT_SHOT;
-        }
-        loupe_count(counter);
-        return bpf_redirect(ep->bridge_ifindex, BPF_F_INGRESS);
-    }
     loupe_count(counter);
     return TC_ACT_OK;
 }
 
 /* The proxy's listener as a lookup tuple: 127.0.0.1 / ::1 at the rule's proxy port (a lookup
  * of the loopback address also finds a 0.0.0.0 / [::] socket). */
-static __always_inline struct bpf_sock_tuple loupe_listener_tuple(__u8 family, struct loupe_redirect_value *rule)
+static __always_inline struct bpf_sock_tuple loupe_listener_tuple(__u8 family, __u16 proxy_port)
 {
     struct bpf_sock_tuple ln = {};
 
     if (family == 4) {
         ln.ipv4.daddr = loupe_listener_v4;
-        ln.ipv4.dport = bpf_htons(rule->proxy_port);
+        ln.ipv4.dport = bpf_htons(proxy_port);
     } else {
         ln.ipv6.daddr[3] = bpf_htonl(1);
-        ln.ipv6.dport = bpf_htons(rule->proxy_port);
+        ln.ipv6.dport = bpf_htons(proxy_port);
     }
     return ln;
 }
@@ -91,12 +100,12 @@ static __always_inline int loupe_proxy_absent(struct loupe_redirect_value *rule)
 static __always_inline int loupe_steer_udp(struct __sk_buff *skb, struct loupe_endpoint *ep, struct loupe_packet *p,
                                            struct loupe_redirect_value *rule, __u32 tuple_len)
 {
-    struct bpf_sock_tuple ln = loupe_listener_tuple(p->family, rule);
+    struct bpf_sock_tuple ln = loupe_listener_tuple(p->family, rule->proxy_port);
     struct bpf_sock *sk = bpf_sk_lookup_udp(skb, &ln, tuple_len, BPF_F_CURRENT_NETNS, 0);
 
     if (!sk)
         return loupe_proxy_absent(rule);
-    return loupe_assign(skb, ep, sk, LOUPE_CNT_ASSIGNED_LISTENER);
+    return loupe_assign(skb, ep, sk, rule->proxy_port, LOUPE_CNT_ASSIGNED_LISTENER);
 }
 
 /* A TCP packet no rule selects, from an interface whose endpoint steers replies: when its
@@ -123,11 +132,10 @@ static __always_inline int loupe_steer_reply(struct __sk_buff *skb, struct loupe
         bpf_sk_release(sk);
         return -1;
     }
-    return loupe_assign(skb, ep, sk, LOUPE_CNT_REPLY_ASSIGNED);
+    return loupe_assign(skb, ep, sk, 0, LOUPE_CNT_REPLY_ASSIGNED);
 }
 
-SEC("tc")
-int loupe_from_pod(struct __sk_buff *skb)
+static __always_inline int loupe_steer(struct __sk_buff *skb)
 {
     struct loupe_packet p = {};
     struct loupe_redirect_value *rule;
@@ -186,7 +194,7 @@ int loupe_from_pod(struct __sk_buff *skb)
     sk = bpf_skc_lookup_tcp(skb, &p.tuple, tuple_len, BPF_F_CURRENT_NETNS, 0);
     if (sk) {
         if (sk->state != BPF_TCP_LISTEN)
-            return loupe_assign(skb, ep, sk, LOUPE_CNT_ASSIGNED_ESTABLISHED);
+            return loupe_assign(skb, ep, sk, 0, LOUPE_CNT_ASSIGNED_ESTABLISHED);
         bpf_sk_release(sk);
     }
     if (!p.syn) {
@@ -194,7 +202,7 @@ int loupe_from_pod(struct __sk_buff *skb)
         return TC_ACT_OK;
     }
     /* 2. A new connection: the proxy's listener. */
-    struct bpf_sock_tuple ln = loupe_listener_tuple(p.family, rule);
+    struct bpf_sock_tuple ln = loupe_listener_tuple(p.family, rule->proxy_port);
     sk = bpf_skc_lookup_tcp(skb, &ln, tuple_len, BPF_F_CURRENT_NETNS, 0);
     if (!sk)
         return loupe_proxy_absent(rule);
@@ -203,7 +211,73 @@ int loupe_from_pod(struct __sk_buff *skb)
         loupe_count(LOUPE_CNT_PROXY_ABSENT_PASS);
         return TC_ACT_OK;
     }
-    return loupe_assign(skb, ep, sk, LOUPE_CNT_ASSIGNED_LISTENER);
+    return loupe_assign(skb, ep, sk, rule->proxy_port, LOUPE_CNT_ASSIGNED_LISTENER);
+}
+
+SEC("tc")
+int loupe_from_pod(struct __sk_buff *skb)
+{
+    return loupe_steer(skb);
+}
+
+/* tc ingress on the bridge of bridged pods (cni0): a packet loupe_from_pod handed over
+ * (LOUPE_MARK_TO_PROXY, the proxy port in the mark's upper half) is assigned here, where it
+ * enters the node's IP layer: to the connection's own proxy socket (found by its 4-tuple), or
+ * to the listener / DNS socket at the proxy port. If that socket went away in between, the
+ * packet is dropped (counted; the client retransmits and the pod's program judges it again).
+ * Everything else
+ * is judged as loupe_from_pod would when the bridge is an endpoint itself (an uplink named
+ * with --uplink), and passes untouched otherwise. */
+SEC("tc")
+int loupe_from_bridge(struct __sk_buff *skb)
+{
+    struct loupe_packet p = {};
+    struct bpf_sock *sk;
+    __u16 proxy_port;
+    __u32 tuple_len;
+    long err;
+
+    if ((skb->mark & LOUPE_MARK_MASK) != LOUPE_MARK_TO_PROXY) {
+        /* A bridge named as an uplink (--uplink) is an endpoint as well. */
+        __u32 ifindex = skb->ifindex;
+        if (bpf_map_lookup_elem(&loupe_endpoints, &ifindex))
+            return loupe_steer(skb);
+        return TC_ACT_OK;
+    }
+    proxy_port = skb->mark >> LOUPE_MARK_PORT_SHIFT;
+    skb->mark = LOUPE_MARK_TO_PROXY;
+    if (loupe_parse_l4(skb, &p) != LOUPE_PARSE_L4 || p.first_fragment)
+        return TC_ACT_OK; /* loupe_from_pod hands over only whole TCP/UDP packets */
+    tuple_len = p.family == 4 ? sizeof(p.tuple.ipv4) : sizeof(p.tuple.ipv6);
+    if (p.proto == IPPROTO_UDP) {
+        struct bpf_sock_tuple ln = loupe_listener_tuple(p.family, proxy_port);
+        sk = proxy_port ? bpf_sk_lookup_udp(skb, &ln, tuple_len, BPF_F_CURRENT_NETNS, 0) : 0;
+    } else {
+        sk = bpf_skc_lookup_tcp(skb, &p.tuple, tuple_len, BPF_F_CURRENT_NETNS, 0);
+        if (sk && sk->state == BPF_TCP_LISTEN) {
+            bpf_sk_release(sk);
+            sk = 0;
+        }
+        if (!sk && p.syn && proxy_port) {
+            struct bpf_sock_tuple ln = loupe_listener_tuple(p.family, proxy_port);
+            sk = bpf_skc_lookup_tcp(skb, &ln, tuple_len, BPF_F_CURRENT_NETNS, 0);
+            if (sk && sk->state != BPF_TCP_LISTEN) {
+                bpf_sk_release(sk);
+                sk = 0;
+            }
+        }
+    }
+    if (!sk) {
+        loupe_count(LOUPE_CNT_BRIDGE_SOCKET_GONE);
+        return TC_ACT_SHOT;
+    }
+    err = bpf_sk_assign(skb, sk, 0);
+    bpf_sk_release(sk);
+    if (err) {
+        loupe_count(LOUPE_CNT_ASSIGN_FAILED);
+        return TC_ACT_SHOT;
+    }
+    return TC_ACT_OK;
 }
 
 char _license[] SEC("license") = "GPL";

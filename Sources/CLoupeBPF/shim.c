@@ -73,13 +73,16 @@ int loupe_tc_detach_ingress(int ifindex, int destroy_qdisc)
     return err;
 }
 
-int loupe_prog_test_run_skb(int prog_fd, const void *packet, uint32_t size, uint32_t ifindex, uint32_t *retval, uint32_t *mark)
+int loupe_prog_test_run_skb(int prog_fd, const void *packet, uint32_t size, void *out, uint32_t out_size,
+                            uint32_t ifindex, uint32_t *retval, uint32_t *mark)
 {
     struct __sk_buff ctx;
     memset(&ctx, 0, sizeof(ctx));
     ctx.ifindex = ifindex;
+    ctx.mark = *mark;
     LIBBPF_OPTS(bpf_test_run_opts, opts,
                 .data_in = packet, .data_size_in = size,
+                .data_out = out, .data_size_out = out ? out_size : 0,
                 .ctx_in = &ctx, .ctx_size_in = sizeof(ctx),
                 .ctx_out = &ctx, .ctx_size_out = sizeof(ctx),
                 .repeat = 1);

@@ -255,6 +255,7 @@ public final class DatapathService: Service, @unchecked Sendable {
         var endpoints: [UInt32: EndpointEntry] = [:]
         var entries: [RedirectEntry] = []
         var ifindexes: [Int32] = []
+        var bridges: Set<Int32> = []
         let proxyPort = UInt16(configuration.proxy.port)
         let dnsPort = UInt16(configuration.proxy.dnsPort)
         for podRules in plan.pods {
@@ -263,7 +264,10 @@ public final class DatapathService: Service, @unchecked Sendable {
             let ifindex = UInt32(attachment.ifindex)
             ifindexes.append(attachment.ifindex)
             var bridge: (Int32, [UInt8])?
-            if case .bridged(_, _, _, let index, let mac) = attachment { bridge = (index, mac) }
+            if case .bridged(_, _, _, let index, let mac) = attachment {
+                bridge = (index, mac)
+                bridges.insert(index)
+            }
             endpoints[ifindex] = EndpointEntry(id: EndpointIdentity(pod: pod).id, bridge: bridge, steerReplies: configuration.steersReplies)
             let addresses = pod.ips.compactMap(IPAddressBytes.parse)
             // Visibility: redirected, fail open. TCP to the proxy listener; UDP DNS to the DNS socket.
@@ -311,8 +315,12 @@ public final class DatapathService: Service, @unchecked Sendable {
             do {
                 try dp.setEndpoints(endpoints)
                 try dp.setRedirects(merged)
-                for ifindex in ifindexes where !dp.attached.contains(ifindex) { try dp.attach(ifindex: ifindex) }
-                for ifindex in dp.attached where !ifindexes.contains(ifindex) { dp.detach(ifindex: ifindex) }
+                // A bridge's program also judges the bridge as an endpoint (a bridge named with --uplink).
+                let ports = ifindexes.filter { !bridges.contains($0) }
+                for ifindex in dp.attached where !ports.contains(ifindex) { dp.detach(ifindex: ifindex) }
+                for ifindex in dp.attachedBridges where !bridges.contains(ifindex) { dp.detach(ifindex: ifindex) }
+                for ifindex in ports where !dp.attached.contains(ifindex) { try dp.attach(ifindex: ifindex) }
+                for ifindex in bridges where !dp.attachedBridges.contains(ifindex) { try dp.attach(ifindex: ifindex, bridge: true) }
             } catch {
                 logger.error("datapath update failed: \(error)")
             }

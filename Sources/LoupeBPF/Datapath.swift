@@ -6,6 +6,7 @@ public enum DatapathCounter: UInt32, CaseIterable, Sendable {
     case unmanaged = 0, notTCP, notSelected, assignedEstablished, assignedListener
     case proxyAbsentPass, proxyAbsentDrop, noSocketPass, assignFailed
     case unparseableDrop, fragmentDrop, fragmentPass, laterFragmentPass, replyAssigned
+    case bridgeSocketGone
 
     /// Metric-style name, e.g. `assigned_listener`.
     public var name: String {
@@ -24,6 +25,7 @@ public enum DatapathCounter: UInt32, CaseIterable, Sendable {
         case .fragmentPass: "fragment_pass"
         case .laterFragmentPass: "later_fragment_pass"
         case .replyAssigned: "reply_assigned"
+        case .bridgeSocketGone: "bridge_socket_gone"
         }
     }
 }
@@ -78,41 +80,50 @@ public struct RedirectEntry: Hashable, Sendable {
     var isIngress: Bool { if case .ingress = match { true } else { false } }
 }
 
-/// The tc datapath: the `loupe_from_pod` program, its maps, and the veths it is attached to.
-/// Closing detaches from every veth; pins are removed by `close(unpin: true)`.
+/// The tc datapath: the `loupe_from_pod` program, its maps, and the veths it is attached to;
+/// and `loupe_from_bridge` on the bridges of bridged pods, where a packet their ports hand to
+/// the proxy is assigned to its socket. Closing detaches from every interface; pins are
+/// removed by `close(unpin: true)`.
 public final class Datapath {
     public static let defaultPinRoot = "/sys/fs/bpf/loupe"
 
     private let object: BPFObject
     private let programFD: Int32
+    private let bridgeProgramFD: Int32
     public let endpoints: BPFMap
     public let redirects: BPFMap
     public let counters: BPFMap
     public private(set) var attached: Set<Int32> = []
+    /// Bridges `loupe_from_bridge` is attached to.
+    public private(set) var attachedBridges: Set<Int32> = []
     /// Veths whose clsact qdisc we created (and so remove on detach).
     private var ownedQdiscs: Set<Int32> = []
 
     public init(objectPath: String, pinRoot: String = Datapath.defaultPinRoot) throws {
         object = try BPFObject(path: objectPath, pinRoot: pinRoot)
         programFD = try object.programFD("loupe_from_pod")
+        bridgeProgramFD = try object.programFD("loupe_from_bridge")
         endpoints = try object.map("loupe_endpoints")
         redirects = try object.map("loupe_redirects")
         counters = try object.map("loupe_counters")
     }
 
     public var programFileDescriptor: Int32 { programFD }
+    public var bridgeProgramFileDescriptor: Int32 { bridgeProgramFD }
 
-    public func attach(ifindex: Int32) throws {
+    /// Attaches `loupe_from_pod` (or, with `bridge`, `loupe_from_bridge`) at tc ingress.
+    public func attach(ifindex: Int32, bridge: Bool = false) throws {
         var created: Int32 = 0
-        let rc = loupe_tc_attach_ingress(ifindex, programFD, &created)
+        let rc = loupe_tc_attach_ingress(ifindex, bridge ? bridgeProgramFD : programFD, &created)
         if rc != 0 { throw BPFError("attach tc ingress on ifindex \(ifindex)", errno: rc) }
-        attached.insert(ifindex)
+        if bridge { attachedBridges.insert(ifindex) } else { attached.insert(ifindex) }
         if created != 0 { ownedQdiscs.insert(ifindex) }
     }
 
     public func detach(ifindex: Int32) {
         _ = loupe_tc_detach_ingress(ifindex, ownedQdiscs.contains(ifindex) ? 1 : 0)
         attached.remove(ifindex)
+        attachedBridges.remove(ifindex)
         ownedQdiscs.remove(ifindex)
     }
 
@@ -159,7 +170,7 @@ public final class Datapath {
 
     /// Detaches from every veth and closes; with `unpin`, removes the pinned maps too.
     public func close(unpin: Bool) {
-        for ifindex in attached { detach(ifindex: ifindex) }
+        for ifindex in attached.union(attachedBridges) { detach(ifindex: ifindex) }
         if unpin { object.unpinAll() }
         object.close()
     }

@@ -100,7 +100,7 @@ public final class SpliceMaps: @unchecked Sendable {
         req.downstream_cookie = downstream.cookie
         req.upstream_cookie = upstream.cookie
         var retval: UInt32 = 0, mark: UInt32 = 0
-        let rc = withUnsafeBytes(of: &req) { loupe_prog_test_run_skb(insertProgram, $0.baseAddress, UInt32($0.count), 0, &retval, &mark) }
+        let rc = withUnsafeBytes(of: &req) { loupe_prog_test_run_skb(insertProgram, $0.baseAddress, UInt32($0.count), nil, 0, 0, &retval, &mark) }
         if rc != 0 || retval != 0 {
             pairs.delete(downstream.cookie)
             pairs.delete(upstream.cookie)

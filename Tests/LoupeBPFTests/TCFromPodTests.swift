@@ -34,11 +34,18 @@ final class TCFromPodTests {
 
     deinit { datapath.close(unpin: true) }
 
-    private func run(_ packet: [UInt8]) throws -> (verdict: UInt32, mark: UInt32, counters: [DatapathCounter: UInt64]) {
+    /// Runs `loupe_from_pod` (with `bridge`, `loupe_from_bridge`) on `packet` arriving with `mark`.
+    private func run(_ packet: [UInt8], bridge: Bool = false, mark markIn: UInt32 = 0) throws
+        -> (verdict: UInt32, mark: UInt32, counters: [DatapathCounter: UInt64], frame: [UInt8])
+    {
         let before = datapath.readCounters()
-        var verdict: UInt32 = 0, mark: UInt32 = 0
-        let rc = packet.withUnsafeBytes {
-            loupe_prog_test_run_skb(datapath.programFileDescriptor, $0.baseAddress, UInt32($0.count), lo, &verdict, &mark)
+        var verdict: UInt32 = 0, mark: UInt32 = markIn
+        var frame = [UInt8](repeating: 0, count: packet.count)
+        let program = bridge ? datapath.bridgeProgramFileDescriptor : datapath.programFileDescriptor
+        let rc = packet.withUnsafeBytes { p in
+            frame.withUnsafeMutableBytes { f in
+                loupe_prog_test_run_skb(program, p.baseAddress, UInt32(p.count), f.baseAddress, UInt32(f.count), lo, &verdict, &mark)
+            }
         }
         if rc != 0 { throw BPFError("test run", errno: rc) }
         let after = datapath.readCounters()
@@ -46,7 +53,7 @@ final class TCFromPodTests {
         for c in DatapathCounter.allCases where after[c, default: 0] != before[c, default: 0] {
             delta[c] = after[c, default: 0] - before[c, default: 0]
         }
-        return (verdict, mark, delta)
+        return (verdict, mark, delta, frame)
     }
 
     @Test func selectedSynIsAssignedToTheProxyListener() throws {
@@ -113,6 +120,66 @@ final class TCFromPodTests {
         #expect(hit.counters == [Self.socketFound: 1])
         let other = try run(Packet.ipv4TCP(src: "198.18.1.10", sport: 40000, dst: "198.18.0.12", dport: 8080, syn: true))
         #expect(other.counters == [.notSelected: 1])
+    }
+
+    /// A bridge port does not assign: it re-addresses the packet to the bridge's MAC, marks it
+    /// with the proxy port and redirects it to the bridge's ingress (TC_ACT_REDIRECT).
+    @Test func aBridgePortHandsTheSelectedSynToTheBridge() throws {
+        let listener = try TCPSocket.listen()
+        defer { close(listener.fd) }
+        let bridgeMAC: [UInt8] = [0x02, 0x42, 0xc0, 0xa8, 0x00, 0x01]
+        try datapath.setEndpoints([lo: EndpointEntry(id: 7, bridge: (ifindex: 1, mac: bridgeMAC))])
+        try datapath.setRedirects([RedirectEntry(match: .egress(ifindex: lo), port: 80, proxyPort: listener.port)])
+        let r = try run(Packet.ipv4TCP(src: "198.18.0.10", sport: 40000, dst: "198.18.0.11", dport: 80, syn: true))
+        #expect(r.counters == [.assignedListener: 1])
+        #expect(r.verdict == 7) // TC_ACT_REDIRECT
+        #expect(r.mark == UInt32(LOUPE_MARK_TO_PROXY) | UInt32(listener.port) << UInt32(LOUPE_MARK_PORT_SHIFT))
+        #expect(Array(r.frame.prefix(6)) == bridgeMAC)
+        // Unselected traffic of the port passes as it came.
+        let other = try run(Packet.ipv4TCP(src: "198.18.0.10", sport: 40000, dst: "198.18.0.11", dport: 443, syn: true))
+        #expect(other.counters == [.notSelected: 1])
+        #expect(other.verdict == 0 && other.mark == 0)
+    }
+
+    /// The bridge's program assigns what a port handed over: a SYN to the listener at the port
+    /// the mark carries, a packet of a connection to its socket; a handed-over packet whose
+    /// socket is gone is dropped and counted. Unmarked packets pass uncounted.
+    @Test func theBridgeAssignsWhatAPortHandedOver() throws {
+        let listener = try TCPSocket.listen()
+        defer { close(listener.fd) }
+        let handed = UInt32(LOUPE_MARK_TO_PROXY) | UInt32(listener.port) << UInt32(LOUPE_MARK_PORT_SHIFT)
+        let syn = Packet.ipv4TCP(src: "198.18.0.10", sport: 40000, dst: "198.18.0.11", dport: 80, syn: true)
+        let r = try run(syn, bridge: true, mark: handed)
+        #expect(r.counters == [Self.socketFound: 1])
+        #expect(r.mark == UInt32(LOUPE_MARK_TO_PROXY)) // the port is cleared
+        let unused = try TCPSocket.unusedPort()
+        let gone = try run(syn, bridge: true, mark: UInt32(LOUPE_MARK_TO_PROXY) | UInt32(unused) << UInt32(LOUPE_MARK_PORT_SHIFT))
+        #expect(gone.counters == [.bridgeSocketGone: 1])
+        #expect(gone.verdict == 2)
+        // A packet of an established connection, handed over without a port.
+        let client = try TCPSocket.connect(port: listener.port)
+        let accepted = accept(listener.fd, nil, nil)
+        defer { close(client.fd); close(accepted) }
+        let est = Packet.ipv4TCP(src: "127.0.0.1", sport: client.port, dst: "127.0.0.1", dport: listener.port, syn: false)
+        #expect(try run(est, bridge: true, mark: UInt32(LOUPE_MARK_TO_PROXY)).counters == [Self.socketFound: 1])
+        // A non-SYN without its socket is not sent to the listener.
+        let stray = Packet.ipv4TCP(src: "198.18.0.10", sport: 40001, dst: "198.18.0.11", dport: 80, syn: false)
+        #expect(try run(stray, bridge: true, mark: handed).counters == [.bridgeSocketGone: 1])
+        // Not handed over, on a bridge that is no endpoint: passes, uncounted.
+        try datapath.setEndpoints([:])
+        let plain = try run(syn, bridge: true)
+        #expect(plain.counters == [:] && plain.verdict == 0 && plain.mark == 0)
+    }
+
+    /// A bridge named as an uplink is an endpoint too: its program judges unmarked packets as
+    /// `loupe_from_pod` does.
+    @Test func aBridgeThatIsAnUplinkAppliesIngressRules() throws {
+        let listener = try TCPSocket.listen()
+        defer { close(listener.fd) }
+        try datapath.setEndpoints([lo: EndpointEntry(id: 0, uplink: true)])
+        try datapath.setRedirects([RedirectEntry(match: .ingress(address: [198, 18, 0, 11]), port: 8080, proxyPort: listener.port)])
+        let hit = try run(Packet.ipv4TCP(src: "198.18.1.10", sport: 40000, dst: "198.18.0.11", dport: 8080, syn: true), bridge: true)
+        #expect(hit.counters == [Self.socketFound: 1])
     }
 
     @Test func unselectedPortPasses() throws {

@@ -12,6 +12,9 @@
 /* Mark carried by the proxy's upstream sockets; must not match LOUPE_MARK_TO_PROXY/MASK. */
 #define LOUPE_MARK_FROM_PROXY    0xb00
 #define LOUPE_ROUTE_TABLE        2004
+/* A packet a bridge port hands to the proxy carries the proxy port in the mark's upper half
+ * from the port's program to the bridge's (loupe_from_bridge), which clears it. */
+#define LOUPE_MARK_PORT_SHIFT    16
 
 /* A managed pod, keyed by the ifindex of its node-side veth. */
 struct loupe_endpoint {
@@ -24,8 +27,9 @@ struct loupe_endpoint {
 
 /* The veth is a bridge port (flannel, the `bridge` CNI plugin): a packet handed to the proxy
  * is re-addressed to the bridge's MAC and redirected to the bridge's own receive path, or the
- * bridge would forward it to the destination pod (and br_netfilter, on wherever kube-proxy
- * runs, drops the socket assignment on the way through the bridge). */
+ * bridge would forward it to the destination pod; the bridge's program (loupe_from_bridge)
+ * assigns the socket there, as one assigned at the port does not survive the way (br_netfilter
+ * drops it on the bridge's path, and kernels as 6.18.44 on the redirect as well). */
 #define LOUPE_ENDPOINT_BRIDGED   0x1
 /* `--upstream-source pod`: the proxy's upstream sockets are bound to the client pod's address,
  * so a destination's replies are addressed to a pod. A TCP packet from this interface that
@@ -75,6 +79,8 @@ enum loupe_counter {
     LOUPE_CNT_LATER_FRAGMENT_PASS, /* non-first fragment (no ports; its first fragment is judged): pass */
     LOUPE_CNT_REPLY_ASSIGNED,      /* a destination's reply to a proxy upstream socket bound to a pod's
                                     * address (LOUPE_ENDPOINT_STEER_REPLIES): assigned to it */
+    LOUPE_CNT_BRIDGE_SOCKET_GONE,  /* handed to the bridge for the proxy (LOUPE_ENDPOINT_BRIDGED), its socket
+                                    * gone when the bridge's program looked again: drop (the client retransmits) */
     LOUPE_CNT_MAX,
 };
 

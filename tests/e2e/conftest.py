@@ -181,39 +181,10 @@ def _find(d, key):
     return 0
 
 
-def bridged_steering_unsupported():
-    """None when a connection steered at a bridge port reaches the proxy; else why it cannot.
-    Some kernels (seen on 6.18.44) lose the socket that bpf_sk_assign attached at the port's tc
-    ingress before the bridge hands the frame to the node's stack: the SYN is counted as
-    assigned to the proxy's listener, then delivered without it (kfree_skb reason NO_SOCKET,
-    after br_handle_frame), and no connection ever reaches the proxy. Loupe cannot steer
-    bridged pods on such a kernel (a known limitation, README); anything else — the SYN never
-    assigned, or a connection that reached the proxy and failed there — is Loupe's failure
-    and is not excused here."""
-    before = status()
-    ok = any(in_pod("shop/client", "curl", "-s", "-o", "/dev/null", "-m", "2", "-w", "%{http_code}",
-                    "http://198.18.0.11/", check=False).stdout == "200" for _ in range(3))
-    if ok:
-        return None
-    after = status()
-    assigned = _find(after, "assigned_listener") - _find(before, "assigned_listener")
-    accepted = _find(after, "connections_accepted") - _find(before, "connections_accepted")
-    if assigned > 0 and accepted == 0:
-        return (f"this kernel ({os.uname().release}) drops the socket bpf_sk_assign attaches at a bridge "
-                f"port before local delivery: {assigned} SYNs assigned to the proxy's listener, none "
-                "reached it; bridged steering cannot work here (README: not done yet)")
-    return None
-
-
 @pytest.fixture(scope="session")
 def agent(lab):
     a = AgentProcess(str(lab["tmp"] / "agent.log"))
     a.start()
-    if CNI == "bridged":
-        why = bridged_steering_unsupported()
-        if why:
-            a.stop()
-            pytest.skip(why)
     yield a
     a.stop()
 

@@ -21,8 +21,11 @@ int loupe_tc_attach_ingress(int ifindex, int prog_fd, int *created_qdisc);
  * DESTROY_QDISC (only when we created it: other tools may share it). Returns 0 or -errno. */
 int loupe_tc_detach_ingress(int ifindex, int destroy_qdisc);
 
-/* BPF_PROG_TEST_RUN of a tc program on PACKET with skb->ifindex = IFINDEX. Returns 0 or -errno. */
-int loupe_prog_test_run_skb(int prog_fd, const void *packet, uint32_t size, uint32_t ifindex, uint32_t *retval, uint32_t *mark);
+/* BPF_PROG_TEST_RUN of a tc program on PACKET with skb->ifindex = IFINDEX and skb->mark = *MARK;
+ * *MARK is the mark the program left, and OUT (when not NULL) receives up to OUT_SIZE bytes of
+ * the packet as the program left it. Returns 0 or -errno. */
+int loupe_prog_test_run_skb(int prog_fd, const void *packet, uint32_t size, void *out, uint32_t out_size,
+                            uint32_t ifindex, uint32_t *retval, uint32_t *mark);
 
 /* Room for the kernel's struct tcp_info (getsockopt TCP_INFO through NIO, which has no fds to
  * share: it takes a value of any size). */
