@@ -10,7 +10,11 @@
  * the proxy's upstream sockets, which are bound to the client pod's address (see
  * loupe_steer_reply). IP that cannot be parsed to its ports is dropped
  * (it could otherwise reach an enforced port unjudged); everything else passes untouched.
- * Every outcome is counted in loupe_counters. */
+ * Every outcome is counted in loupe_counters.
+ *
+ * A bridge port (flannel's cni0, the `bridge` plugin) does not assign: it hands the packet to
+ * the bridge's receive path, and loupe_from_bridge, on the bridge's tc ingress, assigns it
+ * there (see loupe_assign). */
 #include "lib/parse.h"
 #include "lib/maps.h"
 

@@ -315,12 +315,14 @@ public final class DatapathService: Service, @unchecked Sendable {
             do {
                 try dp.setEndpoints(endpoints)
                 try dp.setRedirects(merged)
-                // A bridge's program also judges the bridge as an endpoint (a bridge named with --uplink).
+                // A bridge's program also judges the bridge as an endpoint (a bridge named with
+                // --uplink). It is on the bridge before any of its ports hands a packet over, and
+                // leaves after them: a handed-over packet nobody assigns would meet no socket.
                 let ports = ifindexes.filter { !bridges.contains($0) }
                 for ifindex in dp.attached where !ports.contains(ifindex) { dp.detach(ifindex: ifindex) }
-                for ifindex in dp.attachedBridges where !bridges.contains(ifindex) { dp.detach(ifindex: ifindex) }
-                for ifindex in ports where !dp.attached.contains(ifindex) { try dp.attach(ifindex: ifindex) }
                 for ifindex in bridges where !dp.attachedBridges.contains(ifindex) { try dp.attach(ifindex: ifindex, bridge: true) }
+                for ifindex in ports where !dp.attached.contains(ifindex) { try dp.attach(ifindex: ifindex) }
+                for ifindex in dp.attachedBridges where !bridges.contains(ifindex) { dp.detach(ifindex: ifindex) }
             } catch {
                 logger.error("datapath update failed: \(error)")
             }
