@@ -169,18 +169,6 @@ def lab(tmp_path_factory):
     assert netns == [] and pins == [], f"left behind: netns {netns}, pins {pins}"
 
 
-def _find(d, key):
-    """The first value of `key` anywhere in a JSON document (0 if none)."""
-    if isinstance(d, dict):
-        if key in d:
-            return d[key]
-        for v in d.values():
-            found = _find(v, key)
-            if found:
-                return found
-    return 0
-
-
 @pytest.fixture(scope="session")
 def agent(lab):
     a = AgentProcess(str(lab["tmp"] / "agent.log"))
