@@ -42,6 +42,20 @@ static __always_inline struct loupe_redirect_value *loupe_find_rule(struct __sk_
     return bpf_map_lookup_elem(&loupe_redirects, &key);
 }
 
+/* Assigns `sk` to the packet (and releases it); a refusal is counted and drops the packet (the
+ * client retransmits). Returns 0 or TC_ACT_SHOT. */
+static __always_inline int loupe_sk_assign(struct __sk_buff *skb, struct bpf_sock *sk)
+{
+    long err = bpf_sk_assign(skb, sk, 0);
+
+    bpf_sk_release(sk);
+    if (err) {
+        loupe_count(LOUPE_CNT_ASSIGN_FAILED);
+        return TC_ACT_SHOT;
+    }
+    return 0;
+}
+
 /* Hands the packet to the proxy socket `sk` (`proxy_port`: the listener's port when `sk` is a
  * listener, else 0). On a bridge port the socket is not assigned here: a socket assigned at a
  * bridge port does not survive the way to the node's IP layer on every kernel (6.18.44 loses
@@ -61,12 +75,8 @@ static __always_inline int loupe_assign(struct __sk_buff *skb, struct loupe_endp
         loupe_count(counter);
         return bpf_redirect(ep->bridge_ifindex, BPF_F_INGRESS);
     }
-    long err = bpf_sk_assign(skb, sk, 0);
-    bpf_sk_release(sk);
-    if (err) {
-        loupe_count(LOUPE_CNT_ASSIGN_FAILED);
+    if (loupe_sk_assign(skb, sk))
         return TC_ACT_SHOT;
-    }
     skb->mark = (skb->mark & ~LOUPE_MARK_MASK) | LOUPE_MARK_TO_PROXY;
     loupe_count(counter);
     return TC_ACT_OK;
@@ -88,6 +98,27 @@ static __always_inline struct bpf_sock_tuple loupe_listener_tuple(__u8 family, _
     return ln;
 }
 
+/* The connection's own proxy socket (established, or a pending request socket), found by the
+ * packet's 4-tuple; not a listener. NULL when there is none. */
+static __always_inline struct bpf_sock *loupe_connection_socket(struct __sk_buff *skb, struct loupe_packet *p, __u32 tuple_len)
+{
+    struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &p->tuple, tuple_len, BPF_F_CURRENT_NETNS, 0);
+
+    if (sk && sk->state == BPF_TCP_LISTEN) {
+        bpf_sk_release(sk);
+        return 0;
+    }
+    return sk;
+}
+
+/* The proxy's transparent UDP (DNS) socket at `proxy_port`, or NULL. */
+static __always_inline struct bpf_sock *loupe_udp_socket(struct __sk_buff *skb, __u8 family, __u16 proxy_port, __u32 tuple_len)
+{
+    struct bpf_sock_tuple ln = loupe_listener_tuple(family, proxy_port);
+
+    return bpf_sk_lookup_udp(skb, &ln, tuple_len, BPF_F_CURRENT_NETNS, 0);
+}
+
 /* No proxy socket: a visibility-only port passes (fail open), an enforced one drops. */
 static __always_inline int loupe_proxy_absent(struct loupe_redirect_value *rule)
 {
@@ -104,8 +135,7 @@ static __always_inline int loupe_proxy_absent(struct loupe_redirect_value *rule)
 static __always_inline int loupe_steer_udp(struct __sk_buff *skb, struct loupe_endpoint *ep, struct loupe_packet *p,
                                            struct loupe_redirect_value *rule, __u32 tuple_len)
 {
-    struct bpf_sock_tuple ln = loupe_listener_tuple(p->family, rule->proxy_port);
-    struct bpf_sock *sk = bpf_sk_lookup_udp(skb, &ln, tuple_len, BPF_F_CURRENT_NETNS, 0);
+    struct bpf_sock *sk = loupe_udp_socket(skb, p->family, rule->proxy_port, tuple_len);
 
     if (!sk)
         return loupe_proxy_absent(rule);
@@ -195,12 +225,9 @@ static __always_inline int loupe_steer(struct __sk_buff *skb)
     if (p.proto == IPPROTO_UDP)
         return loupe_steer_udp(skb, ep, &p, rule, tuple_len);
     /* 1. The connection's own proxy socket (established, or a pending request socket). */
-    sk = bpf_skc_lookup_tcp(skb, &p.tuple, tuple_len, BPF_F_CURRENT_NETNS, 0);
-    if (sk) {
-        if (sk->state != BPF_TCP_LISTEN)
-            return loupe_assign(skb, ep, sk, 0, LOUPE_CNT_ASSIGNED_ESTABLISHED);
-        bpf_sk_release(sk);
-    }
+    sk = loupe_connection_socket(skb, &p, tuple_len);
+    if (sk)
+        return loupe_assign(skb, ep, sk, 0, LOUPE_CNT_ASSIGNED_ESTABLISHED);
     if (!p.syn) {
         loupe_count(LOUPE_CNT_NO_SOCKET_PASS);
         return TC_ACT_OK;
@@ -229,9 +256,8 @@ int loupe_from_pod(struct __sk_buff *skb)
  * enters the node's IP layer: to the connection's own proxy socket (found by its 4-tuple), or
  * to the listener / DNS socket at the proxy port. If that socket went away in between, the
  * packet is dropped (counted; the client retransmits and the pod's program judges it again).
- * Everything else
- * is judged as loupe_from_pod would when the bridge is an endpoint itself (an uplink named
- * with --uplink), and passes untouched otherwise. */
+ * Everything else is judged as loupe_from_pod would when the bridge is an endpoint itself (an
+ * uplink named with --uplink), and passes untouched otherwise. */
 SEC("tc")
 int loupe_from_bridge(struct __sk_buff *skb)
 {
@@ -239,7 +265,6 @@ int loupe_from_bridge(struct __sk_buff *skb)
     struct bpf_sock *sk;
     __u16 proxy_port;
     __u32 tuple_len;
-    long err;
 
     if ((skb->mark & LOUPE_MARK_MASK) != LOUPE_MARK_TO_PROXY) {
         /* A bridge named as an uplink (--uplink) is an endpoint as well. */
@@ -254,14 +279,9 @@ int loupe_from_bridge(struct __sk_buff *skb)
         return TC_ACT_OK; /* loupe_from_pod hands over only whole TCP/UDP packets */
     tuple_len = p.family == 4 ? sizeof(p.tuple.ipv4) : sizeof(p.tuple.ipv6);
     if (p.proto == IPPROTO_UDP) {
-        struct bpf_sock_tuple ln = loupe_listener_tuple(p.family, proxy_port);
-        sk = proxy_port ? bpf_sk_lookup_udp(skb, &ln, tuple_len, BPF_F_CURRENT_NETNS, 0) : 0;
+        sk = proxy_port ? loupe_udp_socket(skb, p.family, proxy_port, tuple_len) : 0;
     } else {
-        sk = bpf_skc_lookup_tcp(skb, &p.tuple, tuple_len, BPF_F_CURRENT_NETNS, 0);
-        if (sk && sk->state == BPF_TCP_LISTEN) {
-            bpf_sk_release(sk);
-            sk = 0;
-        }
+        sk = loupe_connection_socket(skb, &p, tuple_len);
         if (!sk && p.syn && proxy_port) {
             struct bpf_sock_tuple ln = loupe_listener_tuple(p.family, proxy_port);
             sk = bpf_skc_lookup_tcp(skb, &ln, tuple_len, BPF_F_CURRENT_NETNS, 0);
@@ -275,13 +295,7 @@ int loupe_from_bridge(struct __sk_buff *skb)
         loupe_count(LOUPE_CNT_BRIDGE_SOCKET_GONE);
         return TC_ACT_SHOT;
     }
-    err = bpf_sk_assign(skb, sk, 0);
-    bpf_sk_release(sk);
-    if (err) {
-        loupe_count(LOUPE_CNT_ASSIGN_FAILED);
-        return TC_ACT_SHOT;
-    }
-    return TC_ACT_OK;
+    return loupe_sk_assign(skb, sk) ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
 char _license[] SEC("license") = "GPL";
