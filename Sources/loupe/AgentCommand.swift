@@ -52,6 +52,8 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Node CA directory (ca.pem, ca.key; `loupe ca init`) for HTTPS interception (default /etc/loupe/ca; with --lab the lab's).")
     var caDir: String?
     @Option(help: "PEM bundle trusted for HTTPS destinations besides the system trust store.") var upstreamCaBundle: String?
+    @Option(help: "HTTPS interception: client connections (offering h2, same source, destination and name) one HTTP/2 connection to the destination carries at most; 1: one upstream connection each.")
+    var upstreamSharing: Int = 16
     @Flag(help: "Steer traffic to --proxy-port but run no proxy there (another transparent proxy listens; used by the benchmarks).")
     var datapathOnly = false
     @Flag(inversion: .prefixedNo, help: "Hand opaque connections (raw TCP, TLS after its hello, tunnels) to the kernel's sockmap splice; --no-splice keeps them in the userspace relay.")
@@ -193,6 +195,11 @@ struct AgentCommand: AsyncParsableCommand {
         }
         cfg.proxy.caDirectory = caDir ?? (lab ? LabNetwork.caDirectory : defaultCADirectory)
         cfg.proxy.upstreamCABundle = upstreamCaBundle
+        guard upstreamSharing >= 1 else {
+            FileHandle.standardError.write(Data("loupe agent: --upstream-sharing must be at least 1 (got \(upstreamSharing))\n".utf8))
+            throw ExitCode(2)
+        }
+        cfg.proxy.upstreamSharing = upstreamSharing
         cfg.proxy.http2.maxConcurrentStreams = http2MaxConcurrentStreams
         cfg.proxy.http2.maxHeaderListBytes = http2MaxHeaderListBytes
         cfg.proxy.http2.hpackTableBytes = http2HpackTableBytes

@@ -153,10 +153,12 @@ import Testing
                 "DNS over TCP is inspected, never spliced, whatever its first bytes")
     }
 
-    @Test func anHTTP2DestinationGoingAwayDrainsTheClient() {
+    /// The destination's side of HTTP/2 is an `HTTP2Intercept.Upstream`, which drains the client
+    /// itself when the destination goes: the connection only ever sees its client close.
+    @Test func anHTTP2ConnectionEndsWithItsClient() {
         var m = detecting()
         _ = m.detected(.http2, facts: Machine.Facts())
-        #expect(m.closed(.server) == .drainHTTP2)
+        #expect(m.closed(.client) == .closePeer)
         #expect(m.finish() == nil)
         #expect(m.detected(.http1, facts: Machine.Facts()).action == .none, "closed: nothing more is installed")
     }

@@ -161,6 +161,56 @@ def test_intercepted_https_with_alpn_h2_gives_http2_flows(running_agent):
     assert resp["l7"]["http"]["code"] == 200
 
 
+def shared_upstream_serials(n):
+    """N client connections in turn, each its own TLS connection with ALPN h2: the destination's
+    connection serial each request came on, and each client connection's local port."""
+    outs = [curl_https("web.backend.test", WEB, "/connection", "--http2", "-w", " %{http_version} %{local_port}").stdout.split()
+            for _ in range(n)]
+    assert all(o[1] == "2" for o in outs), outs
+    return [o[0] for o in outs], [o[2] for o in outs]
+
+
+def test_https_h2_client_connections_share_one_connection_to_the_destination(running_agent):
+    # Shared per event loop (a connection and its upstream use the same one): the lab's agent
+    # has one per core, so six client connections share at most that many.
+    before = status()["proxy"].get("https_upstream_shared", 0)
+    serials, ports = shared_upstream_serials(6)
+    assert len(set(ports)) == 6, "six client connections"
+    assert len(set(serials)) < 6, f"the destination saw fewer connections than the clients made: {serials}"
+    assert status()["proxy"]["https_upstream_shared"] >= before + 6 - len(set(serials))
+    # Flows stay per client connection and per request.
+    fl = flows("--http-path", "^/connection$", last=12)
+    assert [f["l7"]["type"] for f in fl] == ["REQUEST", "RESPONSE"] * 6
+    assert {str(f["l4"]["TCP"]["source_port"]) for f in fl if not f["is_reply"]} == set(ports)
+    assert all(f["l7"]["http"]["code"] == 200 for f in fl if f["is_reply"])
+
+
+def test_many_concurrent_https_h2_client_connections_over_shared_upstream_connections(running_agent):
+    before = status()["proxy"]
+    out = in_pod("shop/client", "h2load", "-n", "400", "-c", "40", "-m", "4", f"--connect-to={WEB}:8443",
+                 "https://web.backend.test:8443/connection", timeout=60).stdout
+    assert "400 succeeded, 0 failed, 0 errored" in out, out
+    after = status()["proxy"]
+    assert after.get("https_upstream_shared", 0) - before.get("https_upstream_shared", 0) >= 20, (before, after)
+    assert after.get("http2_protocol_errors", 0) == before.get("http2_protocol_errors", 0)
+
+
+def test_one_event_loop_shares_one_connection_and_upstream_sharing_1_none(running_agent):
+    running_agent.stop()
+    try:
+        running_agent.start("--threads", "1")
+        serials, _ = shared_upstream_serials(3)
+        assert len(set(serials)) == 1, serials
+        running_agent.stop()
+        running_agent.start("--threads", "1", "--upstream-sharing", "1")
+        serials, _ = shared_upstream_serials(3)
+        assert len(set(serials)) == 3, serials
+        assert status()["proxy"].get("https_upstream_shared", 0) == 0
+    finally:
+        running_agent.stop()
+        running_agent.start()
+
+
 WEB_TLS_POLICY = """
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy

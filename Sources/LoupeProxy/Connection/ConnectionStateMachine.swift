@@ -398,8 +398,6 @@ struct ConnectionStateMachine: Sendable {
         case closePeerWhenForwarded
         /// Close the peer once what is queued toward it is written.
         case closePeer
-        /// HTTP/2: the destination went away; the client's streams drain first.
-        case drainHTTP2
         /// The destination of a refused HTTPS interception: the pod is told why on its own.
         case none
     }
@@ -409,7 +407,6 @@ struct ConnectionStateMachine: Sendable {
         if side == .server {
             if state == .badGateway { return .none }
             if case .tlsHandshake(let h) = state, h.refused != nil { return .none }
-            if state == .http2 { return .drainHTTP2 }
         }
         return .closePeer
     }

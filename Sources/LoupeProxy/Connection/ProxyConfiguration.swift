@@ -21,6 +21,11 @@ public struct ProxyConfiguration: Sendable {
     /// Terminate and re-originate HTTP/2 (h2c) for per-stream flows and policy; off: h2c is
     /// relayed opaque (and refused on ports with HTTP policy rules).
     public var interceptHTTP2 = true
+    /// How many intercepted HTTPS client connections (pods offering h2) one HTTP/2 connection to
+    /// their destination carries at most, when they come from the same source address for the
+    /// same server name: a new client connection then usually costs one TLS handshake, not two.
+    /// 1: every client connection gets its own upstream connection.
+    public var upstreamSharing = 16
     /// HTTP/2 abuse limits (concurrent streams, header list, HPACK table, CONTINUATION, resets).
     public var http2 = HTTP2Limits()
     /// The node CA (`ca.pem`, `ca.key`) that signs the leaves of HTTPS interception; loaded on

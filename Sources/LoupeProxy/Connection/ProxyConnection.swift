@@ -52,6 +52,14 @@ final class ProxyConnection {
     /// for them (`lastWrite`), so no tail is lost.
     private var wroteToClient = false
     private var wroteToServer = false
+    /// The source address the upstream connection binds (`--upstream-source pod`), nil: the node's.
+    private(set) var upstreamSourceAddress: SocketAddress?
+    /// HTTPS whose pod offered h2: the shared upstream connections it may use or add to.
+    var sharedUpstreamKey: HTTP2Intercept.Upstream.Key?
+    /// A shared upstream connection reserved for this connection while its pod handshakes.
+    var reservedUpstream: HTTP2Intercept.Upstream?
+    /// This connection's handshake with the destination, which others sharing its key wait for.
+    var upstreamHandshakeInFlight: HTTP2Intercept.Pool.Handshake?
 
     init(downstream: Channel, environment: ProxyEnvironment) {
         self.downstream = downstream
@@ -122,6 +130,7 @@ final class ProxyConnection {
         // (the node's masquerade) NAT would hide the replies from the datapath.
         let source = cfg.upstreamSource == .pod && context.destination.podName != nil
             ? environment.upstreamSource.source(client: downstream.remoteAddress, target: target) : nil
+        upstreamSourceAddress = source
         let mark = cfg.upstreamMark
         ClientBootstrap(group: downstream.eventLoop)
             .connectTimeout(.milliseconds(cfg.connectTimeoutMilliseconds))
@@ -155,7 +164,8 @@ final class ProxyConnection {
             channel.close(promise: nil)
         case .startReading:
             upstream = channel
-            channel.closeFuture.assumeIsolated().whenComplete { _ in self.closed(.server) }
+            // Unless an HTTP/2 `Upstream` took the channel over (it then reports its close).
+            channel.closeFuture.assumeIsolated().whenComplete { _ in if self.upstream === channel { self.closed(.server) } }
             downstream.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
         }
     }
@@ -167,6 +177,19 @@ final class ProxyConnection {
         }
         // Reset rather than close, so the client sees a refusal as it would without the proxy.
         reset(downstream)
+    }
+
+    /// The destination's socket will not be used (a shared one will): closed, and its close
+    /// is not the connection's end.
+    func closeUnusedUpstream() {
+        handOverUpstream()?.close(promise: nil)
+    }
+
+    /// The destination's socket now belongs to an HTTP/2 `Upstream` (which reports its close).
+    @discardableResult
+    func handOverUpstream() -> Channel? {
+        defer { upstream = nil }
+        return upstream
     }
 
     /// Closes with RST (SO_LINGER 0): the client sees a refusal, not an empty reply.
@@ -261,8 +284,13 @@ final class ProxyConnection {
             environment.count(.connectionsHTTP1)
             try installHTTP1(ds, after: downstreamAnchor, us, after: upstreamAnchor)
         case .http2:
-            environment.count(.connectionsHTTP2)
-            try HTTP2Intercept.install(connection: self, downstream: ds, after: downstreamAnchor, us: us, after: upstreamAnchor)
+            guard let channel = upstream else { throw ChannelError.ioOnClosedChannel }
+            let sharing = environment.configuration.upstreamSharing
+            let pool = sharedUpstreamKey == nil ? nil : environment.http2Upstreams.pool(on: downstream.eventLoop)
+            let link = try HTTP2Intercept.Upstream(channel: channel, after: upstreamAnchor, key: sharing > 1 ? sharedUpstreamKey : nil,
+                                                   pool: pool, limits: environment.configuration.http2, maxSessions: sharing)
+            handOverUpstream()
+            try installHTTP2(ds, after: downstreamAnchor, over: link, reserved: false)
         case .opaque(let kind, _):
             let (a, b) = RelayHandler.pair(connection: self)
             try ds.addHandler(a, position: .after(downstreamAnchor))
@@ -280,6 +308,13 @@ final class ProxyConnection {
                 environment.count(.connectionsOpaque)
             }
         }
+    }
+
+    /// HTTP/2: the client's side, its streams relayed over `link` (its own or a shared one).
+    func installHTTP2(_ ds: ChannelPipeline.SynchronousOperations, after anchor: ChannelHandler,
+                      over link: HTTP2Intercept.Upstream, reserved: Bool) throws {
+        environment.count(.connectionsHTTP2)
+        try HTTP2Intercept.install(connection: self, downstream: ds, after: anchor, upstream: link, reserved: reserved)
     }
 
     /// HTTP/1: the intercepting handlers on both sides, after the given handlers. They parse
@@ -360,6 +395,10 @@ final class ProxyConnection {
             close()
         case .shutPeer(let detect):
             if let detect { perform(detect) }
+            if side == .client && machine.state == .http2 {
+                // Its streams' destination may be shared: the client's connection ends once they are answered.
+                return (try? downstream.pipeline.syncOperations.handler(type: HTTP2Intercept.FrameRelay.self))?.session?.clientFinished() ?? ()
+            }
             guard let target = channel(side.peer) else { return }
             lastWrite(to: side.peer).assumeIsolated().whenComplete { _ in
                 target.close(mode: .output, promise: nil)
@@ -380,14 +419,14 @@ final class ProxyConnection {
     }
 
     private func closed(_ side: Side) {
+        reservedUpstream?.release() // its pod never got to HTTP/2
+        reservedUpstream = nil
+        settleSharedHandshake(negotiated: nil) // those waiting for its handshake make their own
         switch machine.closed(side) {
         case .none:
             return // the pod is being told why (502), on its own connection
         case .closePeerWhenForwarded:
             afterForwarded(from: side) { $0.close(promise: nil) }
-        case .drainHTTP2:
-            // The client's streams drain first.
-            (try? downstream.pipeline.syncOperations.handler(type: HTTP2Intercept.FrameRelay.self))?.session?.upstreamClosed()
         case .closePeer:
             if let peer = channel(side.peer) {
                 lastWrite(to: side.peer).assumeIsolated().whenComplete { _ in peer.close(promise: nil) }

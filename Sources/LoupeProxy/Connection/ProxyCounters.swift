@@ -13,7 +13,7 @@ public enum ProxyCounter: Int, CaseIterable, Sendable {
     case http2LimitConcurrentStreams, http2LimitHPACKTableSize, http2LimitStreamErrors
     case http2LimitGlitches, http2LimitControlFrames, http2LimitEmptyDataFrames, http2LimitBufferedFrames
     case tlsClientHellos, tlsClientHellosUnreadable, tlsPortNotTLS
-    case httpsInterceptionUnavailable, httpsUpstreamRefused, httpsPodHandshakeFailed
+    case httpsInterceptionUnavailable, httpsUpstreamRefused, httpsPodHandshakeFailed, httpsUpstreamShared
     case dnsQueries, dnsQueriesPolicyDenied, dnsNoOriginalDestination, dnsInflightLimit
     case dnsMalformedQueries, dnsMalformedAnswers, dnsUnmatchedAnswers, dnsMismatchedAnswers
     case dnsUpstreamErrors, dnsUpstreamTimeouts, dnsReplyErrors
@@ -58,6 +58,7 @@ public enum ProxyCounter: Int, CaseIterable, Sendable {
         case .httpsInterceptionUnavailable: "https_interception_unavailable"
         case .httpsUpstreamRefused: "https_upstream_refused"
         case .httpsPodHandshakeFailed: "https_pod_handshake_failed"
+        case .httpsUpstreamShared: "https_upstream_shared"
         case .dnsQueries: "dns_queries"
         case .dnsQueriesPolicyDenied: "dns_queries_policy_denied"
         case .dnsNoOriginalDestination: "dns_no_original_destination"

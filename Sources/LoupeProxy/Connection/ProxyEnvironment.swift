@@ -50,6 +50,8 @@ public final class ProxyEnvironment: Sendable {
     let tls: TLSIntercept.Contexts
     /// `--upstream-source pod`: the address each upstream connection binds.
     let upstreamSource = UpstreamSourceAddress()
+    /// HTTPS interception's shared HTTP/2 connections to destinations, per event loop.
+    let http2Upstreams = HTTP2Intercept.Pools()
 
     public init(inventory: Inventory, policy: PolicyEngine = PolicyEngine(), flows: FlowStore, configuration: ProxyConfiguration) {
         self.current = Mutex(Snapshot(inventory: inventory, policy: policy, generation: 0))

@@ -79,7 +79,7 @@ final class FirstBytesHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
 /// Last handler of both pipelines: reports a peer's FIN (input closed) to the connection.
 /// Both channels allow remote half-closure, so EOF arrives here as an event, not as a close.
-final class HalfCloseWatcher: ChannelInboundHandler {
+final class HalfCloseWatcher: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = NIOAny
 
     private let connection: ProxyConnection

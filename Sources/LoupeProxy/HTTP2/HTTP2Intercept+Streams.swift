@@ -63,21 +63,17 @@ extension HTTP2Intercept {
         private(set) var byClient: [HTTP2StreamID: StreamPair] = [:]
         private(set) var byUpstream: [HTTP2StreamID: StreamPair] = [:]
         private(set) var openClientStreams = 0
-        private var nextUpstreamID = HTTP2StreamID(1)
 
         mutating func add(_ pair: StreamPair) {
             byClient[pair.clientID] = pair
             openClientStreams += 1
         }
 
-        /// The next client-initiated stream id toward the destination (odd, ascending).
-        mutating func pairUpstream(_ pair: StreamPair) -> HTTP2StreamID {
-            let id = nextUpstreamID
-            nextUpstreamID = HTTP2StreamID(Int32(id) + 2)
+        /// The client stream's partner toward the destination (its id from `Upstream.openStream`).
+        mutating func pair(_ pair: StreamPair, upstream id: HTTP2StreamID) {
             pair.upstreamID = id
             pair.upstreamOpen = true
             byUpstream[id] = pair
-            return id
         }
 
         mutating func clientClosed(_ pair: StreamPair) {
@@ -116,14 +112,14 @@ extension HTTP2Intercept.Session {
             guard let pair = streams.byClient[id] else { return newClientStream(id, h) }
             // Trailers.
             if h.endStream { pair.clientEnded = true }
-            if let up = pair.upstreamID, pair.upstreamOpen { server?.write(HTTP2Frame(streamID: up, payload: frame.payload)) }
+            if let up = pair.upstreamID, pair.upstreamOpen { upstream?.write(HTTP2Frame(streamID: up, payload: frame.payload)) }
         case .data(let d):
             let n = Self.flowControlledLength(d)
             client?.connectionCredit += n
             guard let pair = streams.byClient[id] else { return }
             if d.endStream { pair.clientEnded = true }
-            guard let up = pair.upstreamID, pair.upstreamOpen, let server else { return } // denied: discarded
-            relayData(frame.payload, streamID: up, length: n, ended: d.endStream, to: server) { [weak self] in
+            guard let up = pair.upstreamID, pair.upstreamOpen, let target = upstream?.relay else { return } // denied: discarded
+            relayData(frame.payload, streamID: up, length: n, ended: d.endStream, to: target) { [weak self] in
                 self?.credit(pair, n, client: true)
             }
         default:
@@ -157,8 +153,7 @@ extension HTTP2Intercept.Session {
             }
             client.write(HTTP2Frame(streamID: pair.clientID, payload: frame.payload), promise: written)
         case .data(let d):
-            let n = Self.flowControlledLength(d)
-            server?.connectionCredit += n
+            let n = Self.flowControlledLength(d) // the connection's share is credited by `Upstream`
             guard let pair = streams.byUpstream[id] else { return }
             if d.endStream { pair.upstreamEnded = true }
             guard pair.clientOpen, let client else { return }
@@ -173,7 +168,7 @@ extension HTTP2Intercept.Session {
     /// Writes DATA toward the other side; its bytes are credited back to the sender once written
     /// (end-to-end flow control: a reader that stops holds back only its own stream).
     private func relayData(_ payload: HTTP2Frame.FramePayload, streamID: HTTP2StreamID, length: Int, ended: Bool,
-                           to target: HTTP2Intercept.FrameRelay, credited: @escaping () -> Void) {
+                           to target: any FrameWriting, credited: @escaping () -> Void) {
         guard length > 0 && !ended else {
             target.write(HTTP2Frame(streamID: streamID, payload: payload))
             return
@@ -194,12 +189,12 @@ extension HTTP2Intercept.Session {
             pair.creditForClient = 0
             client.flush()
         } else {
-            guard pair.upstreamOpen && !pair.upstreamEnded, let up = pair.upstreamID, let server else { return }
+            guard pair.upstreamOpen && !pair.upstreamEnded, let up = pair.upstreamID, let upstream else { return }
             pair.creditForUpstream += n
             guard pair.creditForUpstream >= Self.streamCreditThreshold else { return }
-            server.write(HTTP2Frame(streamID: up, payload: .windowUpdate(windowSizeIncrement: pair.creditForUpstream)))
+            upstream.write(HTTP2Frame(streamID: up, payload: .windowUpdate(windowSizeIncrement: pair.creditForUpstream)))
             pair.creditForUpstream = 0
-            server.flush()
+            upstream.flush()
         }
     }
 
@@ -229,9 +224,10 @@ extension HTTP2Intercept.Session {
                                                                 headers: f.flowHeaders)),
             reply: false, dropReason: denied ? .policyDenied : nil)) // summary: said from the HTTP record
         if denied { return respondDenied(pair) }
-        guard !upstreamGoingAway, let server else { return refuse(pair) }
-        let up = streams.pairUpstream(pair)
-        server.write(HTTP2Frame(streamID: up, payload: .headers(h)))
+        guard !upstreamGoingAway, let upstream else { return refuse(pair) }
+        let up = upstream.openStream(for: self)
+        streams.pair(pair, upstream: up)
+        upstream.write(HTTP2Frame(streamID: up, payload: .headers(h)))
     }
 
     /// The policy's answer on this stream alone: `403 Access denied`, as for HTTP/1 (gRPC
@@ -281,9 +277,9 @@ extension HTTP2Intercept.Session {
         refusedResponseStream = pair.clientID
         // NIO reports the destination's stream closed (reset) as this is written: the client's
         // stream is reset from there; if the destination's had already ended, it is reset here.
-        if pair.upstreamOpen { server?.write(HTTP2Frame(streamID: up, payload: .rstStream(.protocolError))) }
+        if pair.upstreamOpen { upstream?.write(HTTP2Frame(streamID: up, payload: .rstStream(.protocolError))) }
         if pair.clientOpen { client?.write(HTTP2Frame(streamID: pair.clientID, payload: .rstStream(.protocolError))) }
-        server?.flush()
+        upstream?.flush()
         client?.flush()
         let summary = "HTTP/2 protocol error from server: \(describe(NIOHTTP2Errors.streamError(streamID: up, baseError: error))); stream reset"
         if let r = response {
@@ -301,7 +297,7 @@ extension HTTP2Intercept.Session {
         if fromClient {
             guard let pair = streams.byClient[id], pair.clientOpen else { return }
             if reason != nil, pair.upstreamOpen, let up = pair.upstreamID {
-                server?.write(HTTP2Frame(streamID: up, payload: .rstStream(.cancel)))
+                upstream?.write(HTTP2Frame(streamID: up, payload: .rstStream(.cancel)))
             }
             finish(pair)
             streams.clientClosed(pair)
@@ -322,7 +318,7 @@ extension HTTP2Intercept.Session {
     }
 
     /// A response never completed (reset, aborted, gRPC without trailers): recorded now.
-    private func finish(_ pair: HTTP2Intercept.StreamPair) {
+    func finish(_ pair: HTTP2Intercept.StreamPair) {
         if let r = pair.exchange.closed(now: monotonicNanos()) { recordResponse(r, verdict: .forwarded) }
     }
 

@@ -3,10 +3,12 @@ import NIOCore
 import NIOHPACK
 import NIOHTTP2
 
-/// HTTP/2 (prior knowledge, h2c) interception: the client's connection is terminated by an
-/// HTTP/2 server stack, and a client stack speaks to the original destination. Frames are
-/// relayed stream by stream at the frame level (`FrameRelay` on each side, one `Session` per
-/// connection pair) — no channel per stream. Steps per stream:
+/// HTTP/2 (prior knowledge, h2c, and inside intercepted HTTPS) interception: the client's
+/// connection is terminated by an HTTP/2 server stack, and a client stack speaks to the original
+/// destination (`Upstream`: the connection's own, or for HTTPS one shared by several client
+/// connections). Frames are relayed stream by stream at the frame level (`FrameRelay` on the
+/// client's side, `UpstreamRelay` on the destination's, one `Session` per client connection) —
+/// no channel per stream. Steps per stream:
 ///   1. the client's HEADERS → REQUEST flow, policy verdict (`:method`, `:path`, `:authority`);
 ///   2. allowed → a stream toward the destination, frames relayed both ways; denied →
 ///      `403 Access denied` on this stream only;
@@ -22,41 +24,39 @@ import NIOHTTP2
 /// for a second URL ("Error in the HTTP2 framing layer", before sending anything) — curl bug
 /// #10634, fixed in 7.89; h2load, nghttp, grpcio and python `h2` reuse connections fine.
 enum HTTP2Intercept {
+    /// The client's side: its HTTP/2 server stack and the session relaying its streams over
+    /// `upstream` (this connection's own, or a shared one, see `Upstream`).
     @discardableResult
     static func install(connection: ProxyConnection, downstream ds: ChannelPipeline.SynchronousOperations,
-                        after detect: ChannelHandler, us: ChannelPipeline.SynchronousOperations,
-                        after gate: ChannelHandler) throws -> Session {
+                        after detect: ChannelHandler, upstream: Upstream, reserved: Bool) throws -> Session {
         let limits = connection.environment.configuration.http2
         let session = Session(connection: connection)
-        let client = FrameRelay(session: session, client: true)
-        let server = FrameRelay(session: session, client: false)
+        let client = FrameRelay(session: session)
         session.client = client
-        session.server = server
-        let upstreamHTTP2 = NIOHTTP2Handler(mode: .client, connectionConfiguration: limits.connection(validatingHeaders: false),
-                                            streamConfiguration: limits.stream)
         let downstreamHTTP2 = NIOHTTP2Handler(mode: .server, connectionConfiguration: limits.connection(validatingHeaders: true),
                                               streamConfiguration: limits.stream)
-        try us.addHandler(upstreamHTTP2, position: .after(gate))
-        try us.addHandler(server, position: .after(upstreamHTTP2))
         try ds.addHandler(downstreamHTTP2, position: .after(detect))
         try ds.addHandler(client, position: .after(downstreamHTTP2))
-        server.openConnectionWindow()
         client.openConnectionWindow()
+        upstream.attach(session, reserved: reserved)
         return session
     }
 
-    /// The state of one intercepted connection pair: its streams, flow-control credit, GOAWAY.
+    /// The state of one intercepted client connection: its streams, flow-control credit, GOAWAY.
     final class Session {
         let connection: ProxyConnection
         let glue = Glue()
         var client: FrameRelay?
-        var server: FrameRelay?
+        /// The connection to the destination its streams go over; nil once that is gone.
+        var upstream: Upstream?
         var streams = StreamTable()
         /// The destination sent GOAWAY or closed: no new upstream streams.
         private(set) var upstreamGoingAway = false
         /// The last stream the destination said (GOAWAY) it will process; later ones it never saw.
         private(set) var upstreamLastStreamID: HTTP2StreamID?
         private var upstreamGone = false
+        /// The client sent FIN: its connection closes once its streams are done.
+        private var clientInputClosed = false
         private var goAwaySent = false
         /// The client stream whose response header block the client's stack just refused to send
         /// (malformed, see `malformedResponse`): its error, reported once more by that stack, is
@@ -68,8 +68,6 @@ enum HTTP2Intercept {
         static let drainDeadlineSeconds: Int64 = 30
 
         init(connection: ProxyConnection) { self.connection = connection }
-
-        func relay(client: Bool) -> FrameRelay? { client ? self.client : self.server }
 
         /// The destination sent GOAWAY: the client is told to open no more streams here; the
         /// streams in flight finish (those the destination did not take are refused one by one,
@@ -86,9 +84,21 @@ enum HTTP2Intercept {
         func upstreamClosed() {
             upstreamGoingAway = true
             upstreamGone = true
+            upstream = nil
             sendGoAwayToClient()
             for id in streams.unfinishedUpstream() { upstreamStreamClosed(id, reason: .cancel) }
             client?.flush()
+            closeClientWhenDrained()
+        }
+
+        /// The client sent FIN: no new streams will come; its connection closes once the open
+        /// ones are answered (as the destination's close is drained).
+        func clientFinished() {
+            clientInputClosed = true
+            closeClientWhenDrained()
+        }
+
+        private func closeClientWhenDrained() {
             let ds = connection.downstream
             if streams.openClientStreams == 0 {
                 ds.close(promise: nil)
@@ -99,7 +109,22 @@ enum HTTP2Intercept {
         }
 
         func clientStreamsDrained() {
-            if upstreamGone && streams.openClientStreams == 0 { connection.downstream.close(promise: nil) }
+            if (upstreamGone || clientInputClosed) && streams.openClientStreams == 0 { connection.downstream.close(promise: nil) }
+        }
+
+        /// The client's connection is gone: its streams toward the destination are reset (a
+        /// response not complete is recorded as such) and the upstream connection is left to
+        /// the other sessions (or closed, if it was this one's own).
+        func clientGone() {
+            guard let upstream else { return }
+            for pair in streams.byClient.values where pair.clientOpen {
+                if pair.upstreamOpen, let up = pair.upstreamID { upstream.write(HTTP2Frame(streamID: up, payload: .rstStream(.cancel))) }
+                finish(pair)
+                streams.clientClosed(pair)
+            }
+            upstream.flush()
+            self.upstream = nil
+            upstream.detach(self)
         }
 
         /// GOAWAY with the highest stream id: "no new streams", while every open stream may
@@ -113,13 +138,13 @@ enum HTTP2Intercept {
         }
 
         /// An error from one side's HTTP/2 stack. NIO has already sent the RST_STREAM (stream
-        /// error) or GOAWAY (connection error); here it becomes an ERROR flow and, for a
-        /// connection error, the end of the connection.
-        func stackError(_ error: Error, client: Bool, context: ChannelHandlerContext) {
+        /// error) or GOAWAY (connection error); here it becomes an ERROR flow. True: the error
+        /// ends that side's connection (the caller closes it).
+        func stackError(_ error: Error, client: Bool) -> Bool {
             let streamLevel = error is NIOHTTP2Errors.StreamError
             if client, let refused = refusedResponseStream, (error as? NIOHTTP2Errors.StreamError)?.streamID == refused {
                 refusedResponseStream = nil
-                return
+                return false
             }
             let limits = connection.environment.configuration.http2
             let side = client ? "client" : "server"
@@ -131,18 +156,17 @@ enum HTTP2Intercept {
                 connection.environment.count(.http2ProtocolErrors)
                 summary = "HTTP/2 protocol error from \(side): \(describe(error)); " + (streamLevel ? "stream reset" : "connection closed with GOAWAY")
             } else if Self.isLocalRace(error) {
-                return // our write met a stream or connection that had just closed
+                return false // our write met a stream or connection that had just closed
             } else {
                 // I/O errors (a reset peer): the connection ends, nothing to record here.
-                if !streamLevel { context.close(promise: nil) }
-                return
+                return !streamLevel
             }
             if streamLevel {
                 recordError(summary: summary, client: client)
-            } else {
-                recordError(summary: summary, client: client, capped: false)
-                context.close(promise: nil)
+                return false
             }
+            recordError(summary: summary, client: client, capped: false)
+            return true
         }
 
         /// An ERROR flow for a protocol error or a breached limit; past a few per connection,

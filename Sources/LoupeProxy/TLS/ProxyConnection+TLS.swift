@@ -20,11 +20,50 @@ extension ProxyConnection {
     }
 
     /// Step 1: the destination's handshake, with the pod's SNI and the protocols it offered.
-    /// What the destination sends after it is held until HTTP is installed.
+    /// What the destination sends after it is held until HTTP is installed. A pod offering h2
+    /// may not need one (`HTTP2Intercept.Upstream`, `Pool.choose`): its destination already has
+    /// a shared HTTP/2 connection from here (same source, name) — the socket connected for it
+    /// is then closed unused and the pod offered h2 — or one is being made, whose outcome it
+    /// waits for (its own socket kept for the case it cannot share).
     func interceptTLS(serverName: String, alpn: [String]) {
-        guard let upstream else { return close() }
+        guard upstream != nil else { return close() }
         context.scheme = "https"
         environment.count(.connectionsHTTPSIntercepted)
+        let sharing = environment.configuration.upstreamSharing
+        guard alpn.contains("h2"), sharing > 1, let destination = downstream.localAddress else {
+            return handshakeUpstream(serverName: serverName, alpn: alpn)
+        }
+        let key = HTTP2Intercept.Upstream.Key(source: upstreamSourceAddress, destination: destination, serverName: serverName)
+        sharedUpstreamKey = key
+        let choice = environment.http2Upstreams.pool(on: downstream.eventLoop).choose(key, maxSessions: sharing) { link in
+            // The handshake waited for settled; this connection may have ended meanwhile.
+            guard case .tlsHandshake = self.machine.state else { return }
+            if let link, link.acceptsSession {
+                link.reserve()
+                self.share(link)
+            } else {
+                self.handshakeUpstream(serverName: serverName, alpn: alpn)
+            }
+        }
+        switch choice {
+        case .share(let link): share(link)
+        case .wait: break
+        case .handshake(let h):
+            upstreamHandshakeInFlight = h
+            handshakeUpstream(serverName: serverName, alpn: alpn)
+        }
+    }
+
+    /// HTTP/2 over a shared connection (reserved for this one): no handshake of its own.
+    private func share(_ link: HTTP2Intercept.Upstream) {
+        environment.count(.httpsUpstreamShared)
+        reservedUpstream = link
+        closeUnusedUpstream()
+        upstreamHandshakeDone(.success("h2"))
+    }
+
+    private func handshakeUpstream(serverName: String, alpn: [String]) {
+        guard let upstream else { return close() }
         do {
             let ssl = try NIOSSLClientHandler(context: try environment.tls.upstreamContext(alpn: alpn), serverHostname: serverName)
             let us = upstream.pipeline.syncOperations
@@ -36,6 +75,26 @@ extension ProxyConnection {
             record(.error, "HTTPS interception of \(serverName) failed to start: \(error)")
             close()
         }
+    }
+
+    /// This connection's handshake with the destination, which others may be waiting for, is
+    /// done: with h2 its connection becomes a shared `Upstream` (reserved for this one, offered
+    /// to the waiting ones); otherwise they make their own.
+    func settleSharedHandshake(negotiated proto: String?) {
+        guard let h = upstreamHandshakeInFlight, let key = sharedUpstreamKey else { return }
+        upstreamHandshakeInFlight = nil
+        let pool = environment.http2Upstreams.pool(on: downstream.eventLoop)
+        var link: HTTP2Intercept.Upstream?
+        if proto == "h2", let channel = upstream, let hold = try? channel.pipeline.syncOperations.handler(type: FirstBytesHandler.self),
+           let shared = try? HTTP2Intercept.Upstream(channel: channel, after: hold, key: key, pool: pool, limits: environment.configuration.http2,
+                                                     maxSessions: environment.configuration.upstreamSharing) {
+            handOverUpstream()
+            channel.pipeline.syncOperations.removeHandler(hold, promise: nil) // what it held goes into HTTP/2
+            shared.reserve()
+            reservedUpstream = shared
+            link = shared
+        }
+        pool.settled(h, key: key, link: link)
     }
 
     /// A side's handshake finished (or failed).
@@ -50,6 +109,7 @@ extension ProxyConnection {
     /// Step 2: the pod's handshake with the minted leaf, offering the destination's choice (or,
     /// for a refused destination, nothing: the pod is told why over HTTP/1.1).
     private func upstreamHandshakeDone(_ result: ConnectionStateMachine.HandshakeResult) {
+        if case .success(let proto) = result { settleSharedHandshake(negotiated: proto) } else { settleSharedHandshake(negotiated: nil) }
         guard case .handshakeWithPod(let serverName, let proto, let refused) = machine.upstreamHandshakeDone(result) else { return }
         if let refused {
             environment.count(.httpsUpstreamRefused)
@@ -86,6 +146,10 @@ extension ProxyConnection {
             case .badGateway(let reason):
                 try ds.addHandlers([ByteToMessageHandler(HTTP1RequestDecoder(maxHeaderBytes: environment.configuration.maxHeaderBytes)),
                                     TLSIntercept.BadGateway(reason: reason)], position: .after(anchor))
+            case .install(.http2) where reservedUpstream != nil:
+                let link = reservedUpstream!
+                reservedUpstream = nil
+                try installHTTP2(ds, after: anchor, over: link, reserved: true)
             case .install(let what):
                 guard let upstream else { return close() }
                 let us = upstream.pipeline.syncOperations

@@ -78,7 +78,8 @@ enum TLSIntercept {
         }
     }
 
-    /// Waits for one side's handshake; reports the negotiated protocol or the failure.
+    /// Waits for one side's handshake; reports the negotiated protocol or the failure, then
+    /// leaves the pipeline (a destination's connection may outlive its connection, shared).
     final class HandshakeWatcher: ChannelInboundHandler, RemovableChannelHandler {
         typealias InboundIn = NIOAny
         private let connection: ProxyConnection
@@ -98,8 +99,11 @@ enum TLSIntercept {
         }
 
         func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-            if case .handshakeCompleted(let proto) = event as? TLSUserEvent { _ = report(.success(proto)) }
+            guard case .handshakeCompleted(let proto) = event as? TLSUserEvent, report(.success(proto)) else {
+                return context.fireUserInboundEventTriggered(event)
+            }
             context.fireUserInboundEventTriggered(event)
+            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
         }
 
         func errorCaught(context: ChannelHandlerContext, error: Error) {
