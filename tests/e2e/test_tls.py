@@ -5,12 +5,14 @@ netns, nginx with ALPN h2 in backend/web):
 - interception (`<Egress/8443/TCP/HTTPS>`): TLS terminated with a leaf the node CA minted,
   HTTP/1.1 or HTTP/2 inside with https:// flows and policy, the destination verified."""
 import json
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, flows, in_pod, status
+from conftest import LOUPE, REPO, flows, in_pod, status
+from test_http2 import big_file  # noqa: F401 (fixture: a 32 MiB file nginx serves under /files/)
 from test_policy import apply, policies  # noqa: F401 (fixture)
 
 SECURE = "198.19.0.12"               # lab host `secure`: HTTPS for secure.example.test
@@ -193,6 +195,31 @@ def test_many_concurrent_https_h2_client_connections_over_shared_upstream_connec
     after = status()["proxy"]
     assert after.get("https_upstream_shared", 0) - before.get("https_upstream_shared", 0) >= 20, (before, after)
     assert after.get("http2_protocol_errors", 0) == before.get("http2_protocol_errors", 0)
+
+
+def test_a_client_that_goes_mid_download_leaves_the_shared_connection_to_the_others(running_agent, big_file):
+    running_agent.stop()
+    try:
+        running_agent.start("--threads", "1")
+        before = status()["proxy"]
+        # A slow download cut short (curl gives up after 2 s): its client connection goes with
+        # its stream on the shared connection still open.
+        slow = subprocess.Popen([LOUPE, "lab", "exec", "shop/client", "--", "curl", "-sS", "--http2", "--cacert", NODE_CA,
+                                 "--limit-rate", "200k", "-m", "2", "-o", "/dev/null", "--resolve", f"web.backend.test:8443:{WEB}",
+                                 "https://web.backend.test:8443/files/big.bin"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(0.5)
+        during, _ = shared_upstream_serials(2)
+        assert slow.wait(timeout=20) == 28, "curl timed out mid-download"
+        after, _ = shared_upstream_serials(2)
+        assert len(set(during + after)) == 1, f"one connection to the destination throughout: {during + after}"
+        big = flows("--http-path", "^/files/big.bin$", last=2)
+        assert [f["l7"]["type"] for f in big] == ["REQUEST", "RESPONSE"] and big[1]["l7"]["http"]["code"] == 200
+        now = status()["proxy"]
+        assert now.get("http2_protocol_errors", 0) == before.get("http2_protocol_errors", 0)
+        assert now["https_upstream_shared"] - before.get("https_upstream_shared", 0) >= 4
+    finally:
+        running_agent.stop()
+        running_agent.start()
 
 
 def test_one_event_loop_shares_one_connection_and_upstream_sharing_1_none(running_agent):
