@@ -36,6 +36,31 @@ import Testing
         #expect(m.state == .closed)
     }
 
+    /// An HTTPS port whose destination has a shared HTTP/2 connection: the pod is read first and
+    /// a socket of its own connected only if what it sent needs one.
+    @Test func aSharedDestinationIsConnectedOnlyWhenNeeded() {
+        var m = Machine()
+        #expect(m.accepted(deniesConnection: false, connectWhenNeeded: true) == .detectFirst)
+        #expect(m.state == .detecting && m.upstreamDeferred)
+        let d = m.detected(.tls(.hello(Self.hello("api.example.test", ["h2"]))), facts: Machine.Facts(visibility: .https))
+        #expect(d.action == .interceptTLS(serverName: "api.example.test", alpn: ["h2"]))
+        // It could not share after all: its socket is connected now, and the handshake goes on.
+        #expect(m.upstreamConnected() == .resume)
+        #expect(!m.upstreamDeferred)
+        #expect(m.upstreamConnected() == .closeUpstream, "one socket per connection")
+
+        var fin = Machine()
+        _ = fin.accepted(deniesConnection: false, connectWhenNeeded: true)
+        #expect(fin.inputClosed(from: .client, facts: Machine.Facts()) == .closeAll, "nothing to pass the FIN to")
+
+        var refused = Machine()
+        _ = refused.accepted(deniesConnection: false, connectWhenNeeded: true)
+        _ = refused.detected(.http1, facts: Machine.Facts(visibility: .https))
+        let first = refused.upstreamConnectFailed(), second = refused.upstreamConnectFailed()
+        #expect(first && !second, "a refusal after reading the pod is recorded once")
+        #expect(refused.state == .closed)
+    }
+
     @Test func detectThenTLSInterceptionThenHTTP2ThenTunnelThenSplice() {
         // HTTPS port: the ClientHello is intercepted, the destination chooses h2.
         var m = detecting()

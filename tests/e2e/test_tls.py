@@ -228,6 +228,12 @@ def test_one_event_loop_shares_one_connection_and_upstream_sharing_1_none(runnin
         running_agent.start("--threads", "1")
         serials, _ = shared_upstream_serials(3)
         assert len(set(serials)) == 1, serials
+        # Once the destination has a shared connection, a new client connection connects a socket
+        # of its own only if its ClientHello cannot share (here: HTTP/1.1 only). nginx numbers
+        # every connection it accepts: the two that shared made none.
+        shared_upstream_serials(2)
+        h1 = curl_https("web.backend.test", WEB, "/connection", "--http1.1").stdout.strip()
+        assert int(h1) == int(serials[0]) + 1, f"shared on {serials[0]}, then an HTTP/1.1 connection got {h1}"
         running_agent.stop()
         running_agent.start("--threads", "1", "--upstream-sharing", "1")
         serials, _ = shared_upstream_serials(3)

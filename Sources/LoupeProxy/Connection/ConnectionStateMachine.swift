@@ -74,26 +74,42 @@ struct ConnectionStateMachine: Sendable {
 
     enum AcceptAction: Equatable, Sendable {
         case connectUpstream
+        /// Read the pod first; connect only when what it sent needs a socket of its own (an
+        /// HTTPS port whose destination already has a shared HTTP/2 connection from here).
+        case detectFirst
         /// L3/L4 deny: DROPPED flow, reset the pod's socket.
         case deny
     }
 
-    mutating func accepted(deniesConnection: Bool) -> AcceptAction {
+    /// `connectWhenNeeded`: the destination may not need a socket of this connection's own.
+    mutating func accepted(deniesConnection: Bool, connectWhenNeeded: Bool = false) -> AcceptAction {
         guard !deniesConnection else {
             state = .closed
             return .deny
         }
-        return .connectUpstream
+        guard connectWhenNeeded else { return .connectUpstream }
+        state = .detecting
+        upstreamDeferred = true
+        return .detectFirst
     }
+
+    /// Accepted with `.detectFirst` and no socket to the destination made (yet).
+    private(set) var upstreamDeferred = false
 
     enum ConnectedAction: Equatable, Sendable {
         /// Start reading the pod's socket: its first bytes decide the protocol.
         case startReading
+        /// Connected later (`.detectFirst`): the step that needed the socket goes on.
+        case resume
         /// The connection ended meanwhile: close the new socket.
         case closeUpstream
     }
 
     mutating func upstreamConnected() -> ConnectedAction {
+        if upstreamDeferred && state != .closed {
+            upstreamDeferred = false
+            return .resume
+        }
         guard state == .connecting else { return .closeUpstream }
         state = .detecting
         return .startReading
@@ -102,9 +118,13 @@ struct ConnectionStateMachine: Sendable {
     /// The destination could not be reached: true when this is news (ERROR flow), false when
     /// the connection had already ended. Either way the pod's socket is reset.
     mutating func upstreamConnectFailed() -> Bool {
-        guard state == .connecting else { return false }
+        guard state == .connecting || (upstreamDeferred && state != .closed) else { return false }
         state = .closed
         return true
+    }
+
+    private var isTLSHandshake: Bool {
+        if case .tlsHandshake = state { true } else { false }
     }
 
     // MARK: - Detection
@@ -388,6 +408,8 @@ struct ConnectionStateMachine: Sendable {
         }
         sawInputClosed = true
         if state == .connecting { return side == .client ? .closeAll : .shutPeer(detect: nil) }
+        // Read first and the destination not yet known to be shared: nothing to pass the FIN to.
+        if upstreamDeferred && side == .client && (state == .detecting || isTLSHandshake) { return .closeAll }
         // A client that ends before its bytes decided the protocol: relay what it sent.
         if side == .client && state == .detecting { return .shutPeer(detect: detected(.opaque, facts: facts)) }
         return .shutPeer(detect: nil)

@@ -109,28 +109,40 @@ final class ProxyConnection {
     func start() {
         environment.count(.connectionsAccepted)
         let d = currentDecision()
-        switch machine.accepted(deniesConnection: d.deniesConnection) {
-        case .deny:
+        guard let target = downstream.localAddress else { return downstream.close(promise: nil) }
+        let cfg = environment.configuration
+        // The client pod's own address as the source (the datapath steers the replies back), to
+        // pods only: on the way to a Service VIP (kube-proxy's DNAT after the proxy) or the world
+        // (the node's masquerade) NAT would hide the replies from the datapath.
+        upstreamSourceAddress = cfg.upstreamSource == .pod && context.destination.podName != nil
+            ? environment.upstreamSource.source(client: downstream.remoteAddress, target: target) : nil
+        // An HTTPS port whose destination has a shared HTTP/2 connection from here (or one being
+        // made): a pod offering h2 will use it, so its own socket waits for its ClientHello.
+        let connectWhenNeeded = context.rule?.l7 == .https && cfg.upstreamSharing > 1
+            && environment.http2Upstreams.pool(on: downstream.eventLoop).shares(source: upstreamSourceAddress, destination: target)
+        let action = machine.accepted(deniesConnection: d.deniesConnection, connectWhenNeeded: connectWhenNeeded)
+        if action == .deny {
             environment.count(.connectionsPolicyDenied)
             record(.dropped, "TCP connection denied by \(d.deniedDirection) policy", dropReason: .policyDenied)
             return reset(downstream)
-        case .connectUpstream:
-            break
         }
         try? downstream.pipeline.syncOperations.addHandlers([FirstBytesHandler(connection: self, side: .client),
                                                               HalfCloseWatcher(connection: self, side: .client)])
         downstream.closeFuture.assumeIsolated().whenComplete { _ in self.closed(.client) }
+        if action == .detectFirst {
+            downstream.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
+        } else {
+            connectUpstream(to: target)
+        }
+    }
 
-        guard let target = downstream.localAddress else { return downstream.close(promise: nil) }
+    /// Step 1: the socket to the original destination (marked; bound to the pod's address when
+    /// `upstreamSourceAddress` says so).
+    private func connectUpstream(to target: SocketAddress) {
         let cfg = environment.configuration
         // The initializer runs on this loop (the bootstrap's group is it).
         let bound = NIOLoopBound(self, eventLoop: downstream.eventLoop)
-        // The client pod's own address as the source (the datapath steers the replies back), to
-        // pods only: on the way to a Service VIP (kube-proxy's DNAT after the proxy) or the world
-        // (the node's masquerade) NAT would hide the replies from the datapath.
-        let source = cfg.upstreamSource == .pod && context.destination.podName != nil
-            ? environment.upstreamSource.source(client: downstream.remoteAddress, target: target) : nil
-        upstreamSourceAddress = source
+        let source = upstreamSourceAddress
         let mark = cfg.upstreamMark
         ClientBootstrap(group: downstream.eventLoop)
             .connectTimeout(.milliseconds(cfg.connectTimeoutMilliseconds))
@@ -158,14 +170,29 @@ final class ProxyConnection {
             }
     }
 
+    /// What waits for a socket connected later (`.detectFirst`).
+    private var whenUpstreamConnected: (() -> Void)?
+
+    /// Runs `step` once the connection has its own socket to the destination: now, or after
+    /// connecting it (read first, `.detectFirst`).
+    func withUpstream(_ step: @escaping () -> Void) {
+        if upstream != nil { return step() }
+        guard machine.upstreamDeferred, whenUpstreamConnected == nil, let target = downstream.localAddress else { return close() }
+        whenUpstreamConnected = step
+        connectUpstream(to: target)
+    }
+
     private func upstreamConnected(_ channel: Channel) {
-        switch machine.upstreamConnected() {
-        case .closeUpstream:
-            channel.close(promise: nil)
-        case .startReading:
-            upstream = channel
-            // Unless an HTTP/2 `Upstream` took the channel over (it then reports its close).
-            channel.closeFuture.assumeIsolated().whenComplete { _ in if self.upstream === channel { self.closed(.server) } }
+        let action = machine.upstreamConnected()
+        guard action != .closeUpstream else { return channel.close(promise: nil) }
+        upstream = channel
+        // Unless an HTTP/2 `Upstream` took the channel over (it then reports its close).
+        channel.closeFuture.assumeIsolated().whenComplete { _ in if self.upstream === channel { self.closed(.server) } }
+        if action == .resume {
+            let step = whenUpstreamConnected
+            whenUpstreamConnected = nil
+            step?()
+        } else {
             downstream.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
         }
     }
@@ -236,20 +263,25 @@ final class ProxyConnection {
         case .interceptTLS(let serverName, let alpn):
             interceptTLS(serverName: serverName, alpn: alpn)
         case .install(let what):
-            guard let upstream else { return close() }
-            let ds = downstream.pipeline.syncOperations, us = upstream.pipeline.syncOperations
-            do {
-                let clientHold = try ds.handler(type: FirstBytesHandler.self)
-                let serverHold = try us.handler(type: FirstBytesHandler.self)
-                try install(what, ds, after: clientHold, us, after: serverHold)
-                // Removing the one-shot handlers hands their held bytes to what was just installed.
-                ds.removeHandler(clientHold, promise: nil)
-                us.removeHandler(serverHold, promise: nil)
-            } catch {
-                return close()
-            }
-            if case .opaque(_, splice: true) = what { spliceWhenDrained() }
+            withUpstream { self.install(what) }
         }
+    }
+
+    /// Step 3 after detection: what carries the connection, in place of the first-bytes gates.
+    private func install(_ what: ConnectionStateMachine.Install) {
+        guard let upstream else { return close() }
+        let ds = downstream.pipeline.syncOperations, us = upstream.pipeline.syncOperations
+        do {
+            let clientHold = try ds.handler(type: FirstBytesHandler.self)
+            let serverHold = try us.handler(type: FirstBytesHandler.self)
+            try install(what, ds, after: clientHold, us, after: serverHold)
+            // Removing the one-shot handlers hands their held bytes to what was just installed.
+            ds.removeHandler(clientHold, promise: nil)
+            us.removeHandler(serverHold, promise: nil)
+        } catch {
+            return close()
+        }
+        if case .opaque(_, splice: true) = what { spliceWhenDrained() }
     }
 
     private func record(_ note: ConnectionStateMachine.Note) {

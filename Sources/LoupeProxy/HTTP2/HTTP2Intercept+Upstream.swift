@@ -308,6 +308,28 @@ extension HTTP2Intercept {
 
         private var links: [Upstream.Key: [Upstream]] = [:]
         private var handshakes: [Upstream.Key: [Handshake]] = [:]
+        /// Links and handshakes per (source, destination), whatever the server name.
+        private var destinations: [Destination: Int] = [:]
+
+        private struct Destination: Hashable {
+            var source: SocketAddress?
+            var destination: SocketAddress
+            init(_ key: Upstream.Key) { (source, destination) = (key.source, key.destination) }
+            init(source: SocketAddress?, destination: SocketAddress) { (self.source, self.destination) = (source, destination) }
+        }
+
+        /// A connection from `source` to `destination` may be shared from here (one exists or is
+        /// being made, for some server name): a new client connection to it can wait for its
+        /// ClientHello before connecting a socket of its own.
+        func shares(source: SocketAddress?, destination: SocketAddress) -> Bool {
+            destinations[Destination(source: source, destination: destination), default: 0] > 0
+        }
+
+        private func count(_ key: Upstream.Key, _ delta: Int) {
+            let d = Destination(key)
+            let n = destinations[d, default: 0] + delta
+            destinations[d] = n > 0 ? n : nil
+        }
 
         func choose(_ key: Upstream.Key, maxSessions: Int, whenSettled: @escaping (Upstream?) -> Void) -> Choice {
             if let link = links[key]?.first(where: \.acceptsSession) {
@@ -320,11 +342,14 @@ extension HTTP2Intercept {
             }
             let h = Handshake()
             handshakes[key, default: []].append(h)
+            count(key, 1)
             return .handshake(h)
         }
 
         func settled(_ h: Handshake, key: Upstream.Key, link: Upstream?) {
+            guard handshakes[key]?.contains(where: { $0 === h }) == true else { return }
             handshakes[key]?.removeAll { $0 === h }
+            count(key, -1)
             if handshakes[key]?.isEmpty == true { handshakes[key] = nil }
             let waiters = h.waiters
             h.waiters = []
@@ -333,11 +358,14 @@ extension HTTP2Intercept {
 
         func add(_ link: Upstream, key: Upstream.Key) {
             links[key, default: []].append(link)
+            count(key, 1)
             link.channel.closeFuture.assumeIsolated().whenComplete { _ in self.remove(link, key: key) }
         }
 
         func remove(_ link: Upstream, key: Upstream.Key) {
+            guard links[key]?.contains(where: { $0 === link }) == true else { return }
             links[key]?.removeAll { $0 === link }
+            count(key, -1)
             if links[key]?.isEmpty == true { links[key] = nil }
         }
     }

@@ -26,7 +26,6 @@ extension ProxyConnection {
     /// is then closed unused and the pod offered h2 — or one is being made, whose outcome it
     /// waits for (its own socket kept for the case it cannot share).
     func interceptTLS(serverName: String, alpn: [String]) {
-        guard upstream != nil else { return close() }
         context.scheme = "https"
         environment.count(.connectionsHTTPSIntercepted)
         let sharing = environment.configuration.upstreamSharing
@@ -63,6 +62,10 @@ extension ProxyConnection {
     }
 
     private func handshakeUpstream(serverName: String, alpn: [String]) {
+        withUpstream { self.startUpstreamHandshake(serverName: serverName, alpn: alpn) }
+    }
+
+    private func startUpstreamHandshake(serverName: String, alpn: [String]) {
         guard let upstream else { return close() }
         do {
             let ssl = try NIOSSLClientHandler(context: try environment.tls.upstreamContext(alpn: alpn), serverHostname: serverName)
