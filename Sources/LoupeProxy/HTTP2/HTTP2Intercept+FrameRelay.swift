@@ -48,7 +48,7 @@ extension HTTP2Intercept {
 
         func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
             if let e = event as? StreamClosedEvent {
-                session?.streamClosed(client: true, id: e.streamID, reason: e.reason)
+                session?.clientStreamClosed(e.streamID, reason: e.reason)
                 // What this wrote goes out with the read batch that closed the stream, if any.
                 if !reading && !(session?.upstream?.reading ?? false) {
                     session?.upstream?.flush()

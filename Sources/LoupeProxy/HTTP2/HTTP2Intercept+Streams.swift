@@ -293,18 +293,14 @@ extension HTTP2Intercept.Session {
     /// REFUSED_STREAM for a stream the destination's GOAWAY dropped unprocessed (NIO reports
     /// those as CANCEL), so the client may retry it; a normal end needs nothing (an RST after a
     /// finished stream would be counted as an error by clients).
-    func streamClosed(client fromClient: Bool, id: HTTP2StreamID, reason: HTTP2ErrorCode?) {
-        if fromClient {
-            guard let pair = streams.byClient[id], pair.clientOpen else { return }
-            if reason != nil, pair.upstreamOpen, let up = pair.upstreamID {
-                upstream?.write(HTTP2Frame(streamID: up, payload: .rstStream(.cancel)))
-            }
-            finish(pair)
-            streams.clientClosed(pair)
-            clientStreamsDrained()
-        } else {
-            upstreamStreamClosed(id, reason: reason)
+    func clientStreamClosed(_ id: HTTP2StreamID, reason: HTTP2ErrorCode?) {
+        guard let pair = streams.byClient[id], pair.clientOpen else { return }
+        if reason != nil, pair.upstreamOpen, let up = pair.upstreamID {
+            upstream?.write(HTTP2Frame(streamID: up, payload: .rstStream(.cancel)))
         }
+        finish(pair)
+        streams.clientClosed(pair)
+        clientStreamsDrained()
     }
 
     func upstreamStreamClosed(_ id: HTTP2StreamID, reason: HTTP2ErrorCode?) {
