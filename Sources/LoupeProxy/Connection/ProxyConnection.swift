@@ -316,13 +316,7 @@ final class ProxyConnection {
             environment.count(.connectionsHTTP1)
             try installHTTP1(ds, after: downstreamAnchor, us, after: upstreamAnchor)
         case .http2:
-            guard let channel = upstream else { throw ChannelError.ioOnClosedChannel }
-            let sharing = environment.configuration.upstreamSharing
-            let pool = sharedUpstreamKey == nil ? nil : environment.http2Upstreams.pool(on: downstream.eventLoop)
-            let link = try HTTP2Intercept.Upstream(channel: channel, after: upstreamAnchor, key: sharing > 1 ? sharedUpstreamKey : nil,
-                                                   pool: pool, limits: environment.configuration.http2, maxSessions: sharing)
-            handOverUpstream()
-            try installHTTP2(ds, after: downstreamAnchor, over: link, reserved: false)
+            try installHTTP2(ds, after: downstreamAnchor, over: try makeHTTP2Upstream(after: upstreamAnchor), reserved: false)
         case .opaque(let kind, _):
             let (a, b) = RelayHandler.pair(connection: self)
             try ds.addHandler(a, position: .after(downstreamAnchor))
@@ -340,6 +334,19 @@ final class ProxyConnection {
                 environment.count(.connectionsOpaque)
             }
         }
+    }
+
+    /// This connection's socket to the destination becomes an HTTP/2 `Upstream` (after
+    /// `anchor`): shared under `sharedUpstreamKey` when there is one (HTTPS, the pod offered h2,
+    /// sharing on), else its own.
+    func makeHTTP2Upstream(after anchor: ChannelHandler) throws -> HTTP2Intercept.Upstream {
+        guard let channel = upstream else { throw ChannelError.ioOnClosedChannel }
+        let cfg = environment.configuration
+        let pool = sharedUpstreamKey == nil ? nil : environment.http2Upstreams.pool(on: downstream.eventLoop)
+        let link = try HTTP2Intercept.Upstream(channel: channel, after: anchor, key: sharedUpstreamKey, pool: pool,
+                                               limits: cfg.http2, maxSessions: cfg.upstreamSharing)
+        handOverUpstream()
+        return link
     }
 
     /// HTTP/2: the client's side, its streams relayed over `link` (its own or a shared one).

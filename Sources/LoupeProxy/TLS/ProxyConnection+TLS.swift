@@ -86,18 +86,15 @@ extension ProxyConnection {
     func settleSharedHandshake(negotiated proto: String?) {
         guard let h = upstreamHandshakeInFlight, let key = sharedUpstreamKey else { return }
         upstreamHandshakeInFlight = nil
-        let pool = environment.http2Upstreams.pool(on: downstream.eventLoop)
         var link: HTTP2Intercept.Upstream?
-        if proto == "h2", let channel = upstream, let hold = try? channel.pipeline.syncOperations.handler(type: FirstBytesHandler.self),
-           let shared = try? HTTP2Intercept.Upstream(channel: channel, after: hold, key: key, pool: pool, limits: environment.configuration.http2,
-                                                     maxSessions: environment.configuration.upstreamSharing) {
-            handOverUpstream()
-            channel.pipeline.syncOperations.removeHandler(hold, promise: nil) // what it held goes into HTTP/2
+        if proto == "h2", let ops = upstream?.pipeline.syncOperations, let hold = try? ops.handler(type: FirstBytesHandler.self),
+           let shared = try? makeHTTP2Upstream(after: hold) {
+            ops.removeHandler(hold, promise: nil) // what it held goes into HTTP/2
             shared.reserve()
             reservedUpstream = shared
             link = shared
         }
-        pool.settled(h, key: key, link: link)
+        environment.http2Upstreams.pool(on: downstream.eventLoop).settled(h, key: key, link: link)
     }
 
     /// A side's handshake finished (or failed).
