@@ -16,7 +16,7 @@ deps:
 
 $(BPF_OUT)/%.bpf.o: bpf/%.bpf.c $(BPF_HDR)
 	@mkdir -p $(BPF_OUT)
-	$(CLANG) -O2 -g -Wall -target bpf -I/usr/include/x86_64-linux-gnu -c $< -o $@
+	$(CLANG) -O2 -g -Wall -target bpf -mcpu=v3 -I/usr/include/x86_64-linux-gnu -c $< -o $@
 
 bpf: $(BPF_OBJ)
 

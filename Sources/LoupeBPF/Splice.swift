@@ -60,6 +60,8 @@ public final class SpliceMaps: @unchecked Sendable {
     public let sockets: BPFMap
     public let pairs: BPFMap
     public let counters: BPFMap
+    /// Per spliced socket: how far (TCP sequence) its verdict has forwarded.
+    let sequences: BPFMap
 
     public init(objectPath: String, pinRoot: String) throws {
         object = try BPFObject(path: objectPath, pinRoot: pinRoot)
@@ -68,6 +70,7 @@ public final class SpliceMaps: @unchecked Sendable {
         sockets = try object.map("loupe_splice_socks")
         pairs = try object.map("loupe_splice_pairs")
         counters = try object.map("loupe_splice_counters")
+        sequences = try object.map("loupe_splice_seq")
         if bpf_prog_attach(verdictProgram, sockets.fd, BPF_SK_SKB_STREAM_VERDICT, 0) != 0 {
             let e = errno
             object.close()
@@ -143,6 +146,7 @@ public final class SpliceMaps: @unchecked Sendable {
         for c in [a, b] {
             pairs.delete(c)
             sockets.delete(c)
+            sequences.delete(c)
         }
     }
 
@@ -152,6 +156,9 @@ public final class SpliceMaps: @unchecked Sendable {
             "paired_sockets": UInt64(pairs.keys(UInt64.self).count),
             "kernel_unpaired_skbs": counters.perCPUSum(index: UInt32(LOUPE_SPLICE_CNT_UNPAIRED.rawValue)),
             "kernel_peer_gone_skbs": counters.perCPUSum(index: UInt32(LOUPE_SPLICE_CNT_PEER_GONE.rawValue)),
+            "kernel_repeated_skbs": counters.perCPUSum(index: UInt32(LOUPE_SPLICE_CNT_REPEATED.rawValue)),
+            "kernel_trimmed_skbs": counters.perCPUSum(index: UInt32(LOUPE_SPLICE_CNT_TRIMMED.rawValue)),
+            "kernel_untrimmed_skbs": counters.perCPUSum(index: UInt32(LOUPE_SPLICE_CNT_UNTRIMMED.rawValue)),
         ]
     }
 

@@ -86,6 +86,8 @@ enum loupe_counter {
 
 /* Kernel splice (bpf/splice.bpf.c). */
 #define LOUPE_SPLICE_MAX_SOCKETS 65536
+/* bpf_skb_adjust_room calls to cut repeated bytes off an skb's front (4095 bytes each). */
+#define LOUPE_SPLICE_TRIM_CALLS 64
 
 /* loupe_splice_pairs value, keyed by a socket's cookie. */
 struct loupe_splice_peer {
@@ -118,6 +120,9 @@ struct loupe_splice_request {
 enum loupe_splice_counter {
     LOUPE_SPLICE_CNT_UNPAIRED = 0, /* skb on a spliced socket without a pair entry: kept for the proxy */
     LOUPE_SPLICE_CNT_PEER_GONE,    /* the peer left the map (closing): skb dropped */
+    LOUPE_SPLICE_CNT_REPEATED,     /* an skb of bytes already forwarded: dropped */
+    LOUPE_SPLICE_CNT_TRIMMED,      /* an skb starting with bytes already forwarded: those cut off */
+    LOUPE_SPLICE_CNT_UNTRIMMED,    /* ... and they could not be cut off: dropped (stream broken) */
     LOUPE_SPLICE_CNT_MAX,
 };
 
