@@ -7,7 +7,7 @@ BPF_HDR := $(wildcard bpf/lib/*.h bpf/shared/*.h)
 CLANG ?= clang
 SWIFT_BUILD_FLAGS ?=
 
-.PHONY: all deps bpf build demo test test-unit test-e2e bench fuzz clean proto image-binary image-rootfs
+.PHONY: all deps bpf build demo test test-unit test-e2e bench fuzz clean proto image-binary image-rootfs splice-stress
 
 all: build
 
@@ -75,6 +75,11 @@ fuzz:
 
 bench: deps bpf
 	bench/run.sh
+
+# Kernel splice under CPU contention: N (60) echo transfers of 200 MiB beside HOGS (2) CPU
+# hogs, every one exact (tests/e2e/stress_splice.py; minutes, not part of `make test`).
+splice-stress: build
+	python3 -m pytest -s tests/e2e/stress_splice.py
 
 # Regenerates Sources/LoupeAPI/Generated from api/v1 (protoc from grpcio-tools; plugins built here).
 proto:
