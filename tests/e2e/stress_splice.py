@@ -9,19 +9,18 @@ verdict trimmed or dropped. Env: N (default 60), HOGS (2), MIB (200).
 import os
 import subprocess
 
-from conftest import in_pod
-from test_splice import BULK_CLIENT, splice_counters
+from test_splice import bulk_transfer, splice_counters
 
 
 def test_echo_transfers_under_cpu_contention_are_exact(running_agent):
-    n, hogs, mib = int(os.environ.get("N", "60")), int(os.environ.get("HOGS", "2")), os.environ.get("MIB", "200")
+    n, hogs, mib = int(os.environ.get("N", "60")), int(os.environ.get("HOGS", "2")), int(os.environ.get("MIB", "200"))
     before = splice_counters()
     burners = [subprocess.Popen(["python3", "-c", "while True: pass"]) for _ in range(hogs)]
     wrong = []
     try:
         for i in range(n):
-            out = in_pod("shop/client", "python3", "-c", BULK_CLIENT, mib, timeout=180).stdout.split()
-            if out != ["True", str(int(mib) << 20)]:
+            out, _ = bulk_transfer(running_agent, mib)
+            if out != ["True", str(mib << 20)]:
                 wrong.append((i, out))
     finally:
         for b in burners:
