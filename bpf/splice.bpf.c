@@ -5,7 +5,7 @@
  * crossing into userspace.
  *
  * Keys: each socket is stored under its own socket cookie; loupe_splice_pairs maps a cookie to
- * its peer's cookie (and counts the bytes forwarded from it). So the verdict finds the peer
+ * its peer's cookie (and counts the bytes forwarded from it, and how far in its TCP sequence). So the verdict finds the peer
  * with two O(1) lookups keyed by what it already has, the receiving socket's cookie.
  *
  * NIO does not expose its file descriptors, so the proxy inserts the sockets by their 4-tuples
@@ -40,15 +40,6 @@ struct {
     __uint(pinning, LIBBPF_PIN_BY_NAME);
 } loupe_splice_counters SEC(".maps");
 
-/* Per spliced socket (by cookie): bit 32 set and, below it, the TCP sequence just past the last
- * byte its verdict forwarded. The proxy forgets an entry when the connection ends. */
-struct {
-    __uint(type, BPF_MAP_TYPE_LRU_HASH);
-    __uint(max_entries, LOUPE_SPLICE_MAX_SOCKETS);
-    __type(key, __u64);
-    __type(value, __u64);
-} loupe_splice_seq SEC(".maps");
-
 /* The kernel's skb, for its control block: struct tcp_skb_cb starts with seq and end_seq. */
 struct sk_buff___loupe {
     char cb[48];
@@ -69,23 +60,16 @@ static __always_inline void splice_count(__u32 which)
  * TCP sequence numbers say how many leading bytes of this skb were forwarded before: returns
  * that many (all of them: a copy to drop). The compare-and-swap keeps two verdicts running at
  * once on one socket from both taking the same bytes. */
-static __always_inline __u32 splice_already_forwarded(struct __sk_buff *skb, __u64 cookie, __u32 len)
+static __always_inline __u32 splice_already_forwarded(struct __sk_buff *skb, struct loupe_splice_peer *peer, __u32 len)
 {
     struct sk_buff___loupe *kskb = bpf_cast_to_kern_ctx(skb);
     struct { __u32 seq; __u32 end_seq; } tcb = {};
-    __u64 unset = 0, *next;
+    __u64 *next = &peer->forwarded_seq;
     __u32 end;
 
     if (bpf_probe_read_kernel(&tcb, sizeof(tcb), kskb->cb) != 0)
         return 0;
     end = tcb.seq + len;
-    next = bpf_map_lookup_elem(&loupe_splice_seq, &cookie);
-    if (!next) {
-        bpf_map_update_elem(&loupe_splice_seq, &cookie, &unset, BPF_NOEXIST);
-        next = bpf_map_lookup_elem(&loupe_splice_seq, &cookie);
-        if (!next)
-            return 0;
-    }
 #pragma clang loop unroll(disable)
     for (int i = 0; i < 4; i++) {
         __u64 old = *(volatile __u64 *)next;
@@ -129,7 +113,12 @@ int loupe_splice_verdict(struct __sk_buff *skb)
      * send worker report EPIPE and drop what it still holds. */
     if (len == 0)
         return SK_DROP;
-    repeated = splice_already_forwarded(skb, cookie, len);
+    if (!peer) {
+        /* Not (or no longer) paired: keep the bytes on this socket, readable by the proxy. */
+        splice_count(LOUPE_SPLICE_CNT_UNPAIRED);
+        return SK_PASS;
+    }
+    repeated = splice_already_forwarded(skb, peer, len);
     if (repeated == len) {
         splice_count(LOUPE_SPLICE_CNT_REPEATED);
         return SK_DROP;
@@ -142,11 +131,6 @@ int loupe_splice_verdict(struct __sk_buff *skb)
         }
         splice_count(LOUPE_SPLICE_CNT_TRIMMED);
         len -= repeated;
-    }
-    if (!peer) {
-        /* Not (or no longer) paired: keep the bytes on this socket, readable by the proxy. */
-        splice_count(LOUPE_SPLICE_CNT_UNPAIRED);
-        return SK_PASS;
     }
     if (bpf_sk_redirect_hash(skb, &loupe_splice_socks, &peer->peer_cookie, 0) != SK_PASS) {
         /* The peer socket left the map (it is closing): nothing can carry these bytes. */

@@ -60,17 +60,20 @@ public final class SpliceMaps: @unchecked Sendable {
     public let sockets: BPFMap
     public let pairs: BPFMap
     public let counters: BPFMap
-    /// Per spliced socket: how far (TCP sequence) its verdict has forwarded.
-    let sequences: BPFMap
+    /// The maps this object pins (under the datapath's pin directory).
+    static let pinnedMaps = ["loupe_splice_socks", "loupe_splice_pairs", "loupe_splice_counters"]
 
+    /// A previous agent's splice pins (a crash leaves them) are removed first: the sockets they
+    /// held closed with it, and maps of an older layout could not be reused — the splice would
+    /// be unavailable until someone removed them.
     public init(objectPath: String, pinRoot: String) throws {
+        for name in Self.pinnedMaps { unlink(pinRoot + "/" + name) }
         object = try BPFObject(path: objectPath, pinRoot: pinRoot)
         insertProgram = try object.programFD("loupe_splice_insert")
         verdictProgram = try object.programFD("loupe_splice_verdict")
         sockets = try object.map("loupe_splice_socks")
         pairs = try object.map("loupe_splice_pairs")
         counters = try object.map("loupe_splice_counters")
-        sequences = try object.map("loupe_splice_seq")
         if bpf_prog_attach(verdictProgram, sockets.fd, BPF_SK_SKB_STREAM_VERDICT, 0) != 0 {
             let e = errno
             object.close()
@@ -86,12 +89,12 @@ public final class SpliceMaps: @unchecked Sendable {
             throw SpliceRefusal(reason: .addressFamily, detail: "both sockets must be IPv4 or both IPv6")
         }
         do {
-            try pairs.insert(downstream.cookie, loupe_splice_peer(peer_cookie: upstream.cookie, bytes: 0))
+            try pairs.insert(downstream.cookie, loupe_splice_peer(peer_cookie: upstream.cookie, bytes: 0, forwarded_seq: 0))
         } catch {
             throw Self.pairRefusal(error)
         }
         do {
-            try pairs.insert(upstream.cookie, loupe_splice_peer(peer_cookie: downstream.cookie, bytes: 0))
+            try pairs.insert(upstream.cookie, loupe_splice_peer(peer_cookie: downstream.cookie, bytes: 0, forwarded_seq: 0))
         } catch {
             pairs.delete(downstream.cookie)
             throw Self.pairRefusal(error)
@@ -146,7 +149,6 @@ public final class SpliceMaps: @unchecked Sendable {
         for c in [a, b] {
             pairs.delete(c)
             sockets.delete(c)
-            sequences.delete(c)
         }
     }
 

@@ -107,4 +107,28 @@ final class SpliceTests {
         }
         #expect(maps.status()["paired_sockets"] == 0)
     }
+
+    /// A crashed agent leaves its pins; an older build's pair map had a smaller value (no
+    /// forwarded sequence) and could not be reused. A new agent replaces them and splices.
+    @Test func pinsOfAnOlderLayoutLeftByACrashAreReplaced() throws {
+        let root = pinRoot + "-old"
+        try BPFFilesystem.makeDirectory(root)
+        defer { BPFFilesystem.removePins(in: root) }
+        let old = bpf_map_create(BPF_MAP_TYPE_HASH, "loupe_splice_pairs", 8, 16, 16, nil)
+        #expect(old >= 0)
+        #expect(bpf_obj_pin(old, root + "/loupe_splice_pairs") == 0)
+        close(old)
+
+        let fresh = try SpliceMaps(objectPath: Self.objectPath, pinRoot: root)
+        defer { fresh.close(unpin: true) }
+        let p = try makePair()
+        defer { p.closeAll() }
+        let a = spliceSocket(p.a), b = spliceSocket(p.b)
+        try fresh.insert(downstream: a, upstream: b)
+        let bytes = Array("through the replaced maps".utf8)
+        #expect(send(p.client, bytes, bytes.count, 0) == bytes.count)
+        #expect(readExactly(p.server, bytes.count) == bytes)
+        #expect(fresh.forwardedBytes(from: a.cookie) == UInt64(bytes.count))
+        fresh.remove(a.cookie, b.cookie)
+    }
 }

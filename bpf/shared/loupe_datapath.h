@@ -93,6 +93,8 @@ enum loupe_counter {
 struct loupe_splice_peer {
     __u64 peer_cookie;  /* the socket that receives what this one receives */
     __u64 bytes;        /* bytes forwarded from this socket to its peer by the kernel */
+    __u64 forwarded_seq;/* bit 32 set once the verdict forwarded anything; below it, the TCP
+                         * sequence just past the last byte forwarded (see splice.bpf.c) */
 };
 
 /* The BPF_PROG_TEST_RUN "packet" of loupe_splice_insert: both sockets as an arriving packet
