@@ -37,7 +37,9 @@ final class ProxyConnection {
     static func configure(_ channel: Channel, mark: Int32? = nil) throws {
         guard let options = channel.syncOptions else { throw ChannelError.operationUnsupported }
         try options.setOption(ChannelOptions.recvAllocator, value: reads)
-        try options.setOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+        // TCP_NODELAY comes from NIO's bootstraps: the client's sets it, the server's sets it on
+        // the listener and accepted sockets inherit it. (`socketOption(.tcp_nodelay)` here set
+        // SOL_SOCKET option 1 — SO_DEBUG — on every socket instead.)
         try options.setOption(ChannelOptions.allowRemoteHalfClosure, value: true)
         if let mark { try options.setOption(ChannelOptions.Types.SocketOption(level: 1, name: 36), value: Int(mark)) } // SO_MARK
     }
