@@ -6,6 +6,7 @@
 # one after the other, so drift on this machine hits them alike; medians of the rounds.
 #   HTTP/1.1 keep-alive   wrk -t1 -c64                  direct, Loupe, Envoy, HAProxy, nginx
 #   latency at 1,000 req/s h2load --h1 --rps (p50/p99)  direct, Loupe, Envoy, HAProxy, nginx
+#                          ten connections in step (bursts of ten), and one connection (no burst)
 #   HTTP/2 (h2c)          h2load -c16 -m16              direct, Loupe, Envoy
 #   DNS (UDP)             dnsperf -c4                   direct, Loupe, dnsdist
 #   HTTPS (TLS + h2)      h2load kept / new connections direct, Loupe, Envoy, mitmproxy
@@ -128,8 +129,14 @@ wrk_run() { "$LOUPE" lab exec "$1" -- taskset -c 0 wrk -t1 -c64 -d"${D}s" "http:
 h2_run() { "$LOUPE" lab exec "$1" -- taskset -c 0 h2load -c16 -m16 -D "$D" "http://$NGINX:8080/$2" |
   awk '/finished in/{r=$4} /^requests:/{d=$8; e=$10+$12+$14} END{printf "%.0f %d %d\n", r, d, e}'; }
 # 1,000 requests/s over 10 keep-alive HTTP/1.1 connections; per-request times from h2load's log.
-lat_run() {
-  "$LOUPE" lab exec "$1" -- sh -c "rm -f /tmp/loupe-bench-lat.tsv; taskset -c 0 h2load --h1 -c10 --rps 100 -D $D --log-file=/tmp/loupe-bench-lat.tsv http://$NGINX/$2 >/dev/null;
+# h2load starts the ten clients' timers together, so requests come in bursts of ten: p50 is the
+# time to pass about half a burst through each hop (a proxy's CPU per request, five times over).
+# lat1_run: the same rate over one connection, each request sent after the last answer — the
+# time a proxy adds to one request, without a queue in front of it.
+lat_run() { lat_log "$1" "$2" "-c10 --rps 100"; }
+lat1_run() { lat_log "$1" "$2" "-c1 --rps 1000"; }
+lat_log() {
+  "$LOUPE" lab exec "$1" -- sh -c "rm -f /tmp/loupe-bench-lat.tsv; taskset -c 0 h2load --h1 $3 -D $D --log-file=/tmp/loupe-bench-lat.tsv http://$NGINX/$2 >/dev/null;
     awk '{print \$3, \$2}' /tmp/loupe-bench-lat.tsv; rm -f /tmp/loupe-bench-lat.tsv" |
     sort -n | awk '{t[NR]=$1; if ($2 != 200) e++} END{if (NR == 0) {print "n/a n/a 0 1"; exit}
       i50 = int(NR * 0.50) + 1; i99 = int(NR * 0.99) + 1; if (i99 > NR) i99 = NR
@@ -175,7 +182,7 @@ measure() { # measure TEST CONTENDER FN POD: runs FN once, keeps its line, shows
   pid=$(proxy_pid "$2"); t0=$(tree_ticks "$pid")
   out=$($3 "$4" "$2")
   t1=$(tree_ticks "$pid")
-  n=$(awk -v f="$([[ $1 == lat ]] && echo 3 || echo 2)" '{print $f}' <<<"$out")
+  n=$(awk -v f="$([[ $1 == lat* ]] && echo 3 || echo 2)" '{print $f}' <<<"$out")
   [[ -n "$pid" && "$n" -gt 0 ]] 2>/dev/null && cpu=$(awk -v d="$((t1 - t0))" -v n="$n" -v c="$CLK" 'BEGIN{printf "%.1f", d * 1e6 / c / n}')
   out="$out $cpu"
   echo "$1 $2: $out" >&2
@@ -217,6 +224,7 @@ for r in $(seq "$ROUNDS"); do
   F0=$(flows_total)
   measure h1 direct wrk_run direct/client;    measure h1 loupe wrk_run proxied/client
   measure lat direct lat_run direct/client;   measure lat loupe lat_run proxied/client
+  measure lat1 direct lat1_run direct/client; measure lat1 loupe lat1_run proxied/client
   measure h2 direct h2_run direct/client;     measure h2 loupe h2_run proxied/client
   LOUPE_FLOWS=$(( LOUPE_FLOWS + $(flows_total) - F0 ))
   measure dns direct dns_run direct/client;   measure dns loupe dns_run proxied/client
@@ -224,12 +232,13 @@ for r in $(seq "$ROUNDS"); do
   agent datapath --datapath-only
   if [[ -z "${WHY_NOT[envoy]:-}" ]] && contender 15001 "$ENVOY_BIN" -c bench/envoy-transparent.yaml --concurrency 1 -l error; then
     E0=$(envoy_requests)
-    measure h1 envoy wrk_run proxied/client; measure lat envoy lat_run proxied/client; measure h2 envoy h2_run proxied/client
+    measure h1 envoy wrk_run proxied/client; measure lat envoy lat_run proxied/client; measure lat1 envoy lat1_run proxied/client
+    measure h2 envoy h2_run proxied/client
     ENVOY_COUNTED=$(( ${ENVOY_COUNTED:-0} + $(envoy_requests) - E0 ))
     stop_contender
   fi
   if [[ -z "${WHY_NOT[haproxy]:-}" ]] && contender 15001 haproxy -f bench/haproxy-transparent.cfg; then
-    measure h1 haproxy wrk_run proxied/client; measure lat haproxy lat_run proxied/client
+    measure h1 haproxy wrk_run proxied/client; measure lat haproxy lat_run proxied/client; measure lat1 haproxy lat1_run proxied/client
     stop_contender
   fi
   # nginx opens a connection to the destination per request (a variable proxy_pass has no
@@ -238,7 +247,7 @@ for r in $(seq "$ROUNDS"); do
     "$LOUPE" lab exec node -- sysctl -qw net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range="1024 65000"
     rm -rf "$NGINXP"; mkdir -p "$NGINXP"
     if contender 15001 env LD_PRELOAD="$PWD/.build/transparent_bind.so" nginx -c "$PWD/bench/nginx-transparent.conf" -p "$NGINXP"; then
-      measure h1 nginx wrk_run proxied/client; measure lat nginx lat_run proxied/client
+      measure h1 nginx wrk_run proxied/client; measure lat nginx lat_run proxied/client; measure lat1 nginx lat1_run proxied/client
       stop_contender
     fi
   fi
@@ -248,14 +257,14 @@ for r in $(seq "$ROUNDS"); do
     stop_contender
   fi
 done
-H1_DONE=$(sum h1 loupe 2); H2_DONE=$(sum h2 loupe 2); LAT_DONE=$(sum lat loupe 3)
-# Requests still in flight when a run stops (wrk ≤ 64, h2load ≤ 256, latency ≤ 10) have a request flow only.
+H1_DONE=$(sum h1 loupe 2); H2_DONE=$(sum h2 loupe 2); LAT_DONE=$(( $(sum lat loupe 3) + $(sum lat1 loupe 3) ))
+# Requests still in flight when a run stops (wrk ≤ 64, h2load ≤ 256, latency ≤ 10 + 1) have a request flow only.
 check "HTTP/1.1, latency and HTTP/2 runs through Loupe recorded a request and a response flow per request ($LOUPE_FLOWS flows for $((H1_DONE + H2_DONE + LAT_DONE)) completed)" \
   test $(( LOUPE_FLOWS - 2 * (H1_DONE + H2_DONE + LAT_DONE) )) -ge 0 -a $(( LOUPE_FLOWS - 2 * (H1_DONE + H2_DONE + LAT_DONE) )) -le $(( 700 * ROUNDS ))
 for t in h1/direct h1/loupe h1/envoy h1/haproxy h1/nginx h2/direct h2/loupe h2/envoy; do
   [[ -n "${V[$t]:-}" ]] && check "$t: no errors" test "$(sum "${t%/*}" "${t#*/}" 3)" -eq 0
 done
-for t in lat/direct lat/loupe lat/envoy lat/haproxy lat/nginx; do
+for t in {lat,lat1}/{direct,loupe,envoy,haproxy,nginx}; do
   [[ -n "${V[$t]:-}" ]] && check "$t: every request answered 200" test "$(sum "${t%/*}" "${t#*/}" 4)" -eq 0
 done
 for t in dns/direct dns/loupe dns/dnsdist; do
@@ -384,11 +393,13 @@ table "DNS (dnsperf -c4, UDP)" qps /direct /dnsdist
 row dns direct "direct (pod → dnsmasq)" direct dnsdist
 row dns loupe "Loupe (redirect + DNS proxy + flows)" direct dnsdist
 row dns dnsdist "dnsdist 1.7 (same redirect)" direct dnsdist
-printf '\n%-40s %9s %9s %12s %12s %11s\n' "Latency at 1,000 req/s (HTTP/1.1, 10 conns)" "p50 µs" "p99 µs" "+p50 µs" "+p99 µs" "CPU µs/req"
-for c in direct loupe envoy haproxy nginx; do
-  p50=$(med lat $c 1); p99=$(med lat $c 2)
-  if [[ "$p50" == n/a ]]; then printf '%-40s %9s\n' "$c" n/a; continue; fi
-  printf '%-40s %9s %9s %12s %12s %11s\n' "$c" "$p50" "$p99" "$(( p50 - $(med lat direct 1) ))" "$(( p99 - $(med lat direct 2) ))" "$(cpu lat $c)"
+for t in lat lat1; do
+  printf '\n%-40s %9s %9s %12s %12s %11s\n' "Latency at 1,000 req/s (HTTP/1.1, $([[ $t == lat ]] && echo "10 conns" || echo "1 conn"))" "p50 µs" "p99 µs" "+p50 µs" "+p99 µs" "CPU µs/req"
+  for c in direct loupe envoy haproxy nginx; do
+    p50=$(med $t $c 1); p99=$(med $t $c 2)
+    if [[ "$p50" == n/a ]]; then printf '%-40s %9s\n' "$c" n/a; continue; fi
+    printf '%-40s %9s %9s %12s %12s %11s\n' "$c" "$p50" "$p99" "$(( p50 - $(med $t direct 1) ))" "$(( p99 - $(med $t direct 2) ))" "$(cpu $t $c)"
+  done
 done
 table "HTTPS, ALPN h2 (h2load -c16 -m16)" req/s /direct /Envoy
 row tls direct "direct (pod → nginx TLS)" direct envoy
