@@ -5,8 +5,9 @@
  * crossing into userspace.
  *
  * Keys: each socket is stored under its own socket cookie; loupe_splice_pairs maps a cookie to
- * its peer's cookie (and counts the bytes forwarded from it, and how far in its TCP sequence). So the verdict finds the peer
- * with two O(1) lookups keyed by what it already has, the receiving socket's cookie.
+ * its peer's cookie (and counts the bytes forwarded from it, and how far in its TCP sequence).
+ * So the verdict finds the peer with two O(1) lookups keyed by what it already has, the
+ * receiving socket's cookie.
  *
  * NIO does not expose its file descriptors, so the proxy inserts the sockets by their 4-tuples
  * instead: it runs loupe_splice_insert with BPF_PROG_TEST_RUN and a loupe_splice_request as
