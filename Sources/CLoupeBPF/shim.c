@@ -3,6 +3,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 #include <linux/pkt_cls.h>
 #include <linux/tcp.h>
 #include <sys/vfs.h>
@@ -29,7 +30,7 @@ void loupe_libbpf_quiet(int quiet)
     libbpf_set_print(quiet ? quiet_print : NULL);
 }
 
-struct bpf_object *loupe_object_load(const char *object_path, const char *pin_root, char *errbuf, size_t errlen)
+struct bpf_object *loupe_object_load(const char *object_path, const char *pin_root, int replace_pins, char *errbuf, size_t errlen)
 {
     LIBBPF_OPTS(bpf_object_open_opts, opts, .pin_root_path = pin_root);
     struct bpf_object *obj = bpf_object__open_file(object_path, &opts);
@@ -38,6 +39,15 @@ struct bpf_object *loupe_object_load(const char *object_path, const char *pin_ro
         snprintf(errbuf, errlen, "open %s: %s", object_path, strerror(-err));
         errno = -err;
         return NULL;
+    }
+    if (replace_pins) {
+        /* Pin paths are known once the object is open: existing pins go, the load pins anew. */
+        struct bpf_map *map;
+        bpf_object__for_each_map(map, obj) {
+            const char *pin = bpf_map__pin_path(map);
+            if (pin)
+                unlink(pin);
+        }
     }
     err = bpf_object__load(obj);
     if (err) {

@@ -2,20 +2,21 @@ import CLoupeBPF
 import Glibc
 
 /// A loaded BPF object file: its programs and maps. Maps with `LIBBPF_PIN_BY_NAME` are pinned
-/// under `pinRoot` (existing pins are reused, so a restarted agent finds the same maps).
+/// under `pinRoot` (existing pins are reused, so a restarted agent finds the same maps; with
+/// `replacingPins`, removed first and made anew).
 public final class BPFObject {
     private var object: OpaquePointer?
     public let path: String
     public let pinRoot: String
 
-    public init(path: String, pinRoot: String) throws {
+    public init(path: String, pinRoot: String, replacingPins: Bool = false) throws {
         self.path = path
         self.pinRoot = pinRoot
         try BPFFilesystem.ensureMounted()
         try BPFFilesystem.makeDirectory(pinRoot)
         loupe_libbpf_quiet(1)
         var err = [CChar](repeating: 0, count: 256)
-        guard let obj = loupe_object_load(path, pinRoot, &err, err.count) else {
+        guard let obj = loupe_object_load(path, pinRoot, replacingPins ? 1 : 0, &err, err.count) else {
             throw BPFError("load", detail: err.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })
         }
         self.object = obj

@@ -60,15 +60,11 @@ public final class SpliceMaps: @unchecked Sendable {
     public let sockets: BPFMap
     public let pairs: BPFMap
     public let counters: BPFMap
-    /// The maps this object pins (under the datapath's pin directory).
-    static let pinnedMaps = ["loupe_splice_socks", "loupe_splice_pairs", "loupe_splice_counters"]
-
-    /// A previous agent's splice pins (a crash leaves them) are removed first: the sockets they
-    /// held closed with it, and maps of an older layout could not be reused — the splice would
-    /// be unavailable until someone removed them.
+    /// A previous agent's splice pins (a crash leaves them) are replaced: the sockets they held
+    /// closed with it, and maps of an older layout could not be reused — the splice would be
+    /// unavailable until someone removed them.
     public init(objectPath: String, pinRoot: String) throws {
-        for name in Self.pinnedMaps { unlink(pinRoot + "/" + name) }
-        object = try BPFObject(path: objectPath, pinRoot: pinRoot)
+        object = try BPFObject(path: objectPath, pinRoot: pinRoot, replacingPins: true)
         insertProgram = try object.programFD("loupe_splice_insert")
         verdictProgram = try object.programFD("loupe_splice_verdict")
         sockets = try object.map("loupe_splice_socks")

@@ -11,7 +11,7 @@
 
 /* Opens OBJECT_PATH with maps pinned under PIN_ROOT (reusing pins that exist), sets the
  * listener address global, loads it. Returns NULL and sets errno on failure. */
-struct bpf_object *loupe_object_load(const char *object_path, const char *pin_root, char *errbuf, size_t errlen);
+struct bpf_object *loupe_object_load(const char *object_path, const char *pin_root, int replace_pins, char *errbuf, size_t errlen);
 
 /* Attaches PROG_FD to the tc ingress hook of IFINDEX (creating clsact when missing, and then
  * setting *CREATED_QDISC), replacing a filter of ours already there. Returns 0 or -errno. */
