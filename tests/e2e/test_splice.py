@@ -80,6 +80,7 @@ def last_bulk_flow(port=7100):
 def test_200_mib_each_way_spliced_checksums_equal_and_the_proxy_stays_out(running_agent):
     """The same transfer spliced and relayed in userspace (agent with --no-splice): every byte
     back in order both times, and the proxy's CPU time while spliced is a fraction of the relay's.
+
     Kernel 6.18 now and then hands the verdict of a busy spliced socket an skb that starts with
     bytes it already forwarded; the verdict cuts them off (`kernel_trimmed_skbs`). Without that,
     ~2-5 % of these transfers came back with one skb's bytes twice under CPU contention."""
