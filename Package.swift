@@ -128,7 +128,12 @@ let package = Package(
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
-            ]
+            ],
+            // jemalloc instead of glibc's malloc for the whole process (it precedes libc among the
+            // binary's libraries): the proxy allocates and frees per frame, flow and connection,
+            // and glibc's arena bookkeeping cost ≈ 10–15 % of the agent's CPU per HTTP/2 request
+            // and per new TLS connection (bench/RESULTS.md, tenth session). Envoy links tcmalloc.
+            linkerSettings: [.linkedLibrary("jemalloc", .when(platforms: [.linux]))]
         ),
         .testTarget(name: "LoupeFlowTests", dependencies: ["LoupeFlow"]),
         .testTarget(name: "LoupePolicyTests", dependencies: ["LoupePolicy"]),

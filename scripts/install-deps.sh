@@ -2,7 +2,7 @@
 # Installs what building and testing Loupe needs on a fresh Debian machine (idempotent, quiet
 # when everything is there already).
 set -euo pipefail
-APT_PKGS=(libbpf-dev libelf-dev zlib1g-dev bpftool iproute2 util-linux curl wrk nginx-light linux-libc-dev procps
+APT_PKGS=(libbpf-dev libelf-dev zlib1g-dev libjemalloc-dev bpftool iproute2 util-linux curl wrk nginx-light linux-libc-dev procps
           dnsmasq-base knot-dnsutils dnsperf nghttp2-client iperf3 prometheus
           chromium chromium-driver fonts-dejavu-core libcap2-bin debootstrap)
 missing=()

@@ -3,6 +3,7 @@ import Logging
 import LoupeBPF
 import LoupeNetlink
 import LoupePolicy
+import LoupeProcess
 import LoupeProxy
 import ServiceLifecycle
 
@@ -329,6 +330,9 @@ public final class DatapathService: Service, @unchecked Sendable {
         }
         environment.update(inventory: inventory, policy: policy)
         logger.info("inventory applied: \(plan.pods.count) pods (\(attachments.count) attached, \(unresolved.count) unresolved), \(merged.count) redirect rules (\(merged.filter(\.enforce).count) enforced), \(ifindexes.count) interfaces (\(uplinks.count) uplinks), \(policy.policies.count) policies")
+        // The maps' updates and, the first time, the programs' load are done with their
+        // buffers: the idle agent keeps none of them.
+        Allocator.releaseFreeMemory()
     }
 
     static func modificationStamp(_ path: String) -> (Int, Int)? {

@@ -5,6 +5,7 @@ import LoupeAgent
 import LoupeProxy
 import LoupeFlow
 import LoupeLab
+import LoupeProcess
 
 /// `loupe agent`: datapath + proxy + local API on this node (or in the lab's node netns).
 struct AgentCommand: AsyncParsableCommand {
@@ -206,6 +207,7 @@ struct AgentCommand: AsyncParsableCommand {
         cfg.proxy.http2.maxContinuationFrames = http2MaxContinuationFrames
         cfg.proxy.http2.maxResetsPerWindow = http2MaxResets
         let logger = Logger(label: "loupe.agent")
+        Allocator.purgeInBackground()
         do {
             try await Agent(configuration: cfg, logger: logger).run()
         } catch {

@@ -24,4 +24,13 @@ int loupe_exec(char *const argv[]);
  * because Swift 6 refuses to name the global `stdout`. */
 void loupe_stdout_line_buffered(void);
 
+/* The allocator (jemalloc in `loupe`, glibc's malloc in binaries without it).
+ * loupe_allocator_background_purge: jemalloc's background thread returns freed pages to the
+ * kernel a few seconds after a burst, also while the process is idle (without it, jemalloc
+ * purges only inside later allocator calls). Returns 1 when enabled, 0 without jemalloc.
+ * loupe_allocator_release_free_memory: returns every free page now (jemalloc: purge all
+ * arenas; glibc: malloc_trim). */
+int loupe_allocator_background_purge(void);
+void loupe_allocator_release_free_memory(void);
+
 #endif
