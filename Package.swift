@@ -130,9 +130,10 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
             // jemalloc instead of glibc's malloc for the whole process (it precedes libc among the
-            // binary's libraries): the proxy allocates and frees per frame, flow and connection,
-            // and glibc's arena bookkeeping cost ≈ 10–15 % of the agent's CPU per HTTP/2 request
-            // and per new TLS connection (bench/RESULTS.md, tenth session). Envoy links tcmalloc.
+            // binary's libraries): the proxy allocates and frees per frame, flow and connection;
+            // jemalloc takes ≈ 5–10 % off the agent's CPU per HTTP/1.1 and HTTP/2 request
+            // (bench/RESULTS.md, tenth session). Envoy links tcmalloc. The agent turns on its
+            // background purging (LoupeProcess.Allocator).
             linkerSettings: [.linkedLibrary("jemalloc", .when(platforms: [.linux]))]
         ),
         .testTarget(name: "LoupeFlowTests", dependencies: ["LoupeFlow"]),
