@@ -1,6 +1,7 @@
 """The spine, end to end in the netns lab: curl/wrk/python clients in pods, nginx and python
 servers in pods, the tc redirect, the Swift proxy, and `loupe observe`."""
 import hashlib
+import os
 import re
 import signal
 import threading
@@ -241,6 +242,19 @@ def test_removing_the_annotation_stops_redirection_without_restart(lab, running_
     assert code == 200
     assert len(flows("--http-path", "^/t6/annotated-again$")) == 2
     assert running_agent.pid == pid and running_agent.proc.poll() is None, "the agent restarted"
+
+
+def test_the_agent_allocates_with_jemalloc_and_purges_in_the_background(running_agent):
+    # Package.swift links jemalloc into `loupe` (the image's binary too: this file runs again
+    # against the rootfs); the agent turns on jemalloc's background purging thread.
+    proc = f"/proc/{running_agent.pid}"
+    with open(f"{proc}/maps") as f:
+        assert "libjemalloc.so" in f.read(), "the agent does not map jemalloc"
+    threads = []
+    for task in os.listdir(f"{proc}/task"):
+        with open(f"{proc}/task/{task}/comm") as f:
+            threads.append(f.read().strip())
+    assert "jemalloc_bg_thd" in threads, threads
 
 
 def test_datapath_counters_show_assignments(running_agent):
