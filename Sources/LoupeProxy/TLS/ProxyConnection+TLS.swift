@@ -71,7 +71,7 @@ extension ProxyConnection {
             let ssl = try NIOSSLClientHandler(context: try environment.tls.upstreamContext(alpn: alpn), serverHostname: serverName)
             let us = upstream.pipeline.syncOperations
             let gate = try us.handler(type: FirstBytesHandler.self)
-            try us.addHandlers([ssl, TLSIntercept.HandshakeWatcher(connection: self, side: .server),
+            try us.addHandlers([TLSIntercept.FlushPerReadBatch(), ssl, TLSIntercept.HandshakeWatcher(connection: self, side: .server),
                                 FirstBytesHandler(connection: self, side: .server)], position: .after(gate))
             us.removeHandler(gate, promise: nil)
         } catch {
@@ -120,7 +120,8 @@ extension ProxyConnection {
         do {
             let ctx = try environment.tls.downstreamContext(serverName: serverName, alpn: refused == nil ? proto : nil)
             let hello = try ds.handler(type: FirstBytesHandler.self)
-            try ds.addHandlers([NIOSSLServerHandler(context: ctx), TLSIntercept.HandshakeWatcher(connection: self, side: .client)],
+            try ds.addHandlers([TLSIntercept.FlushPerReadBatch(), NIOSSLServerHandler(context: ctx),
+                                TLSIntercept.HandshakeWatcher(connection: self, side: .client)],
                                position: .after(hello))
             ds.removeHandler(hello, promise: nil) // the held ClientHello goes into the TLS server
         } catch {

@@ -78,6 +78,55 @@ enum TLSIntercept {
         }
     }
 
+    /// In front of a TLS handler (toward the socket): the flushes asked for while one read batch
+    /// is handled go out together at its end — one `write(2)` where a handshake's last flight,
+    /// the session tickets and the first HTTP/2 frames (SETTINGS, the connection's
+    /// WINDOW_UPDATE) would otherwise each take one, with the receiver woken for each. Flushes
+    /// outside a read batch pass at once; a close first flushes what waits.
+    final class FlushPerReadBatch: ChannelDuplexHandler, RemovableChannelHandler {
+        typealias InboundIn = NIOAny
+        typealias OutboundIn = NIOAny
+
+        private var reading = false
+        private var flushWaits = false
+
+        init() {}
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            reading = true
+            context.fireChannelRead(data)
+        }
+
+        func channelReadComplete(context: ChannelHandlerContext) {
+            context.fireChannelReadComplete()
+            reading = false
+            flushNow(context: context)
+        }
+
+        func flush(context: ChannelHandlerContext) {
+            if reading { flushWaits = true } else { context.flush() }
+        }
+
+        func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+            flushNow(context: context)
+            context.close(mode: mode, promise: promise)
+        }
+
+        func channelInactive(context: ChannelHandlerContext) {
+            reading = false
+            flushWaits = false
+            context.fireChannelInactive()
+        }
+
+        func handlerRemoved(context: ChannelHandlerContext) { flushNow(context: context) }
+
+        private func flushNow(context: ChannelHandlerContext) {
+            guard flushWaits else { return }
+            flushWaits = false
+            context.flush()
+        }
+    }
+
     /// Waits for one side's handshake; reports the negotiated protocol or the failure, then
     /// leaves the pipeline (a destination's connection may outlive its connection, shared).
     final class HandshakeWatcher: ChannelInboundHandler, RemovableChannelHandler {
