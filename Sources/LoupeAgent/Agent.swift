@@ -19,6 +19,8 @@ public struct Agent {
     }
 
     public func run() async throws {
+        let lock = try AgentLock(pinRoot: configuration.pinRoot)
+        defer { withExtendedLifetime(lock) {} }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.proxy.threads))
         let flows = FlowStore(capacity: configuration.flowCapacity)
         var initial = Inventory()

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import REPO, between, flows, in_pod, loupe, render_inventory, run, status
+from conftest import REPO, agent_argv, between, flows, in_pod, loupe, render_inventory, run, status
 
 WEB = "198.18.0.11"      # backend/web (nginx) — the lab allocates in inventory order from .10
 FILES = "198.18.0.12"    # backend/files (python bodies server)
@@ -273,6 +273,19 @@ def test_fail_open_when_the_proxy_is_gone_but_the_datapath_stays(running_agent):
     code, _, _ = curl("shop/client", f"http://{WEB}/t7/back")
     assert code == 200
     assert len(flows("--http-path", "^/t7/back$")) == 2
+
+
+def test_a_second_agent_is_refused_and_leaves_the_running_one_alone(running_agent):
+    # Run twice by mistake, `loupe agent` used to load the datapath over the running agent's,
+    # fail to bind the proxy's ports, and detach the datapath on its way out.
+    p = run(*agent_argv(), check=False, timeout=60)
+    assert p.returncode == 1
+    said = p.stdout + p.stderr
+    assert "another loupe agent" in said and f"pid {running_agent.pid}" in said, said
+    assert running_agent.proc.poll() is None
+    code, body, _ = curl("shop/client", f"http://{WEB}/t7/second-agent")
+    assert (code, body) == (200, "hello from web\n")
+    assert len(flows("--http-path", "^/t7/second-agent$")) == 2
 
 
 def test_observe_without_agent_says_so(tmp_path):
