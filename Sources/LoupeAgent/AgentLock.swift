@@ -16,13 +16,12 @@ struct AgentLock: ~Copyable {
 
     static let directory = "/run/loupe"
 
-    let path: String
     private let fd: Int32
 
     /// Takes the lock for the agent whose pins are under `pinRoot`.
     init(pinRoot: String) throws {
         let name = pinRoot.split(separator: "/").joined(separator: "-")
-        path = "\(Self.directory)/agent-\(name.isEmpty ? "root" : name).lock"
+        let path = "\(Self.directory)/agent-\(name.isEmpty ? "root" : name).lock"
         mkdir(Self.directory, 0o755)
         let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw SystemError(what: "open \(path)", errno: errno) }

@@ -3,17 +3,6 @@ import NIOCore
 import NIOEmbedded
 import Testing
 
-/// Counts the flushes that get past the handler under test toward the socket (each one a
-/// `write(2)` on a real channel).
-final class FlushCounter: ChannelOutboundHandler {
-    typealias OutboundIn = NIOAny
-    var flushes = 0
-    func flush(context: ChannelHandlerContext) {
-        flushes += 1
-        context.flush()
-    }
-}
-
 /// Stands in for a TLS handler and what follows it: writes and flushes twice per read (a last
 /// flight, then the first application frames), or on request outside a read.
 final class TwoFlushesPerRead: ChannelDuplexHandler {
@@ -30,9 +19,9 @@ final class TwoFlushesPerRead: ChannelDuplexHandler {
 }
 
 @Suite struct FlushPerReadBatchTests {
-    func make() throws -> (EmbeddedChannel, FlushCounter, TwoFlushesPerRead) {
+    func make() throws -> (EmbeddedChannel, SocketSideCounter, TwoFlushesPerRead) {
         let channel = EmbeddedChannel()
-        let counter = FlushCounter(), app = TwoFlushesPerRead()
+        let counter = SocketSideCounter(), app = TwoFlushesPerRead()
         try channel.pipeline.syncOperations.addHandlers([counter, TLSIntercept.FlushPerReadBatch(), app])
         return (channel, counter, app)
     }

@@ -5,24 +5,14 @@ import NIOCore
 import NIOEmbedded
 import Testing
 
-/// Counts `read()` calls that get past the relay toward the socket.
-final class ReadCounter: ChannelOutboundHandler {
-    typealias OutboundIn = NIOAny
-    var reads = 0
-    func read(context: ChannelHandlerContext) {
-        reads += 1
-        context.read()
-    }
-}
-
 @Suite struct RelayBackpressureTests {
-    func makePair() throws -> (down: EmbeddedChannel, up: EmbeddedChannel, downReads: ReadCounter, upReads: ReadCounter) {
+    func makePair() throws -> (down: EmbeddedChannel, up: EmbeddedChannel, downReads: SocketSideCounter, upReads: SocketSideCounter) {
         let env = ProxyEnvironment(inventory: Inventory(), flows: FlowStore(capacity: 8), configuration: ProxyConfiguration())
         let loop = EmbeddedEventLoop()
         let down = EmbeddedChannel(loop: loop), up = EmbeddedChannel(loop: loop)
         let conn = ProxyConnection(downstream: down, environment: env)
         let (a, b) = RelayHandler.pair(connection: conn)
-        let downReads = ReadCounter(), upReads = ReadCounter()
+        let downReads = SocketSideCounter(), upReads = SocketSideCounter()
         try down.pipeline.syncOperations.addHandlers([downReads, a])
         try up.pipeline.syncOperations.addHandlers([upReads, b])
         return (down, up, downReads, upReads)
@@ -75,11 +65,11 @@ final class ReadCounter: ChannelOutboundHandler {
     }
 
     /// The client side glued and reading; the server side's channel, not yet glued.
-    func clientReadingAlone() throws -> (glue: Glue, up: EmbeddedChannel, downReads: ReadCounter) {
+    func clientReadingAlone() throws -> (glue: Glue, up: EmbeddedChannel, downReads: SocketSideCounter) {
         let loop = EmbeddedEventLoop()
         let down = EmbeddedChannel(loop: loop), up = EmbeddedChannel(loop: loop)
         let glue = Glue()
-        let downReads = ReadCounter()
+        let downReads = SocketSideCounter()
         try down.pipeline.syncOperations.addHandlers([downReads, Probe(glue, .client)])
         down.read()
         return (glue, up, downReads)

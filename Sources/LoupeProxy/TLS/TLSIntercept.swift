@@ -90,8 +90,6 @@ enum TLSIntercept {
         private var reading = false
         private var flushWaits = false
 
-        init() {}
-
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             reading = true
             context.fireChannelRead(data)
